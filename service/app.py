@@ -1,0 +1,92 @@
+"""`create_app(settings, redis)` and the lifespan that wires settings -> Redis -> scanner -> snapshot -> HTTP."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio as aioredis
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.redis_source import RedisSource, create_client
+from service.refresher import Refresher, RefreshFailed
+from service.responses import ErrorCode, error
+from service.routes import routes
+from service.scanner import Scanner
+from service.settings import Settings, SettingsError, load_settings
+from service.tracker import Tracker
+
+logger = logging.getLogger("service.app")
+
+_ERRORS_BY_STATUS = {code.status: code for code in ErrorCode}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _ERRORS_BY_STATUS.get(exc.status_code, ErrorCode.INTERNAL)
+    return error(code, headers=dict(exc.headers or {}))
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error(ErrorCode.INTERNAL)
+
+
+def create_app(
+    settings: Settings | None = None,
+    redis: aioredis.Redis | None = None,
+    clock: Callable[[], int] | None = None,
+) -> Starlette:
+    """The service. `redis` replaces the client made from `settings.redis.url` (and is then not closed by us)."""
+    settings = load_settings() if settings is None else settings
+    owns_client = redis is None
+    client = create_client(settings) if redis is None else redis
+    rt = settings.running_tasks
+    source = RedisSource(client, fetch_max_bytes=rt.fetch_max_bytes)
+    refresher = Refresher(Scanner(source, rt, clock), Tracker(rt.producer_key_ttl), rt, clock)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if rt.cache_enabled:
+            # The first snapshot before the first request; a Redis that is down only delays it to the job.
+            try:
+                await refresher.refresh("startup")
+            except RefreshFailed as failure:
+                logger.warning("no snapshot at startup (%s); serving errors until Redis answers", failure.detail)
+            refresher.start()
+        try:
+            yield
+        finally:
+            await refresher.stop()
+            if owns_client:
+                await client.aclose()
+
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+    )
+    app.state.settings = settings
+    app.state.source = source
+    app.state.refresher = refresher
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    # `uvicorn service.app:app` builds the app from settings on first use, not on import, so that tests
+    # importing this module never read the environment; bad settings stop startup with one line.
+    if name == "app":
+        try:
+            application = create_app()
+        except SettingsError as exc:
+            print(f"error: invalid settings: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)

@@ -1,0 +1,276 @@
+"""Builds the next snapshot: the APScheduler job, and the single-flight scan that live requests share."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+import redis.exceptions
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from service.responses import ErrorCode
+from service.scanner import Scanner, ScanTimeout
+from service.settings import RunningTasksSettings
+from service.snapshot import Snapshot, build_snapshot
+from service.tasks import format_time
+from service.tracker import Tracker
+
+logger = logging.getLogger("service.refresher")
+
+JOB_ID = "refresh-running-tasks"
+# While Redis keeps failing, requests that need a live scan get the last error for this long instead of each
+# starting a scan of their own: the job keeps retrying on its own schedule.
+_FAILURE_HOLD_SECONDS = 1.0
+_REMINDER_SECONDS = 60.0
+
+
+class RefreshFailed(Exception):
+    """A scan failed; `code` says how to answer the request that needed it."""
+
+    def __init__(self, code: ErrorCode, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def classify(exc: BaseException) -> ErrorCode:
+    if isinstance(exc, ScanTimeout | redis.exceptions.TimeoutError | TimeoutError):
+        return ErrorCode.TIMEOUT
+    if isinstance(exc, redis.exceptions.ConnectionError | ConnectionError):
+        return ErrorCode.REDIS_UNAVAILABLE
+    return ErrorCode.INTERNAL
+
+
+@dataclass(slots=True)
+class Counters:
+    refreshes_ok: int = 0
+    refreshes_failed: int = 0
+    served_from_snapshot: int = 0
+    served_by_live_scan: int = 0
+    not_modified: int = 0
+    timeouts: int = 0
+    redis_unavailable: int = 0
+    internal_errors: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshRecord:
+    started_ms: int
+    duration_ms: float
+    trigger: str  # "job", "startup" or "request"
+    stats: dict[str, int | float] | None
+    error: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "startedAt": format_time(self.started_ms),
+            "durationMs": self.duration_ms,
+            "trigger": self.trigger,
+            "error": self.error,
+            **_camel({k: v for k, v in (self.stats or {}).items() if k not in ("started_ms", "duration_ms")}),
+        }
+
+
+def _camel(data: dict[str, Any]) -> dict[str, Any]:
+    """snake_case keys to the camelCase the API speaks."""
+    return {_camel_key(key): value for key, value in data.items()}
+
+
+def _camel_key(key: str) -> str:
+    head, *rest = key.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+class Refresher:
+    """Owns the current snapshot and everything that replaces it."""
+
+    def __init__(
+        self,
+        scanner: Scanner,
+        tracker: Tracker,
+        settings: RunningTasksSettings,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
+        self._scanner = scanner
+        self._tracker = tracker
+        self._settings = settings
+        self._clock = clock or (lambda: int(time.time() * 1000))
+        self._etag_prefix = secrets.token_hex(4)  # ETags from an earlier process never match this one's
+        self._inflight: asyncio.Task[Snapshot] | None = None
+        self._failure: tuple[float, RefreshFailed] | None = None
+        self._failing_since: float | None = None
+        self._last_reminder = 0.0
+        self._generation = 0
+        self._scheduler: AsyncIOScheduler | None = None
+        self.snapshot: Snapshot | None = None
+        self.last_refresh: RefreshRecord | None = None
+        self.counters = Counters()
+
+    # -- the scan, shared ------------------------------------------------------------------------------
+
+    async def refresh(self, trigger: str = "job") -> Snapshot:
+        """Scan now, or join the scan already running; install and return the new snapshot."""
+        if self._inflight is None:
+            self._inflight = asyncio.create_task(self._refresh(trigger))
+            self._inflight.add_done_callback(self._clear_inflight)
+        # shield: a request that goes away must not cancel a scan that others wait for
+        return await asyncio.shield(self._inflight)
+
+    def _clear_inflight(self, task: asyncio.Task[Snapshot]) -> None:
+        if self._inflight is task:
+            self._inflight = None
+        if not task.cancelled():
+            task.exception()  # retrieved here so that a failure nobody awaited is not reported as lost
+
+    async def _refresh(self, trigger: str) -> Snapshot:
+        started_ms = self._clock()
+        started = time.perf_counter()
+        self._tracker.begin_scan()
+        try:
+            stats = await self._scanner.scan(self._tracker.observe)
+        except Exception as exc:
+            failure = self._record_failure(exc, trigger, started_ms, started)
+            raise failure from exc
+        self._tracker.end_scan()
+        self._generation += 1
+        snapshot = build_snapshot(
+            self._generation, self._tracker.views(), stats, self._clock(), self.snapshot, self._etag_prefix
+        )
+        self.snapshot = snapshot
+        duration = round((time.perf_counter() - started) * 1000, 3)
+        self.last_refresh = RefreshRecord(started_ms, duration, trigger, stats.as_dict(), None)
+        self.counters.refreshes_ok += 1
+        self._failure = None
+        if self._failing_since is not None:
+            logger.warning("refresh recovered after %.1f s of failures", time.monotonic() - self._failing_since)
+            self._failing_since = None
+        logger.debug(
+            "refresh %d (%s): %d running of %d keys in %.1f ms",
+            self._generation,
+            trigger,
+            stats.matched,
+            stats.keys_scanned,
+            duration,
+        )
+        return snapshot
+
+    def _record_failure(self, exc: Exception, trigger: str, started_ms: int, started: float) -> RefreshFailed:
+        code = classify(exc)
+        detail = f"{type(exc).__name__}: {exc}"
+        duration = round((time.perf_counter() - started) * 1000, 3)
+        self.last_refresh = RefreshRecord(started_ms, duration, trigger, None, detail)
+        self.counters.refreshes_failed += 1
+        if code is ErrorCode.TIMEOUT:
+            self.counters.timeouts += 1
+        elif code is ErrorCode.REDIS_UNAVAILABLE:
+            self.counters.redis_unavailable += 1
+        else:
+            self.counters.internal_errors += 1
+        now = time.monotonic()
+        failure = RefreshFailed(code, detail)
+        self._failure = (now, failure)
+        # one line when the state changes, then a reminder now and then: a dead Redis must not flood the log
+        if code is ErrorCode.INTERNAL:
+            logger.error("refresh failed (%s)", trigger, exc_info=exc)
+        elif self._failing_since is None or now - self._last_reminder >= _REMINDER_SECONDS:
+            logger.warning("refresh failed (%s): %s", trigger, detail)
+            self._last_reminder = now
+        self._failing_since = self._failing_since or now
+        return failure
+
+    # -- what requests ask for -------------------------------------------------------------------------
+
+    async def current(self) -> tuple[Snapshot, bool]:
+        """The snapshot to serve and whether it came from a live scan. Raises RefreshFailed."""
+        snapshot = self.snapshot
+        if self._settings.cache_enabled and snapshot is not None and snapshot.is_fresh(self._settings.cache_ttl):
+            self.counters.served_from_snapshot += 1
+            return snapshot, False
+        failure = self._failure
+        if failure is not None and time.monotonic() - failure[0] < _FAILURE_HOLD_SECONDS:
+            raise failure[1]
+        snapshot = await self.refresh("request")
+        self.counters.served_by_live_scan += 1
+        return snapshot, True
+
+    def is_ready(self) -> bool:
+        snapshot = self.snapshot
+        return snapshot is not None and snapshot.is_fresh(self._settings.cache_ttl)
+
+    # -- the job ---------------------------------------------------------------------------------------
+
+    async def run_job(self) -> None:
+        """The scheduled refresh: never raises, keeps the last good snapshot on failure."""
+        try:
+            await self.refresh("job")
+        except RefreshFailed:
+            pass  # counted and logged where it happened
+        except Exception:  # pragma: no cover - the job boundary must not die
+            logger.exception("refresh job failed unexpectedly")
+
+    def start(self) -> None:
+        """Schedule the job every `refresh_interval` (one at a time, missed runs coalesced)."""
+        scheduler = AsyncIOScheduler(timezone="UTC")
+        scheduler.add_job(
+            self.run_job,
+            "interval",
+            seconds=self._settings.refresh_interval,
+            id=JOB_ID,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+        )
+        scheduler.start()
+        self._scheduler = scheduler
+
+    async def stop(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
+        inflight = self._inflight
+        if inflight is not None:
+            inflight.cancel()
+            try:
+                await inflight
+            except (asyncio.CancelledError, RefreshFailed):
+                pass
+
+    def next_run(self) -> datetime | None:
+        if self._scheduler is None:
+            return None
+        job = self._scheduler.get_job(JOB_ID)
+        return None if job is None else job.next_run_time
+
+    def stats(self) -> dict[str, Any]:
+        """Everything cache-stats reports about the snapshot, the last refresh and the counters."""
+        snapshot = self.snapshot
+        next_run = self.next_run()
+        ttl = self._settings.cache_ttl
+        return {
+            "cacheEnabled": self._settings.cache_enabled,
+            "snapshot": None
+            if snapshot is None
+            else {
+                "generation": snapshot.generation,
+                "builtAt": format_time(snapshot.built_ms),
+                "ageSeconds": round(snapshot.age(), 3),
+                "ttlSeconds": ttl,
+                "stale": not snapshot.is_fresh(ttl),
+                "taskCount": len(snapshot.tasks),
+                "etag": snapshot.etag,
+                "bodyBytes": len(snapshot.body),
+            },
+            "lastRefresh": None if self.last_refresh is None else self.last_refresh.as_dict(),
+            "counters": _camel(asdict(self.counters)),
+            "job": {
+                "running": self._scheduler is not None,
+                "intervalSeconds": self._settings.refresh_interval,
+                "nextRun": None if next_run is None else next_run.isoformat(),
+            },
+        }

@@ -1,0 +1,184 @@
+"""One full scan: SCAN pages -> a pool of workers fetching and decoding them -> running tasks + statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from service.redis_source import WRONG_TYPE, RedisSource
+from service.settings import RunningTasksSettings
+from service.tasks import MalformedValue, StoredTask, decode_value, task_id_prefix
+
+logger = logging.getLogger("service.scanner")
+
+
+class ScanTimeout(Exception):
+    """The scan went over its `max_scan_time` budget and was abandoned."""
+
+
+@dataclass(slots=True)
+class ScanStats:
+    started_ms: int = 0
+    duration_ms: float = 0.0
+    pages: int = 0  # SCAN replies
+    fetches: int = 0  # value round trips
+    keys_scanned: int = 0  # distinct keys SCAN returned
+    duplicates: int = 0  # keys SCAN returned again within the same scan
+    values_fetched: int = 0
+    decoded: int = 0  # values decoded (the others were unchanged since the last scan)
+    expired: int = 0  # gone between SCAN and the value fetch
+    malformed: int = 0  # bad JSON, wrong field types, another Redis type, an undecodable id
+    wrong_type: int = 0  # of which: a key of another Redis type
+    empty_id: int = 0  # `request:id:` itself
+    matched: int = 0  # running tasks
+    finished: int = 0  # well-formed tasks in another status
+
+    def as_dict(self) -> dict[str, int | float]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """A running task as one scan saw it."""
+
+    task: StoredTask
+    fingerprint: int  # hash of the raw value: unchanged value, unchanged task
+    pttl: int  # ms left on the key when it was read; -1 without expiry
+    seen_ms: int  # wall-clock time the value was read
+
+
+# What the scanner remembers of a value it decoded: the task if running, its status if finished,
+# None if malformed. Keyed by task id, paired with the value's fingerprint.
+_Decoded = StoredTask | str | None
+PageSink = Callable[[list[Observation]], None]
+
+
+class Scanner:
+    """Runs full scans; remembers decoded values so that unchanged values are not decoded again."""
+
+    def __init__(
+        self, source: RedisSource, settings: RunningTasksSettings, clock: Callable[[], int] | None = None
+    ) -> None:
+        self._source = source
+        self._settings = settings
+        self._clock = clock or (lambda: int(time.time() * 1000))
+        self._prefix = task_id_prefix(settings.key_pattern).encode()
+        self._running = frozenset(settings.running_statuses)
+        self._decoded: dict[str, tuple[int, _Decoded]] = {}
+
+    async def scan(self, sink: PageSink) -> ScanStats:
+        """One full scan; `sink` gets each page's running tasks as soon as the page is decoded.
+
+        Raises ScanTimeout past the budget, and the client's errors when Redis fails."""
+        stats = ScanStats(started_ms=self._clock())
+        started = time.perf_counter()
+        decoded: dict[str, tuple[int, _Decoded]] = {}
+        try:
+            async with asyncio.timeout(self._settings.max_scan_time / 1000):
+                await self._run(stats, decoded, sink)
+        except TimeoutError as exc:
+            raise ScanTimeout(f"scan exceeded max_scan_time ({self._settings.max_scan_time} ms)") from exc
+        # Only a complete scan replaces the memory: keys that are gone are forgotten.
+        self._decoded = decoded
+        stats.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        return stats
+
+    async def _run(self, stats: ScanStats, decoded: dict[str, tuple[int, _Decoded]], sink: PageSink) -> None:
+        workers = self._settings.worker_count
+        queue: asyncio.Queue[list[bytes] | None] = asyncio.Queue(maxsize=workers * 2)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(workers):
+                    group.create_task(self._worker(queue, stats, decoded, sink))
+                await self._produce(queue, stats)
+                for _ in range(workers):
+                    await queue.put(None)
+        except BaseExceptionGroup as failed:  # a worker failed: the others are cancelled; report its error
+            raise failed.exceptions[0] from None
+
+    async def _produce(self, queue: asyncio.Queue[list[bytes] | None], stats: ScanStats) -> None:
+        batch = self._settings.scan_batch_size
+        seen: set[bytes] = set()
+        pending: list[bytes] = []
+        async for keys in self._source.scan_pages(self._settings.key_pattern, batch):
+            stats.pages += 1
+            for key in keys:
+                if key in seen:
+                    stats.duplicates += 1
+                    continue
+                seen.add(key)
+                stats.keys_scanned += 1
+                if key == self._prefix:
+                    stats.empty_id += 1
+                    continue
+                pending.append(key)
+            # SCAN pages with MATCH are often short: fetch full batches, fewer round trips
+            while len(pending) >= batch:
+                await queue.put(pending[:batch])
+                del pending[:batch]
+        if pending:
+            await queue.put(pending)
+
+    async def _worker(
+        self,
+        queue: asyncio.Queue[list[bytes] | None],
+        stats: ScanStats,
+        decoded: dict[str, tuple[int, _Decoded]],
+        sink: PageSink,
+    ) -> None:
+        while (keys := await queue.get()) is not None:
+            fetched = await self._source.fetch(keys)
+            stats.fetches += 1
+            seen_ms = self._clock()
+            sink(list(self._decode_page(((f.key, f.value, f.pttl) for f in fetched), seen_ms, stats, decoded)))
+
+    def _decode_page(
+        self,
+        page: Iterable[tuple[bytes, bytes | None, int]],
+        seen_ms: int,
+        stats: ScanStats,
+        decoded: dict[str, tuple[int, _Decoded]],
+    ) -> Iterable[Observation]:
+        plen = len(self._prefix)
+        previous = self._decoded
+        for key, value, pttl in page:
+            if value is None:
+                if pttl == WRONG_TYPE:
+                    stats.wrong_type += 1
+                    stats.malformed += 1
+                else:
+                    stats.expired += 1
+                continue
+            stats.values_fetched += 1
+            try:
+                task_id = key[plen:].decode()
+            except UnicodeDecodeError:
+                stats.malformed += 1
+                continue
+            fingerprint = hash(value)
+            known = previous.get(task_id)
+            if known is not None and known[0] == fingerprint:
+                entry = known[1]
+            else:
+                entry = self._decode(task_id, value)
+                stats.decoded += 1
+            decoded[task_id] = (fingerprint, entry)
+            if entry is None:
+                stats.malformed += 1
+            elif isinstance(entry, str):
+                stats.finished += 1
+            else:
+                stats.matched += 1
+                yield Observation(entry, fingerprint, pttl, seen_ms)
+
+    def _decode(self, task_id: str, value: bytes) -> _Decoded:
+        try:
+            task = decode_value(task_id, value)
+        except MalformedValue as exc:
+            logger.debug("skipping malformed value of task %r: %s", task_id, exc)
+            return None
+        return task if task.process in self._running else task.process

@@ -1,0 +1,98 @@
+"""Decoding one stored value into a task; the status vocabulary. Tolerant: bad data raises `MalformedValue`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import msgspec
+
+FINISHED_STATUSES = ("complete", "completed", "failed")
+EMPTY_FILE_LIST = b"[]"
+
+
+class MalformedValue(ValueError):
+    """A stored value that is not a task status object with the expected field types."""
+
+
+class _FileEntry(msgspec.Struct):
+    path: str
+    status: str
+    operate: str
+
+
+class _StoredValue(msgspec.Struct):
+    # the producer's field names; unknown fields are ignored so that a newer producer cannot break a scan
+    process: str
+    totalProgress: int = 0
+    fileList: msgspec.Raw = msgspec.Raw(b"null")  # kept as raw JSON and re-emitted verbatim, never re-encoded
+    clientId: str | None = None  # the last three are written only by newer producers
+    startTime: str | int | None = None
+    lastUpdateTime: str | int | None = None
+
+
+_value_decoder = msgspec.json.Decoder(_StoredValue)
+_file_list_decoder = msgspec.json.Decoder(list[_FileEntry] | None)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTask:
+    """What one key holds, decoded and checked. `file_list` is the raw JSON array, ready to embed."""
+
+    task_id: str
+    process: str
+    total_progress: int
+    file_list: bytes
+    file_count: int
+    client_id: str
+    start_ms: int | None  # from the producer, when it writes one
+    update_ms: int | None  # idem
+
+
+def decode_value(task_id: str, raw: bytes) -> StoredTask:
+    """Decode one value; raise `MalformedValue` when it is not a task status object."""
+    try:
+        value = _value_decoder.decode(raw)
+        files = _file_list_decoder.decode(value.fileList)
+    except msgspec.DecodeError as exc:  # ValidationError is a DecodeError too
+        raise MalformedValue(str(exc)) from exc
+    if not 0 <= value.totalProgress <= 100:
+        raise MalformedValue(f"totalProgress {value.totalProgress} is outside 0..100")
+    return StoredTask(
+        task_id=task_id,
+        process=value.process,
+        total_progress=value.totalProgress,
+        file_list=EMPTY_FILE_LIST if files is None else bytes(value.fileList),
+        file_count=0 if files is None else len(files),
+        client_id=value.clientId or "",
+        start_ms=parse_time(value.startTime),
+        update_ms=parse_time(value.lastUpdateTime),
+    )
+
+
+def parse_time(value: str | int | None) -> int | None:
+    """Epoch milliseconds from RFC 3339 text or epoch milliseconds; None when absent or unreadable."""
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:  # RFC 3339 requires an offset; read a bare time as UTC rather than drop it
+        parsed = parsed.replace(tzinfo=UTC)
+    return round(parsed.timestamp() * 1000)
+
+
+def format_time(ms: int) -> str:
+    """RFC 3339 UTC with milliseconds, e.g. `2026-11-28T01:02:03.456Z`."""
+    return datetime.fromtimestamp(ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def task_id_prefix(key_pattern: str) -> str:
+    """The literal part of a glob pattern before its first wildcard: what is stripped from a key to get the id."""
+    for index, char in enumerate(key_pattern):
+        if char in "*?[\\":
+            return key_pattern[:index]
+    return key_pattern
