@@ -1,0 +1,71 @@
+"""Shared fixtures: a real redis-server of the tests' own (free port, temporary directory), fakeredis, the app."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from starlette.applications import Starlette
+
+from service.embedded import RedisServerProcess
+from service.settings import Settings, settings_from_mapping
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServerProcess]:
+    """One real redis-server for the session. Missing binary: skip, unless REQUIRE_REAL_REDIS is set (CI)."""
+    if shutil.which("redis-server") is None:
+        message = "redis-server is not installed (Debian: apt-get install redis-server)"
+        if os.environ.get("REQUIRE_REAL_REDIS"):
+            pytest.fail(message)
+        pytest.skip(message)
+    server = RedisServerProcess()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServerProcess) -> str:
+    """The session's real Redis, running and empty."""
+    redis_server.start()  # a test before may have stopped it
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def own_redis_server() -> Iterator[RedisServerProcess]:
+    """A real redis-server for one test that kills, pauses or restarts it."""
+    if shutil.which("redis-server") is None:
+        if os.environ.get("REQUIRE_REAL_REDIS"):
+            pytest.fail("redis-server is not installed")
+        pytest.skip("redis-server is not installed")
+    server = RedisServerProcess()
+    yield server
+    server.close()
+
+
+def make_settings(**running_tasks: Any) -> Settings:
+    """Settings with `running_tasks` overrides; the Redis URL is whatever client the test passes to create_app."""
+    redis_section = {"url": running_tasks.pop("url")} if "url" in running_tasks else {}
+    return settings_from_mapping({"running_tasks": running_tasks, "redis": redis_section})
+
+
+@asynccontextmanager
+async def running_app(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    """Run the app's lifespan and give an HTTP client talking to it in process."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
+            yield client

@@ -1,0 +1,212 @@
+"""Failure behaviour against a real redis-server that the tests kill, pause and restart."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from service.app import create_app
+from service.embedded import RedisServerProcess, free_port
+from tests.conftest import make_settings, running_app
+
+RUNNING = "/codebase-embedder/api/v1/tasks/running"
+STATS = "/codebase-embedder/api/v1/tasks/cache-stats"
+pytestmark = [pytest.mark.anyio, pytest.mark.real_redis]
+
+VALUE = b'{"process":"processing","totalProgress":10,"fileList":null}'
+
+
+def seed(url: str, count: int = 3) -> None:
+    with redis.Redis.from_url(url) as client:
+        for i in range(count):
+            client.set(f"request:id:t{i}", VALUE, ex=3600)
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_redis_down_at_startup_then_back(own_redis_server: RedisServerProcess) -> None:
+    own_redis_server.stop()
+    settings = make_settings(url=own_redis_server.url, refresh_interval=0.2, redis_timeout=500)
+    app = create_app(settings)
+    async with running_app(app) as http:
+        down = await http.get(RUNNING)
+        assert down.status_code == 503
+        assert down.json() == {"code": 503, "message": "Redis服务不可用，请稍后再试", "success": False, "data": None}
+        assert (await http.get("/readyz")).status_code == 503
+        assert (await http.get("/healthz")).status_code == 200
+
+        own_redis_server.start()
+        seed(own_redis_server.url)
+
+        async def recovered() -> bool:
+            response = await http.get(RUNNING)
+            return response.status_code == 200 and response.json()["data"]["totalTasks"] == 3
+
+        await wait_for(recovered)  # no restart: the job retried on its own
+        assert (await http.get("/readyz")).status_code == 200
+        counters = (await http.get(STATS)).json()["data"]["counters"]
+    assert counters["redisUnavailable"] >= 1
+    assert counters["refreshesOk"] >= 1
+
+
+async def test_redis_dying_keeps_the_last_snapshot_until_it_is_stale(own_redis_server: RedisServerProcess) -> None:
+    seed(own_redis_server.url)
+    settings = make_settings(url=own_redis_server.url, refresh_interval=0.1, cache_ttl=1, redis_timeout=300)
+    app = create_app(settings)
+    async with running_app(app) as http:
+        good = await http.get(RUNNING)
+        assert good.json()["data"]["totalTasks"] == 3
+        own_redis_server.kill()
+
+        async def failures_counted() -> bool:
+            stats = (await http.get(STATS)).json()["data"]
+            return bool(stats["counters"]["refreshesFailed"] >= 2)
+
+        await wait_for(failures_counted)
+        # still inside the TTL of the last good snapshot: served as it was
+        snapshot = app.state.refresher.snapshot
+        if snapshot.is_fresh(1):
+            still = await http.get(RUNNING)
+            assert (still.status_code, still.content) == (200, good.content)
+
+        async def stale() -> bool:
+            return (await http.get(RUNNING)).status_code == 503
+
+        await wait_for(stale)
+        stats = (await http.get(STATS)).json()["data"]
+        assert stats["snapshot"]["stale"] is True
+        assert stats["snapshot"]["generation"] == snapshot.generation  # kept, not replaced by a failure
+        assert stats["lastRefresh"]["error"]
+        assert stats["job"]["running"] is True  # the job goes on
+
+        own_redis_server.start()
+        seed(own_redis_server.url, count=2)
+
+        async def back() -> bool:
+            response = await http.get(RUNNING)
+            return response.status_code == 200 and response.json()["data"]["totalTasks"] == 2
+
+        await wait_for(back)
+
+
+async def test_a_hung_redis_cannot_pile_up_refreshes(own_redis_server: RedisServerProcess) -> None:
+    seed(own_redis_server.url)
+    settings = make_settings(
+        url=own_redis_server.url, refresh_interval=0.05, cache_ttl=1, redis_timeout=1500, max_scan_time=1000
+    )
+    app = create_app(settings)
+    refresher = app.state.refresher
+    scanner = refresher._scanner
+    active = peak = 0
+    real_scan = scanner.scan
+
+    async def counting_scan(sink: Any) -> Any:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        try:
+            return await real_scan(sink)
+        finally:
+            active -= 1
+
+    scanner.scan = counting_scan
+    async with running_app(app) as http:
+        own_redis_server.pause()
+        try:
+            started = time.monotonic()
+            # many ticks of the job and many requests while Redis does not answer
+            responses = await asyncio.gather(*(http.get(RUNNING) for _ in range(20)))
+            await asyncio.sleep(1.5)
+        finally:
+            own_redis_server.resume()
+        assert peak == 1
+        assert time.monotonic() - started < 10
+        assert {r.status_code for r in responses} <= {200, 504}
+        stats = (await http.get(STATS)).json()["data"]
+        assert stats["counters"]["timeouts"] >= 1
+
+
+async def test_hung_redis_answers_504_not_a_hang(own_redis_server: RedisServerProcess) -> None:
+    seed(own_redis_server.url)
+    settings = make_settings(url=own_redis_server.url, cache_enabled=False, redis_timeout=300, max_scan_time=2000)
+    async with running_app(create_app(settings)) as http:
+        own_redis_server.pause()
+        try:
+            started = time.monotonic()
+            response = await http.get(RUNNING)
+            elapsed = time.monotonic() - started
+        finally:
+            own_redis_server.resume()
+    assert response.status_code == 504
+    assert elapsed < 2.5
+
+
+async def test_wrong_types_and_bad_values_never_break_a_refresh(redis_url: str) -> None:
+    with redis.Redis.from_url(redis_url) as client:
+        client.set("request:id:ok", VALUE, ex=3600)
+        client.hset("request:id:h", "process", "processing")
+        client.rpush("request:id:l", "a")
+        client.sadd("request:id:s", "a")
+        client.zadd("request:id:z", {"a": 1})
+        client.xadd("request:id:x", {"a": "1"})
+        client.set("request:id:bin", b"\x80\x81")
+        client.set("request:id:", b'{"process":"pending"}')
+    async with running_app(create_app(make_settings(url=redis_url))) as http:
+        body = (await http.get(RUNNING)).json()
+        stats = (await http.get(STATS)).json()["data"]["lastRefresh"]
+    assert [t["taskId"] for t in body["data"]["tasks"]] == ["ok"]
+    assert (stats["malformed"], stats["wrongType"], stats["emptyId"]) == (6, 5, 1)
+
+
+def test_procfile_command_serves_and_bad_settings_stop_startup(redis_url: str) -> None:
+    seed(redis_url)
+    port = free_port()
+    env = {**os.environ, "REDIS_URL": redis_url, "PORT": str(port)}
+    root = Path(__file__).resolve().parent.parent
+    procfile = (root / "Procfile").read_text().split(":", 1)[1].strip()
+    command = procfile.replace("uvicorn", f"{sys.executable} -m uvicorn", 1).replace("0.0.0.0", "127.0.0.1")
+    server = subprocess.Popen(
+        ["bash", "-c", command], cwd=root, env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}{RUNNING}", timeout=1)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None and time.monotonic() < deadline, "service did not start"
+                time.sleep(0.1)
+        assert response.status_code == 200
+        assert response.json()["data"]["totalTasks"] == 3
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+    bad = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "service.app:app", "--port", str(port)],
+        cwd=root,
+        env={**env, "SERVICE__RUNNING_TASKS__SCAN_BATCH_SIZE": "0"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1] == (
+        "error: invalid settings: running_tasks.scan_batch_size = '0': must be >= 1"
+    )

@@ -1,0 +1,310 @@
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import fakeredis
+import pytest
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from service.embedded import RedisServerProcess
+from service.redis_source import Fetched, RedisSource
+from service.scanner import Observation, Scanner, ScanStats, ScanTimeout
+from tests.conftest import make_settings
+
+RUNNING = b'{"process":"processing","totalProgress":%d,"fileList":null}'
+
+
+def value(progress: int = 10, process: str = "processing", files: int = 1) -> bytes:
+    entries = ",".join(f'{{"path":"f{i}","status":"pending","operate":"add"}}' for i in range(files))
+    return b'{"process":"%s","totalProgress":%d,"fileList":[%s]}' % (process.encode(), progress, entries.encode())
+
+
+async def run_scan(scanner: Scanner) -> tuple[ScanStats, list[Observation]]:
+    seen: list[Observation] = []
+    stats = await scanner.scan(seen.extend)
+    return stats, seen
+
+
+def scanner_for(client: aioredis.Redis, source_cls: type[RedisSource] = RedisSource, **settings: object) -> Scanner:
+    rt = make_settings(**settings).running_tasks
+    return Scanner(source_cls(client, fetch_max_bytes=rt.fetch_max_bytes), rt)
+
+
+async def write_mixed(client: aioredis.Redis) -> None:
+    await client.set("request:id:run-1", value(10), ex=3600)
+    await client.set("request:id:run-2", value(0, "pending"), ex=3600)
+    await client.set("request:id:run-3", value(50, "running"), ex=3600)
+    for i, status in enumerate(("complete", "completed", "failed")):
+        await client.set(f"request:id:done-{i}", value(100, status), ex=3600)
+    await client.set("request:id:", b'{"process":"pending"}')
+    await client.set("request:id:junk", b"\x00not json")
+    await client.set("request:id:list-json", b"[1,2,3]")
+    await client.set("request:id:bad-progress", b'{"process":"processing","totalProgress":"40"}')
+    await client.hset("request:id:a-hash", "process", "processing")
+    await client.rpush("request:id:a-list", "x")
+    await client.set("codebase_embedder:lock:cleaner", b"1")
+    await client.set("othersvc:request:id:x", value(10))
+
+
+EXPECTED_MIXED = {
+    "keys_scanned": 12,
+    "empty_id": 1,
+    "values_fetched": 9,
+    "malformed": 5,
+    "wrong_type": 2,
+    "matched": 3,
+    "finished": 3,
+    "expired": 0,
+    "duplicates": 0,
+}
+
+
+def check_stats(stats: ScanStats, expected: dict[str, int]) -> None:
+    assert {key: getattr(stats, key) for key in expected} == expected
+
+
+def test_counts_every_kind_of_key_fakeredis() -> None:
+    async def main() -> None:
+        client = fakeredis.FakeAsyncRedis()
+        await write_mixed(client)
+        stats, seen = await run_scan(scanner_for(client))
+        check_stats(stats, EXPECTED_MIXED)
+        assert sorted(o.task.task_id for o in seen) == ["run-1", "run-2", "run-3"]
+
+    asyncio.run(main())
+
+
+@pytest.mark.real_redis
+def test_counts_every_kind_of_key_real_redis(redis_url: str) -> None:
+    async def main() -> None:
+        async with aioredis.Redis.from_url(redis_url) as client:
+            await write_mixed(client)
+            stats, seen = await run_scan(scanner_for(client))
+        check_stats(stats, EXPECTED_MIXED)
+        assert {o.task.task_id: o.task.process for o in seen} == {
+            "run-1": "processing",
+            "run-2": "pending",
+            "run-3": "running",
+        }
+        assert all(3_590_000 < o.pttl <= 3_600_000 for o in seen)
+
+    asyncio.run(main())
+
+
+def test_running_statuses_are_configurable() -> None:
+    async def main() -> None:
+        client = fakeredis.FakeAsyncRedis()
+        await write_mixed(client)
+        stats, seen = await run_scan(scanner_for(client, running_statuses=["failed"]))
+        assert [o.task.task_id for o in seen] == ["done-2"]
+        assert (stats.matched, stats.finished) == (1, 5)
+
+    asyncio.run(main())
+
+
+def test_unchanged_values_are_not_decoded_again() -> None:
+    async def main() -> None:
+        client = fakeredis.FakeAsyncRedis()
+        await write_mixed(client)
+        scanner = scanner_for(client)
+        first, _ = await run_scan(scanner)
+        assert first.decoded == 9
+        await client.set("request:id:run-1", value(20), ex=3600)
+        second, seen = await run_scan(scanner)
+        assert second.decoded == 1  # only the value that changed
+        check_stats(second, EXPECTED_MIXED)  # unchanged malformed values still count as malformed
+        assert {o.task.task_id: o.task.total_progress for o in seen}["run-1"] == 20
+
+    asyncio.run(main())
+
+
+class DuplicatingSource(RedisSource):
+    """SCAN may return a key more than once in one iteration; this one always does."""
+
+    async def scan_pages(self, pattern: str, count: int) -> AsyncIterator[list[bytes]]:
+        async for keys in super().scan_pages(pattern, count):
+            yield keys + keys[:2]
+            yield keys[:1]
+
+
+def test_keys_returned_twice_count_once() -> None:
+    async def main() -> None:
+        client = fakeredis.FakeAsyncRedis()
+        for i in range(30):
+            await client.set(f"request:id:t{i}", value(i), ex=3600)
+        stats, seen = await run_scan(scanner_for(client, DuplicatingSource, scan_batch_size=7))
+        assert stats.keys_scanned == 30
+        assert stats.duplicates > 0
+        assert sorted(o.task.task_id for o in seen) == sorted(f"t{i}" for i in range(30))
+
+    asyncio.run(main())
+
+
+@pytest.mark.real_redis
+def test_scan_while_the_keyspace_grows_reports_each_task_once(redis_url: str) -> None:
+    # Writes during the scan make Redis rehash its table, the case where real SCAN repeats keys.
+    async def main() -> None:
+        async with aioredis.Redis.from_url(redis_url) as client:
+            pipe = client.pipeline(transaction=False)
+            for i in range(3000):
+                pipe.set(f"request:id:t{i}", value(i % 100), ex=3600)
+            await pipe.execute()
+            scanner = scanner_for(client, scan_batch_size=50, worker_count=4)
+
+            async def grow() -> None:
+                for chunk in range(20):
+                    pipe = client.pipeline(transaction=False)
+                    for i in range(500):
+                        pipe.set(f"filler:{chunk}:{i}", b"x")
+                    await pipe.execute()
+                    await asyncio.sleep(0)
+
+            (stats, seen), _ = await asyncio.gather(run_scan(scanner), grow())
+        ids = [o.task.task_id for o in seen]
+        assert len(ids) == len(set(ids)) == stats.matched == stats.keys_scanned == 3000
+
+    asyncio.run(main())
+
+
+class ExpiringSource(RedisSource):
+    """Deletes every other key of each page right after SCAN returned it: keys that expire before the fetch."""
+
+    async def scan_pages(self, pattern: str, count: int) -> AsyncIterator[list[bytes]]:
+        async for keys in super().scan_pages(pattern, count):
+            doomed = keys[::2]
+            if doomed:
+                await self.client.delete(*doomed)
+            yield keys
+
+
+@pytest.mark.real_redis
+def test_keys_expired_before_the_fetch_are_skipped_and_counted(redis_url: str) -> None:
+    async def main() -> None:
+        async with aioredis.Redis.from_url(redis_url) as client:
+            for i in range(200):
+                await client.set(f"request:id:t{i}", value(5), ex=3600)
+            stats, seen = await run_scan(scanner_for(client, ExpiringSource, scan_batch_size=20))
+        assert stats.expired > 0
+        assert stats.expired + stats.matched == stats.keys_scanned == 200
+        assert len(seen) == stats.matched
+
+    asyncio.run(main())
+
+
+@pytest.mark.real_redis
+def test_many_pages_go_through_the_worker_pool(redis_url: str) -> None:
+    class Recording(RedisSource):
+        in_flight = 0
+        peak = 0
+        fetch_started_before_scan_ended = False
+        scan_done = False
+
+        async def scan_pages(self, pattern: str, count: int) -> AsyncIterator[list[bytes]]:
+            async for keys in super().scan_pages(pattern, count):
+                yield keys
+            Recording.scan_done = True
+
+        async def fetch(self, keys: list[bytes]) -> list[Fetched]:
+            Recording.in_flight += 1
+            Recording.peak = max(Recording.peak, Recording.in_flight)
+            Recording.fetch_started_before_scan_ended |= not Recording.scan_done
+            try:
+                await asyncio.sleep(0.005)  # a slower network: fetches must overlap
+                return await super().fetch(keys)
+            finally:
+                Recording.in_flight -= 1
+
+    async def main() -> None:
+        async with aioredis.Redis.from_url(redis_url) as client:
+            pipe = client.pipeline(transaction=False)
+            for i in range(5000):
+                pipe.set(f"request:id:t{i}", value(i % 100, files=3), ex=3600)
+                pipe.set(f"other:{i}", b"x")
+            await pipe.execute()
+            stats, seen = await run_scan(scanner_for(client, Recording, scan_batch_size=100, worker_count=4))
+        assert stats.matched == len(seen) == 5000
+        assert stats.fetches == 50  # full batches even though SCAN pages with MATCH are short
+        assert stats.pages > 50
+        assert Recording.peak == 4
+        assert Recording.fetch_started_before_scan_ended
+
+    asyncio.run(main())
+
+
+@pytest.mark.real_redis
+def test_fetches_are_bounded_in_bytes(redis_url: str) -> None:
+    async def main() -> None:
+        async with aioredis.Redis.from_url(redis_url) as client:
+            big = value(10, files=2000)  # ~100 KB
+            for i in range(20):
+                await client.set(f"request:id:t{i}", big, ex=3600)
+            source = RedisSource(client, fetch_max_bytes=250_000)
+            calls = 0
+            real_script = source._script
+
+            async def counting(**kwargs: object) -> object:
+                nonlocal calls
+                calls += 1
+                return await real_script(**kwargs)  # type: ignore[arg-type]
+
+            source._script = counting  # type: ignore[assignment]
+            keys = [f"request:id:t{i}".encode() for i in range(20)]
+            fetched = await source.fetch(keys)
+        assert [f.key for f in fetched] == keys
+        assert all(f.value == big for f in fetched)
+        assert calls == 7  # 3 values (3 x 100 KB >= 250 KB) per call
+
+    asyncio.run(main())
+
+
+@pytest.mark.real_redis
+def test_scan_over_budget_is_abandoned(own_redis_server: RedisServerProcess) -> None:
+    async def main() -> None:
+        async with aioredis.Redis.from_url(own_redis_server.url, socket_timeout=5) as client:
+            await client.set("request:id:a", value(), ex=3600)
+            scanner = scanner_for(client, max_scan_time=300, redis_timeout=5000)
+            own_redis_server.pause()
+            started = time.monotonic()
+            try:
+                with pytest.raises(ScanTimeout):
+                    await run_scan(scanner)
+            finally:
+                own_redis_server.resume()
+            assert time.monotonic() - started < 3
+
+    asyncio.run(main())
+
+
+@pytest.mark.real_redis
+def test_a_hung_redis_times_out(own_redis_server: RedisServerProcess) -> None:
+    async def main() -> None:
+        async with aioredis.Redis.from_url(own_redis_server.url, socket_timeout=0.2) as client:
+            await client.set("request:id:a", value(), ex=3600)
+            own_redis_server.pause()
+            try:
+                with pytest.raises(redis.exceptions.TimeoutError):
+                    await run_scan(scanner_for(client, max_scan_time=10_000))
+            finally:
+                own_redis_server.resume()
+
+    asyncio.run(main())
+
+
+@pytest.mark.real_redis
+def test_redis_dying_mid_scan_fails_the_scan(own_redis_server: RedisServerProcess) -> None:
+    class Dying(RedisSource):
+        async def fetch(self, keys: list[bytes]) -> list[Fetched]:
+            own_redis_server.kill()
+            return await super().fetch(keys)
+
+    async def main() -> None:
+        async with aioredis.Redis.from_url(own_redis_server.url, socket_timeout=1) as client:
+            for i in range(300):
+                await client.set(f"request:id:t{i}", value(), ex=3600)
+            with pytest.raises(redis.exceptions.ConnectionError):
+                await run_scan(scanner_for(client, Dying, scan_batch_size=50))
+
+    asyncio.run(main())

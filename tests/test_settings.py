@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from service.settings import (
+    DEFAULT_PATH,
+    RunningTasksSettings,
+    Settings,
+    SettingsError,
+    load_settings,
+    redact_url,
+    settings_from_mapping,
+)
+
+
+def test_shipped_file_holds_the_defaults() -> None:
+    assert load_settings(DEFAULT_PATH, env={}) == Settings()
+
+
+def test_shipped_file_names_every_setting() -> None:
+    text = DEFAULT_PATH.read_text()
+    for section in dataclasses.fields(Settings):
+        assert f"[{section.name}]" in text
+        for field in dataclasses.fields(getattr(Settings(), section.name)):
+            assert f"\n{field.name} = " in text, field.name
+
+
+def test_established_defaults() -> None:
+    rt = RunningTasksSettings()
+    assert (rt.redis_timeout, rt.scan_batch_size, rt.max_scan_time) == (5000, 100, 10000)
+    assert (rt.cache_enabled, rt.cache_ttl, rt.worker_count) == (True, 60, 10)
+    assert rt.running_statuses == ("pending", "processing", "running")
+
+
+def test_environment_overrides() -> None:
+    env = {
+        "REDIS_URL": "redis://:secret@cache:6380/2",
+        "PORT": "9000",
+        "SERVICE__RUNNING_TASKS__CACHE_ENABLED": "false",
+        "SERVICE__RUNNING_TASKS__SCAN_BATCH_SIZE": "500",
+        "SERVICE__RUNNING_TASKS__RUNNING_STATUSES": "pending, processing",
+        "SERVICE__RUNNING_TASKS__REFRESH_INTERVAL": "0.5",
+        "UNRELATED": "x",
+    }
+    settings = load_settings(DEFAULT_PATH, env=env)
+    assert settings.redis.url == "redis://:secret@cache:6380/2"
+    assert settings.server.port == 9000
+    assert settings.running_tasks.cache_enabled is False
+    assert settings.running_tasks.scan_batch_size == 500
+    assert settings.running_tasks.running_statuses == ("pending", "processing")
+    assert settings.running_tasks.refresh_interval == 0.5
+
+
+def test_settings_file_from_environment(tmp_path: Path) -> None:
+    path = tmp_path / "other.toml"
+    path.write_text('[running_tasks]\nworker_count = 3\nkey_pattern = "job:*"\n')
+    settings = load_settings(env={"SERVICE_SETTINGS": str(path)})
+    assert settings.running_tasks.worker_count == 3
+    assert settings.running_tasks.key_pattern == "job:*"
+    assert settings.running_tasks.scan_batch_size == 100  # untouched keys keep their defaults
+
+
+def test_missing_settings_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="SERVICE_SETTINGS = .*no such file"):
+        load_settings(env={"SERVICE_SETTINGS": str(tmp_path / "nope.toml")})
+
+
+def test_invalid_toml_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[running_tasks\n")
+    with pytest.raises(SettingsError, match="not valid TOML"):
+        load_settings(path, env={})
+
+
+@pytest.mark.parametrize(
+    ("raw", "env", "message"),
+    [
+        ({"running_tasks": {"scan_batch_size": 0}}, {}, "running_tasks.scan_batch_size = 0: must be >= 1"),
+        ({"running_tasks": {"cache_ttl": -5}}, {}, "running_tasks.cache_ttl = -5: must be >= 1"),
+        ({"running_tasks": {"producer_key_ttl": -1}}, {}, "running_tasks.producer_key_ttl = -1: must be >= 0"),
+        ({"running_tasks": {"worker_count": "10"}}, {}, "running_tasks.worker_count = '10': expected an integer"),
+        ({"running_tasks": {"worker_count": True}}, {}, "running_tasks.worker_count = True: expected an integer"),
+        ({"running_tasks": {"cache_enabled": 1}}, {}, "running_tasks.cache_enabled = 1: expected true or false"),
+        ({"running_tasks": {"running_statuses": "pending"}}, {}, "running_statuses = 'pending': expected a list"),
+        ({"running_tasks": {"running_statuses": []}}, {}, "running_statuses = \\[\\]: must be non-empty"),
+        ({"running_tasks": {"key_pattern": ""}}, {}, "key_pattern = '': must not be empty"),
+        (
+            {"running_tasks": {"refresh_interval": 90, "cache_ttl": 60}},
+            {},
+            "running_tasks.refresh_interval = 90.0: must not exceed running_tasks.cache_ttl \\(60\\)",
+        ),
+        ({"running_tasks": {"scan_batchsize": 5}}, {}, "running_tasks.scan_batchsize = 5: unknown setting"),
+        ({"runing_tasks": {}}, {}, "runing_tasks = {}: unknown section"),
+        ({"redis": {"url": "http://x"}}, {}, "redis.url = 'http://x': scheme must be"),
+        ({}, {"SERVICE__RUNNING_TASKS__CACHE_TTL": "soon"}, "running_tasks.cache_ttl = 'soon': expected an integer"),
+        ({}, {"SERVICE__RUNNING_TASKS__CACHE_ENABLED": "maybe"}, "cache_enabled = 'maybe': expected true or false"),
+        ({}, {"SERVICE__NOPE__X": "1"}, "SERVICE__NOPE__X = '1': expected SERVICE__<SECTION>__<KEY>"),
+        ({}, {"PORT": "0"}, "server.port = '0': must be >= 1"),
+        ({}, {"PORT": "http"}, "server.port = 'http': expected an integer"),
+    ],
+)
+def test_bad_settings_name_the_key_and_the_value(raw: dict, env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        settings_from_mapping(raw, env)
+
+
+def test_redaction_hides_the_password_only() -> None:
+    assert redact_url("redis://:hunter2@db:6380/1") == "redis://:***@db:6380/1"
+    assert redact_url("rediss://user:hunter2@db/0") == "rediss://user:***@db/0"
+    assert redact_url("redis://db:6379/0") == "redis://db:6379/0"
+    settings = settings_from_mapping({"redis": {"url": "redis://:hunter2@db:6380/1"}})
+    assert "hunter2" not in repr(settings.redacted())
+    assert settings.redacted()["running_tasks"]["running_statuses"] == ["pending", "processing", "running"]

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import pytest
+
+from service.tasks import MalformedValue, decode_value, format_time, parse_time, task_id_prefix
+
+PRODUCER_VALUE = (
+    b'{"process":"processing","totalProgress":40,"fileList":['
+    b'{"path":"src/main.go","status":"completed","operate":"add"},'
+    b'{"path":"old.go","status":"processing","operate":"delete"}]}'
+)
+
+
+def test_decodes_what_the_producer_writes() -> None:
+    task = decode_value("t1", PRODUCER_VALUE)
+    assert (task.task_id, task.process, task.total_progress, task.file_count) == ("t1", "processing", 40, 2)
+    assert task.file_list.startswith(b'[{"path":"src/main.go"')
+    assert (task.client_id, task.start_ms, task.update_ms) == ("", None, None)
+
+
+def test_null_or_missing_file_list_becomes_empty() -> None:
+    for raw in (b'{"process":"pending","totalProgress":0,"fileList":null}', b'{"process":"pending"}'):
+        task = decode_value("t", raw)
+        assert (task.file_list, task.file_count, task.total_progress) == (b"[]", 0, 0)
+
+
+def test_newer_producer_fields_are_taken() -> None:
+    raw = (
+        b'{"process":"processing","totalProgress":1,"fileList":null,"clientId":"c-9",'
+        b'"startTime":"2026-11-28T01:02:03.456Z","lastUpdateTime":1795827723000}'
+    )
+    task = decode_value("t", raw)
+    assert task.client_id == "c-9"
+    assert task.start_ms == parse_time("2026-11-28T01:02:03.456Z")
+    assert task.update_ms == 1795827723000
+
+
+def test_unknown_fields_are_ignored() -> None:
+    assert decode_value("t", b'{"process":"pending","extra":{"a":[1]}}').process == "pending"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"not json",
+        b"\xff\xfe",
+        b"[1,2]",
+        b'"processing"',
+        b"{}",
+        b'{"process":3}',
+        b'{"process":"processing","totalProgress":"40"}',
+        b'{"process":"processing","totalProgress":true}',
+        b'{"process":"processing","totalProgress":101}',
+        b'{"process":"processing","totalProgress":-1}',
+        b'{"process":"processing","totalProgress":4.5}',
+        b'{"process":"processing","fileList":{"path":"a"}}',
+        b'{"process":"processing","fileList":["a.go"]}',
+        b'{"process":"processing","fileList":[{"path":"a","status":"completed"}]}',
+        b'{"process":"processing","fileList":[{"path":1,"status":"completed","operate":"add"}]}',
+        b'{"process":"processing","clientId":7}',
+    ],
+)
+def test_malformed_values_are_rejected(raw: bytes) -> None:
+    with pytest.raises(MalformedValue):
+        decode_value("t", raw)
+
+
+def test_times() -> None:
+    ms = 1795827723456
+    assert format_time(ms) == "2026-11-28T01:02:03.456Z"
+    assert format_time(ms - 456) == "2026-11-28T01:02:03.000Z"
+    assert parse_time(format_time(ms)) == ms
+    assert parse_time("2026-11-28T02:02:03.456+01:00") == ms
+    assert parse_time("2026-11-28T01:02:03.456") == ms  # no offset: read as UTC
+    assert parse_time(ms) == ms
+    assert parse_time("yesterday") is None
+    assert parse_time(-5) is None
+    assert parse_time(None) is None
+
+
+def test_task_id_prefix() -> None:
+    assert task_id_prefix("request:id:*") == "request:id:"
+    assert task_id_prefix("job:?x*") == "job:"
+    assert task_id_prefix("exact") == "exact"

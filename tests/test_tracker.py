@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+import orjson
+
+from service.scanner import Observation
+from service.tasks import StoredTask, format_time
+from service.tracker import Tracker, estimate_completion
+
+TTL = 3600
+T0 = 1_795_000_000_000
+
+
+def task(task_id: str, progress: int, **kw: object) -> StoredTask:
+    fields: dict[str, object] = {
+        "task_id": task_id,
+        "process": "processing",
+        "total_progress": progress,
+        "file_list": b'[{"path":"a","status":"pending","operate":"add"}]',
+        "file_count": 1,
+        "client_id": "",
+        "start_ms": None,
+        "update_ms": None,
+    }
+    fields.update(kw)
+    return StoredTask(**fields)  # type: ignore[arg-type]
+
+
+def obs(t: StoredTask, seen_ms: int, pttl: int = -1) -> Observation:
+    return Observation(t, hash((t.task_id, t.total_progress, t.process, t.update_ms)), pttl, seen_ms)
+
+
+def scan(tracker: Tracker, *observations: Observation) -> list[str]:
+    tracker.begin_scan()
+    tracker.observe(observations)
+    return tracker.end_scan()
+
+
+def as_json(tracker: Tracker) -> list[dict[str, object]]:
+    return [orjson.loads(v.json) for v in tracker.views()]
+
+
+def test_without_ttl_times_are_first_sightings() -> None:
+    tracker = Tracker(producer_key_ttl=0)
+    scan(tracker, obs(task("a", 10), T0))
+    scan(tracker, obs(task("a", 10), T0 + 2000))  # same value: nothing changes
+    (view,) = tracker.views()
+    assert (view.start_ms, view.update_ms) == (T0, T0)
+    scan(tracker, obs(task("a", 20), T0 + 4000))
+    (view,) = tracker.views()
+    assert (view.start_ms, view.update_ms) == (T0, T0 + 4000)
+
+
+def test_update_time_comes_from_the_remaining_ttl() -> None:
+    tracker = Tracker(producer_key_ttl=TTL)
+    # written 30 s before it was read: 3570 s left of 3600
+    scan(tracker, obs(task("a", 10), T0, pttl=3_570_000))
+    (view,) = tracker.views()
+    assert view.update_ms == T0 - 30_000
+    assert view.start_ms == T0 - 30_000  # the first evidence of the task is that write
+    # read again 2 s later, unchanged and not rewritten: the derived time stays put despite jitter
+    scan(tracker, obs(task("a", 10), T0 + 2000, pttl=3_568_000 - 3))
+    assert tracker.views()[0].update_ms == T0 - 30_000
+    # rewritten with the same bytes (TTL reset) 10 s later: a later write
+    scan(tracker, obs(task("a", 10), T0 + 12_000, pttl=3_600_000))
+    assert tracker.views()[0].update_ms == T0 + 12_000
+
+
+def test_ttl_is_ignored_when_it_cannot_be_the_producers() -> None:
+    tracker = Tracker(producer_key_ttl=TTL)
+    scan(tracker, obs(task("a", 10), T0, pttl=-1), obs(task("b", 10), T0, pttl=7_200_000))
+    assert {v.task_id: v.update_ms for v in tracker.views()} == {"a": T0, "b": T0}
+
+
+def test_producer_times_win() -> None:
+    tracker = Tracker(producer_key_ttl=TTL)
+    scan(tracker, obs(task("a", 10, start_ms=T0 - 99_000, update_ms=T0 - 5_000, client_id="c1"), T0, pttl=5))
+    (body,) = as_json(tracker)
+    assert body["startTime"] == format_time(T0 - 99_000)
+    assert body["lastUpdateTime"] == format_time(T0 - 5_000)
+    assert body["clientId"] == "c1"
+
+
+def test_estimate_needs_an_observed_rate() -> None:
+    tracker = Tracker(producer_key_ttl=0)
+    scan(tracker, obs(task("a", 20), T0))
+    assert "estimatedCompletionTime" not in as_json(tracker)[0]  # one sighting: no rate yet
+    scan(tracker, obs(task("a", 40), T0 + 10_000))
+    # 20 % in 10 s: 60 % more takes 30 s from the last change
+    assert tracker.views()[0].eta_ms == T0 + 40_000
+    assert as_json(tracker)[0]["estimatedCompletionTime"] == format_time(T0 + 40_000)
+    scan(tracker, obs(task("a", 100), T0 + 20_000))
+    assert "estimatedCompletionTime" not in as_json(tracker)[0]  # at 100 %
+
+
+def test_estimate_functions_edges() -> None:
+    assert estimate_completion((T0, 0), (T0, 0), T0) is None
+    assert estimate_completion((T0, 0), (T0 + 1000, 0), T0) is None  # 0 %
+    assert estimate_completion((T0, 50), (T0 + 1000, 40), T0) is None  # went back
+    assert estimate_completion((T0, 0), (T0 + 10_000, 50), T0 + 10_000) == T0 + 20_000
+    # late: 50 % by T0+10 s but still 50 % at T0+60 s: the rate up to now gives another 60 s from now
+    assert estimate_completion((T0, 0), (T0 + 10_000, 50), T0 + 60_000) == T0 + 120_000
+
+
+def test_progress_going_back_restarts_the_rate() -> None:
+    tracker = Tracker(producer_key_ttl=0)
+    scan(tracker, obs(task("a", 50), T0))
+    scan(tracker, obs(task("a", 60), T0 + 1000))
+    scan(tracker, obs(task("a", 10), T0 + 2000))
+    assert tracker.views()[0].eta_ms is None
+    scan(tracker, obs(task("a", 20), T0 + 3000))
+    assert tracker.views()[0].eta_ms == T0 + 3000 + 8000
+
+
+def test_order_is_newest_start_first_ties_by_id() -> None:
+    tracker = Tracker(producer_key_ttl=0)
+    scan(tracker, obs(task("b", 1), T0), obs(task("a", 1), T0), obs(task("c", 1), T0 + 5))
+    assert [v.task_id for v in tracker.views()] == ["c", "a", "b"]
+
+
+def test_tasks_not_seen_by_a_complete_scan_are_forgotten() -> None:
+    tracker = Tracker(producer_key_ttl=0)
+    scan(tracker, obs(task("a", 1), T0), obs(task("b", 1), T0))
+    assert scan(tracker, obs(task("b", 1), T0 + 1)) == ["a"]
+    assert [v.task_id for v in tracker.views()] == ["b"]
+    # seen again later: a new task as far as this service knows
+    scan(tracker, obs(task("a", 1), T0 + 9), obs(task("b", 1), T0 + 9))
+    assert [v.start_ms for v in tracker.views()] == [T0 + 9, T0]
+
+
+def test_unchanged_tasks_keep_their_rendered_json() -> None:
+    tracker = Tracker(producer_key_ttl=0)
+    scan(tracker, obs(task("a", 1), T0))
+    before = tracker.views()[0]
+    scan(tracker, obs(task("a", 1), T0 + 2000))
+    assert tracker.views()[0] is before
+
+
+def test_rendered_task_has_the_contract_fields_in_order() -> None:
+    tracker = Tracker(producer_key_ttl=0)
+    scan(tracker, obs(task("a", 10), T0))
+    scan(tracker, obs(task("a", 20), T0 + 1000))
+    body = as_json(tracker)[0]
+    assert list(body) == [
+        "taskId",
+        "clientId",
+        "status",
+        "process",
+        "totalProgress",
+        "startTime",
+        "lastUpdateTime",
+        "estimatedCompletionTime",
+        "fileList",
+    ]
+    assert body["status"] == body["process"] == "processing"
+    assert body["fileList"] == [{"path": "a", "status": "pending", "operate": "add"}]
