@@ -38,6 +38,15 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return error(ErrorCode.INTERNAL)
 
 
+def build_refresher(
+    settings: Settings, client: aioredis.Redis, clock: Callable[[], int] | None = None
+) -> tuple[RedisSource, Refresher]:
+    """The pipeline from a Redis client to snapshots, as the service and the `scan` command both run it."""
+    rt = settings.running_tasks
+    source = RedisSource(client, fetch_max_bytes=rt.fetch_max_bytes)
+    return source, Refresher(Scanner(source, rt, clock), Tracker(rt.producer_key_ttl), rt, clock)
+
+
 def create_app(
     settings: Settings | None = None,
     redis: aioredis.Redis | None = None,
@@ -48,8 +57,7 @@ def create_app(
     owns_client = redis is None
     client = create_client(settings) if redis is None else redis
     rt = settings.running_tasks
-    source = RedisSource(client, fetch_max_bytes=rt.fetch_max_bytes)
-    refresher = Refresher(Scanner(source, rt, clock), Tracker(rt.producer_key_ttl), rt, clock)
+    source, refresher = build_refresher(settings, client, clock)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

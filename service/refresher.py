@@ -112,6 +112,10 @@ class Refresher:
         self.last_refresh: RefreshRecord | None = None
         self.counters = Counters()
 
+    @property
+    def scanner(self) -> Scanner:
+        return self._scanner
+
     # -- the scan, shared ------------------------------------------------------------------------------
 
     async def refresh(self, trigger: str = "job") -> Snapshot:

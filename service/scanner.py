@@ -69,12 +69,14 @@ class Scanner:
         self._prefix = task_id_prefix(settings.key_pattern).encode()
         self._running = frozenset(settings.running_statuses)
         self._decoded: dict[str, tuple[int, _Decoded]] = {}
+        self.current: ScanStats | None = None
 
     async def scan(self, sink: PageSink) -> ScanStats:
         """One full scan; `sink` gets each page's running tasks as soon as the page is decoded.
 
         Raises ScanTimeout past the budget, and the client's errors when Redis fails."""
         stats = ScanStats(started_ms=self._clock())
+        self.current = stats  # readable while the scan runs, e.g. by a progress display
         started = time.perf_counter()
         decoded: dict[str, tuple[int, _Decoded]] = {}
         try:

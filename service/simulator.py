@@ -183,8 +183,10 @@ class Simulator:
         newer_producer_fraction: float = 0.0,
         large_fraction: float = 0.01,
         large_files: int = 2000,
+        files: int | None = None,
     ) -> None:
         self.rng = random.Random(seed)
+        self.files = files  # every new task's file count; None: the realistic distribution
         self.key_ttl = key_ttl
         self.newer_producer_fraction = newer_producer_fraction
         self.large_fraction = large_fraction
@@ -200,6 +202,8 @@ class Simulator:
             outcome = rng.choices(OUTCOMES, weights=_OUTCOME_WEIGHTS)[0]
         elif outcome not in OUTCOMES:
             raise ValueError(f"unknown outcome {outcome!r}, expected one of {OUTCOMES}")
+        if files is None:
+            files = self.files
         if files is None:
             files = file_count(rng, large_fraction=self.large_fraction, large_files=self.large_files)
         task = SimTask(task_id=_task_id(rng), files=_file_list(rng, files), outcome=outcome)

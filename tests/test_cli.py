@@ -1,0 +1,231 @@
+"""The commands, run as a user runs them: `python -m service ...` in a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pty
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from service.app import create_app
+from service.embedded import free_port
+from service.simulator import Simulator, build_workload
+from tests.conftest import make_settings, running_app
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNNING = "/codebase-embedder/api/v1/tasks/running"
+
+
+def service(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def write_newer_producer_tasks(url: str) -> None:
+    """Tasks whose times come from the producer, so any two readers render them identically."""
+
+    async def main() -> None:
+        async with aioredis.Redis.from_url(url) as client:
+            simulator = Simulator(7, newer_producer_fraction=1.0)
+            tasks = [simulator.new_task() for _ in range(25)]
+            for task in tasks[:10]:
+                while simulator.advance(task):  # some finish
+                    pass
+            await simulator.write(client, tasks, now_ms=1_795_000_000_000)
+            await simulator.write_anomalies(client)
+
+    asyncio.run(main())
+
+
+@pytest.mark.real_redis
+def test_scan_json_is_exactly_the_endpoint_body(redis_url: str) -> None:
+    write_newer_producer_tasks(redis_url)
+    result = service("scan", "--redis-url", redis_url, "--json", "--batch-size", "7", "--workers", "3")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # silent when not on a terminal
+
+    async def endpoint() -> bytes:
+        async with running_app(create_app(make_settings(url=redis_url))) as http:
+            return (await http.get(RUNNING)).content
+
+    body = asyncio.run(endpoint())
+    assert result.stdout.encode() == body + b"\n"
+    assert orjson.loads(body)["data"]["totalTasks"] > 0
+
+
+@pytest.mark.real_redis
+def test_scan_table(redis_url: str) -> None:
+    write_newer_producer_tasks(redis_url)
+    body = orjson.loads(service("scan", "--redis-url", redis_url, "--json").stdout)
+    result = service("scan", "--redis-url", redis_url)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["TASK", "CLIENT", "STATUS", "PROGRESS", "STARTED", "LAST", "UPDATE", "ETA", "FILES"]
+    tasks = body["data"]["tasks"]
+    assert len(lines) == len(tasks) + 2  # header, one line per task, summary
+    for line, task in zip(lines[1:], tasks, strict=False):
+        cells = line.split()
+        assert cells[0] == task["taskId"]
+        assert cells[1] == (task["clientId"] or "-")
+        assert cells[2] == task["process"]
+        assert cells[3] == f"{task['totalProgress']}%"
+        assert cells[4] == task["startTime"]
+        assert cells[-1] == str(len(task["fileList"]))
+    assert lines[-1].startswith(f"{len(tasks)} running of ")
+    assert "malformed" in lines[-1]
+
+
+def test_scan_of_an_unreachable_redis_fails_in_one_line() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    result = service("scan", "--redis-url", url, env={"SERVICE__RUNNING_TASKS__REDIS_TIMEOUT": "1000"})
+    assert result.returncode == 1
+    assert result.stdout == ""
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: cannot reach Redis at {url}: ")
+
+
+def test_bad_settings_stop_a_command_in_one_line() -> None:
+    result = service("scan", "--batch-size", "0")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: invalid settings: running_tasks.scan_batch_size = '0': must be >= 1"
+
+
+@pytest.mark.real_redis
+def test_scan_shows_progress_on_a_terminal(redis_url: str) -> None:
+    async def fill() -> None:
+        async with aioredis.Redis.from_url(redis_url) as client:
+            await build_workload(client, tasks=20_000, unrelated=0, large_fraction=0, now_ms=1_795_000_000_000)
+
+    asyncio.run(fill())
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "scan", "--redis-url", redis_url, "--batch-size", "10", "--workers", "1"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(controller)
+    assert process.wait(timeout=60) == 0
+    assert b"scanning: " in output
+    assert b" keys, " in output and b" pages, " in output and b" keys/s" in output
+
+
+def test_every_command_documents_every_option() -> None:
+    expected = {
+        "serve": ["--host", "--port", "--settings"],
+        "scan": ["--redis-url", "--pattern", "--batch-size", "--workers", "--json", "--max-scan-time", "--quiet"],
+        "demo": ["--host", "--port", "--tasks", "--seed", "--redis"],
+        "simulate": ["--redis-url", "--tasks", "--files", "--seed", "--interval", "--duration", "--anomalies"],
+    }
+    for command, options in expected.items():
+        result = service(command, "--help")
+        assert result.returncode == 0
+        for option in options:
+            assert option in result.stdout, (command, option)
+    assert all(command in service("--help").stdout for command in expected)
+
+
+@pytest.mark.real_redis
+def test_simulate_writes_producer_data(redis_url: str) -> None:
+    result = service(
+        "simulate", "--redis-url", redis_url, "--tasks", "5", "--files", "30", "--interval", "0.2", "--duration", "1.5"
+    )
+    assert result.returncode == 0, result.stderr
+    with redis.Redis.from_url(redis_url) as client:
+        keys = [k.decode() for k in client.scan_iter(match="request:id:*")]
+        assert len(keys) >= 5
+        values = [orjson.loads(client.get(k)) for k in keys]
+        assert all(list(v)[:3] == ["process", "totalProgress", "fileList"] for v in values)
+        assert all(len(v["fileList"]) == 30 for v in values)
+        assert max(v["totalProgress"] for v in values) > 0  # tasks moved
+        assert all(0 < client.ttl(k) <= 3600 for k in keys)
+
+
+def test_simulate_against_an_unreachable_redis_fails_in_one_line() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    result = service("simulate", "--redis-url", url, "--duration", "1")
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: cannot reach Redis at {url}")
+
+
+def _wait_for_line(process: subprocess.Popen[str], prefix: str, timeout: float = 30) -> list[str]:
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip("\n"))
+        if line.startswith(prefix):
+            return lines
+    raise AssertionError(f"no line starting with {prefix!r}: {lines}")
+
+
+@pytest.mark.parametrize("kind", ["fakeredis", "redis-server"])
+def test_demo_serves_moving_tasks_and_stops_on_ctrl_c(kind: str) -> None:
+    if kind == "redis-server" and not os.environ.get("REQUIRE_REAL_REDIS") and not _has_redis_server():
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "demo", "--port", str(port), "--redis", kind],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = _wait_for_line(process, "Ctrl-C stops everything.")
+        assert lines[0].startswith(f"demo: embedded Redis ({kind}) at redis://127.0.0.1:")
+        url = f"http://127.0.0.1:{port}{RUNNING}"
+        assert any(url in line for line in lines)
+        first = httpx.get(url, timeout=10).json()
+        assert first["data"]["totalTasks"] > 0
+        progress = {t["taskId"]: t["totalProgress"] for t in first["data"]["tasks"]}
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            later = httpx.get(url, timeout=10).json()
+            moved = {t["taskId"] for t in later["data"]["tasks"] if progress.get(t["taskId"], -1) != t["totalProgress"]}
+            if moved:
+                break
+        assert moved, "no task changed between two requests"
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert out.strip().endswith("demo stopped.")
+    assert "Traceback" not in err
+
+
+def _has_redis_server() -> bool:
+    import shutil
+
+    return shutil.which("redis-server") is not None
