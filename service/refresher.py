@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import redis.exceptions
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from service.responses import ErrorCode
@@ -28,6 +29,17 @@ JOB_ID = "refresh-running-tasks"
 # starting a scan of their own: the job keeps retrying on its own schedule.
 _FAILURE_HOLD_SECONDS = 1.0
 _REMINDER_SECONDS = 60.0
+
+
+class _QuietSkips(logging.Filter):
+    """APScheduler warns at every tick that finds the previous refresh still running. A slow Redis would flood
+    the log with that; the refresher counts those ticks instead (`jobRunsSkipped` in cache-stats)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances reached" not in record.getMessage()
+
+
+logging.getLogger("apscheduler.scheduler").addFilter(_QuietSkips())
 
 
 class RefreshFailed(Exception):
@@ -54,6 +66,7 @@ class Counters:
     served_from_snapshot: int = 0
     served_by_live_scan: int = 0
     not_modified: int = 0
+    job_runs_skipped: int = 0  # ticks that found the previous refresh still running
     timeouts: int = 0
     redis_unavailable: int = 0
     internal_errors: int = 0
@@ -108,6 +121,7 @@ class Refresher:
         self._last_reminder = 0.0
         self._generation = 0
         self._scheduler: AsyncIOScheduler | None = None
+        self._stopped = False
         self.snapshot: Snapshot | None = None
         self.last_refresh: RefreshRecord | None = None
         self.counters = Counters()
@@ -211,15 +225,21 @@ class Refresher:
 
     async def run_job(self) -> None:
         """The scheduled refresh: never raises, keeps the last good snapshot on failure."""
+        if self._stopped:
+            return  # a tick the scheduler had already handed to the loop when it shut down
         try:
             await self.refresh("job")
         except RefreshFailed:
             pass  # counted and logged where it happened
+        except asyncio.CancelledError:
+            # the scheduler cancels a running job when it shuts down: an expected end, not an error to log
+            logger.debug("refresh job cancelled by shutdown")
         except Exception:  # pragma: no cover - the job boundary must not die
             logger.exception("refresh job failed unexpectedly")
 
     def start(self) -> None:
         """Schedule the job every `refresh_interval` (one at a time, missed runs coalesced)."""
+        self._stopped = False
         scheduler = AsyncIOScheduler(timezone="UTC")
         scheduler.add_job(
             self.run_job,
@@ -230,10 +250,15 @@ class Refresher:
             coalesce=True,
             misfire_grace_time=None,
         )
+        scheduler.add_listener(self._on_skipped_run, EVENT_JOB_MAX_INSTANCES)
         scheduler.start()
         self._scheduler = scheduler
 
+    def _on_skipped_run(self, event: JobSubmissionEvent) -> None:
+        self.counters.job_runs_skipped += 1
+
     async def stop(self) -> None:
+        self._stopped = True
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None

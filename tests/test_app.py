@@ -246,6 +246,21 @@ async def test_cache_stats_reports_snapshot_refresh_counters_job_and_redacted_se
     assert data["settings"]["running_tasks"]["scan_batch_size"] == 100
 
 
+async def test_the_job_starts_and_stops_with_the_lifespan() -> None:
+    client = fakeredis.FakeAsyncRedis()
+    await seed(client)
+    app = create_app(make_settings(refresh_interval=0.05), redis=client)
+    refresher = app.state.refresher
+    async with running_app(app):
+        assert refresher.next_run() is not None
+        await asyncio.sleep(0.5)
+        assert refresher.counters.refreshes_ok >= 3  # startup, then the job's ticks
+    assert refresher.next_run() is None
+    refreshes = refresher.counters.refreshes_ok
+    await asyncio.sleep(0.2)
+    assert refresher.counters.refreshes_ok == refreshes  # nothing runs after shutdown
+
+
 async def test_health_and_readiness() -> None:
     client = fakeredis.FakeAsyncRedis()
     app = create_app(make_settings(), redis=client)

@@ -229,3 +229,36 @@ def _has_redis_server() -> bool:
     import shutil
 
     return shutil.which("redis-server") is not None
+
+
+@pytest.mark.real_redis
+def test_serve_runs_the_service_until_interrupted(redis_url: str, tmp_path: Path) -> None:
+    write_newer_producer_tasks(redis_url)
+    settings = tmp_path / "settings.toml"
+    settings.write_text(f'[redis]\nurl = "{redis_url}"\n[running_tasks]\nrefresh_interval = 1\n')
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--port", str(port), "--settings", str(settings)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}{RUNNING}", timeout=2)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None and time.monotonic() < deadline, "serve did not start"
+                time.sleep(0.1)
+        assert response.status_code == 200
+        assert response.json()["data"]["totalTasks"] > 0
+        stats = httpx.get(f"http://127.0.0.1:{port}/codebase-embedder/api/v1/tasks/cache-stats", timeout=2).json()
+        assert stats["data"]["settings"]["redis"]["url"] == redis_url
+        assert stats["data"]["job"]["intervalSeconds"] == 1
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=20)
+    assert "Traceback" not in err

@@ -139,6 +139,7 @@ async def test_a_hung_redis_cannot_pile_up_refreshes(own_redis_server: RedisServ
         assert {r.status_code for r in responses} <= {200, 504}
         stats = (await http.get(STATS)).json()["data"]
         assert stats["counters"]["timeouts"] >= 1
+        assert stats["counters"]["jobRunsSkipped"] >= 1  # ticks that found a refresh running were skipped
 
 
 async def test_hung_redis_answers_504_not_a_hang(own_redis_server: RedisServerProcess) -> None:
