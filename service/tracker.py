@@ -154,7 +154,11 @@ class Tracker:
                 if task.total_progress < state.anchor[1]:  # progress went back (a restarted task): a new rate
                     state.anchor = state.last
         start_ms = task.start_ms if task.start_ms is not None else state.first_seen_ms
-        eta_ms = estimate_completion(state.anchor, state.last, obs.seen_ms)
+        eta_ms = old.eta_ms
+        if changed or eta_ms is None or eta_ms < obs.seen_ms:
+            # An estimate stands until the progress moves or the estimate has passed: re-estimating a late task
+            # at every scan would change the body (and its ETag) every refresh for nothing.
+            eta_ms = estimate_completion(state.anchor, state.last, obs.seen_ms)
         if not changed and (update_ms, eta_ms, start_ms) == (old.update_ms, old.eta_ms, old.start_ms):
             return  # nothing new: keep the rendered view
         if start_ms != old.start_ms:

@@ -153,3 +153,18 @@ def test_rendered_task_has_the_contract_fields_in_order() -> None:
     ]
     assert body["status"] == body["process"] == "processing"
     assert body["fileList"] == [{"path": "a", "status": "pending", "operate": "add"}]
+
+
+def test_a_late_estimate_is_renewed_only_once_it_has_passed() -> None:
+    tracker = Tracker(producer_key_ttl=0)
+    scan(tracker, obs(task("a", 0), T0))
+    scan(tracker, obs(task("a", 50), T0 + 10_000))
+    assert tracker.views()[0].eta_ms == T0 + 20_000
+    scan(tracker, obs(task("a", 50), T0 + 15_000))
+    assert tracker.views()[0].eta_ms == T0 + 20_000  # still ahead: unchanged, same rendered view
+    view = tracker.views()[0]
+    scan(tracker, obs(task("a", 50), T0 + 30_000))  # passed: re-estimated from the rate up to now
+    assert tracker.views()[0].eta_ms == T0 + 60_000
+    scan(tracker, obs(task("a", 50), T0 + 40_000))
+    assert tracker.views()[0].eta_ms == T0 + 60_000
+    assert tracker.views()[0] is not view
