@@ -14,6 +14,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service.history import History
+from service.query_service import QueryService
 from service.redis_source import RedisSource, create_client
 from service.refresher import Refresher, RefreshFailed
 from service.responses import ErrorCode, error
@@ -49,7 +51,9 @@ def create_app(
     client = create_client(settings) if redis is None else redis
     rt = settings.running_tasks
     source = RedisSource(client, fetch_max_bytes=rt.fetch_max_bytes)
-    refresher = Refresher(Scanner(source, rt, clock), Tracker(rt.producer_key_ttl), rt, clock)
+    history = History(rt.history_size, clock)
+    tracker = Tracker(rt.producer_key_ttl, stall_after=rt.stall_after, on_departures=history.record)
+    refresher = Refresher(Scanner(source, rt, clock, finished_sink=tracker.observe_finished), tracker, rt, clock)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -75,6 +79,7 @@ def create_app(
     app.state.settings = settings
     app.state.source = source
     app.state.refresher = refresher
+    app.state.queries = QueryService(rt, history)
     return app
 
 
