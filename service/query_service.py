@@ -96,6 +96,11 @@ class QueryService:
 
         return self.cache.get_or_render(("stats", base), render)
 
+    def forget(self) -> None:
+        """Drop every cached answer and the id index: the next query is computed as on a new snapshot."""
+        self.cache.clear()
+        self._index = ("", {})
+
     def cache_stats(self) -> dict[str, Any]:
         return {
             **self.cache.stats(),

@@ -61,6 +61,10 @@ class ResultCache:
             self.evictions += 1
         return rendered
 
+    def clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
     def __len__(self) -> int:
         return len(self._entries)
 
