@@ -13,6 +13,7 @@ import httpx
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from starlette.applications import Starlette
 
 from service.app import create_app
 from service.simulator import build_workload
@@ -69,11 +70,20 @@ async def seed(client: Any) -> None:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
+async def redis_client() -> fakeredis.FakeAsyncRedis:
     client = fakeredis.FakeAsyncRedis()
     await seed(client)
-    async with running_app(create_app(make_settings(refresh_interval=60), redis=client)) as http:
-        http.redis = client  # type: ignore[attr-defined]
+    return client
+
+
+@pytest.fixture
+async def app(redis_client: fakeredis.FakeAsyncRedis) -> Starlette:
+    return create_app(make_settings(refresh_interval=60), redis=redis_client)
+
+
+@pytest.fixture
+async def http(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    async with running_app(app) as http:
         yield http
 
 
@@ -204,8 +214,10 @@ async def test_bad_values_get_a_400_envelope_naming_the_parameter(
     assert body["data"]["accepted"]
 
 
-async def test_filtered_answers_have_their_own_etag_and_304(http: httpx.AsyncClient) -> None:
-    app_refresher = http._transport.app.state.refresher  # type: ignore[attr-defined]
+async def test_filtered_answers_have_their_own_etag_and_304(
+    http: httpx.AsyncClient, app: Starlette, redis_client: fakeredis.FakeAsyncRedis
+) -> None:
+    app_refresher = app.state.refresher
     plain = await http.get(RUNNING)
     first = await http.get(f"{RUNNING}?status=processing&pageSize=2")
     etag = first.headers["etag"]
@@ -217,7 +229,7 @@ async def test_filtered_answers_have_their_own_etag_and_304(http: httpx.AsyncCli
     assert (
         await http.get(f"{RUNNING}?status=processing&pageSize=2", headers={"If-None-Match": etag})
     ).status_code == 304
-    await http.redis.set("request:id:t9", task_value(1, start_ago_min=0))  # type: ignore[attr-defined]
+    await redis_client.set("request:id:t9", task_value(1, start_ago_min=0))
     await app_refresher.run_job()
     changed = await http.get(f"{RUNNING}?status=processing&pageSize=2", headers={"If-None-Match": etag})
     assert changed.status_code == 200 and changed.headers["etag"] != etag
@@ -235,7 +247,9 @@ async def test_the_query_cache_answers_repeats(http: httpx.AsyncClient) -> None:
     assert after["history"]["size"] == 10_000
 
 
-async def test_one_running_task_by_id(http: httpx.AsyncClient) -> None:
+async def test_one_running_task_by_id(
+    http: httpx.AsyncClient, app: Starlette, redis_client: fakeredis.FakeAsyncRedis
+) -> None:
     listed = {t["taskId"]: t for t in (await get(http, RUNNING))["tasks"]}
     response = await http.get(f"{RUNNING}/t2")
     assert response.status_code == 200
@@ -246,8 +260,8 @@ async def test_one_running_task_by_id(http: httpx.AsyncClient) -> None:
     etag = response.headers["etag"]
     assert (await http.get(f"{RUNNING}/t2", headers={"If-None-Match": etag})).status_code == 304
     # another task changes: this one's tag does not
-    await http.redis.set("request:id:t1", task_value(20, client="c1", start_ago_min=50))  # type: ignore[attr-defined]
-    await http._transport.app.state.refresher.run_job()  # type: ignore[attr-defined]
+    await redis_client.set("request:id:t1", task_value(20, client="c1", start_ago_min=50))
+    await app.state.refresher.run_job()
     assert (await http.get(f"{RUNNING}/t2", headers={"If-None-Match": etag})).status_code == 304
 
 
@@ -260,9 +274,11 @@ async def test_a_task_that_is_not_running_is_a_404_envelope(http: httpx.AsyncCli
         assert body["message"] == f"task {task_id!r} is not running"
 
 
-async def test_finished_tasks_and_stats(http: httpx.AsyncClient) -> None:
-    refresher = http._transport.app.state.refresher  # type: ignore[attr-defined]
-    client = http.redis  # type: ignore[attr-defined]
+async def test_finished_tasks_and_stats(
+    http: httpx.AsyncClient, app: Starlette, redis_client: fakeredis.FakeAsyncRedis
+) -> None:
+    refresher = app.state.refresher
+    client = redis_client
     empty = await get(http, f"{API}/finished")
     assert (empty["totalTasks"], empty["tasks"], empty["page"], empty["pageSize"]) == (0, [], 1, 100)
     await client.set("request:id:t1", task_value(100, "completed", "c1", start_ago_min=50, update_ago_min=0))

@@ -85,3 +85,13 @@ def test_cache_can_be_turned_off() -> None:
     query = queries.parse_running(params("pageSize=1"))
     assert queries.running(first, query) is not queries.running(first, query)
     assert queries.cache_stats()["entries"] == 0
+
+
+def test_forget_drops_answers_and_the_index() -> None:
+    queries = service()
+    first = snap(1, sample())
+    index = queries._by_id(first)
+    queries.running(first, queries.parse_running(params("pageSize=1")))
+    queries.forget()
+    assert queries.cache_stats()["entries"] == 0 and queries.cache_stats()["bytes"] == 0
+    assert queries._by_id(first) is not index
