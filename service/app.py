@@ -6,6 +6,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -14,6 +15,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service.history import History
+from service.query_service import QueryService
 from service.redis_source import RedisSource, create_client
 from service.refresher import Refresher, RefreshFailed
 from service.responses import ErrorCode, error
@@ -38,13 +41,23 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return error(ErrorCode.INTERNAL)
 
 
-def build_refresher(
-    settings: Settings, client: aioredis.Redis, clock: Callable[[], int] | None = None
-) -> tuple[RedisSource, Refresher]:
-    """The pipeline from a Redis client to snapshots, as the service and the `scan` command both run it."""
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """Redis client -> scans -> snapshots, with the history the tracker feeds."""
+
+    source: RedisSource
+    refresher: Refresher
+    history: History
+
+
+def build_pipeline(settings: Settings, client: aioredis.Redis, clock: Callable[[], int] | None = None) -> Pipeline:
+    """The pipeline as the service and the `scan` command both run it."""
     rt = settings.running_tasks
     source = RedisSource(client, fetch_max_bytes=rt.fetch_max_bytes)
-    return source, Refresher(Scanner(source, rt, clock), Tracker(rt.producer_key_ttl), rt, clock)
+    history = History(rt.history_size, clock)
+    tracker = Tracker(rt.producer_key_ttl, stall_after=rt.stall_after, on_departures=history.record)
+    scanner = Scanner(source, rt, clock, finished_sink=tracker.observe_finished)
+    return Pipeline(source, Refresher(scanner, tracker, rt, clock), history)
 
 
 def create_app(
@@ -57,7 +70,8 @@ def create_app(
     owns_client = redis is None
     client = create_client(settings) if redis is None else redis
     rt = settings.running_tasks
-    source, refresher = build_refresher(settings, client, clock)
+    pipeline = build_pipeline(settings, client, clock)
+    refresher = pipeline.refresher
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -81,8 +95,9 @@ def create_app(
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
     app.state.settings = settings
-    app.state.source = source
+    app.state.source = pipeline.source
     app.state.refresher = refresher
+    app.state.queries = QueryService(rt, pipeline.history)
     return app
 
 

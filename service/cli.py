@@ -88,14 +88,14 @@ def _progress_line(stats: ScanStats, elapsed: float) -> str:
 
 
 async def _scan(args: argparse.Namespace, settings: Settings) -> Snapshot:
-    from service.app import build_refresher
+    from service.app import build_pipeline
 
     client = aioredis.Redis.from_url(
         settings.redis.url,
         socket_timeout=settings.running_tasks.redis_timeout / 1000,
         socket_connect_timeout=settings.running_tasks.redis_timeout / 1000,
     )
-    _, refresher = build_refresher(settings, client)
+    refresher = build_pipeline(settings, client).refresher
     show_progress = sys.stderr.isatty() and not args.quiet
     scan = asyncio.create_task(refresher.refresh("cli"))
     started = time.monotonic()

@@ -42,7 +42,10 @@ def ok(data: Any, headers: dict[str, str] | None = None) -> Response:
     return OrjsonResponse({"code": 0, "message": "ok", "success": True, "data": data}, headers=headers)
 
 
-def error(code: ErrorCode, message: str | None = None, headers: dict[str, str] | None = None) -> Response:
-    """An error envelope; `message` replaces the standard one where the caller has something precise to say."""
-    body = {"code": code.status, "message": message or code.message, "success": False, "data": None}
+def error(
+    code: ErrorCode, message: str | None = None, headers: dict[str, str] | None = None, data: Any = None
+) -> Response:
+    """An error envelope; `message` replaces the standard one where the caller has something precise to say,
+    `data` carries details a program can act on (e.g. which query parameter was refused)."""
+    body = {"code": code.status, "message": message or code.message, "success": False, "data": data}
     return OrjsonResponse(body, status_code=code.status, headers=headers)

@@ -8,9 +8,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from service.query import QueryError
+from service.query_service import QueryService
 from service.refresher import Refresher, RefreshFailed
 from service.responses import ErrorCode, error, ok
+from service.result_cache import Rendered
 from service.settings import Settings
+from service.snapshot import Snapshot
 
 logger = logging.getLogger("service.routes")
 
@@ -22,17 +26,80 @@ def _refresher(request: Request) -> Refresher:
     return refresher
 
 
+def _queries(request: Request) -> QueryService:
+    queries: QueryService = request.app.state.queries
+    return queries
+
+
 async def running_tasks(request: Request) -> Response:
     refresher = _refresher(request)
+    try:
+        query = _queries(request).parse_running(request.query_params.multi_items())
+    except QueryError as exc:
+        return _bad_request(exc)
     try:
         snapshot, live = await refresher.current()
     except RefreshFailed as failure:
         return error(failure.code)
+    if not query.is_default:
+        return _send(request, _queries(request).running(snapshot, query), snapshot, live)
+    # no parameter that changes the answer: the snapshot's own body, as rendered once
     headers = {"ETag": snapshot.etag, "X-Snapshot-Generation": str(snapshot.generation)}
     if not live and snapshot.etag in _if_none_match(request):
         refresher.counters.not_modified += 1
         return Response(status_code=304, headers=headers)
     return Response(snapshot.body, media_type="application/json", headers=headers)
+
+
+async def running_task(request: Request) -> Response:
+    queries = _queries(request)
+    try:
+        projection = queries.parse_task(request.query_params.multi_items())
+    except QueryError as exc:
+        return _bad_request(exc)
+    try:
+        snapshot, live = await _refresher(request).current()
+    except RefreshFailed as failure:
+        return error(failure.code)
+    task_id = request.path_params["task_id"]
+    rendered = queries.task(snapshot, task_id, projection)
+    if rendered is None:
+        return error(ErrorCode.NOT_FOUND, queries.not_running(task_id))
+    return _send(request, rendered, snapshot, live)
+
+
+async def finished_tasks(request: Request) -> Response:
+    queries = _queries(request)
+    try:
+        query = queries.parse_finished(request.query_params.multi_items())
+    except QueryError as exc:
+        return _bad_request(exc)
+    try:  # the history is as fresh as the snapshot: the same scan feeds both
+        snapshot, live = await _refresher(request).current()
+    except RefreshFailed as failure:
+        return error(failure.code)
+    return _send(request, queries.finished(query), snapshot, live)
+
+
+async def task_stats(request: Request) -> Response:
+    try:
+        snapshot, live = await _refresher(request).current()
+    except RefreshFailed as failure:
+        return error(failure.code)
+    return _send(request, _queries(request).stats(snapshot), snapshot, live)
+
+
+def _send(request: Request, rendered: Rendered, snapshot: Snapshot, live: bool) -> Response:
+    """A rendered answer with its ETag, or 304 when the client has it (as the unfiltered read does)."""
+    headers = {"ETag": rendered.etag, "X-Snapshot-Generation": str(snapshot.generation)}
+    if not live and rendered.etag in _if_none_match(request):
+        _refresher(request).counters.not_modified += 1
+        return Response(status_code=304, headers=headers)
+    return Response(rendered.body, media_type="application/json", headers=headers)
+
+
+def _bad_request(exc: QueryError) -> Response:
+    return error(ErrorCode.BAD_REQUEST, f"{ErrorCode.BAD_REQUEST.message}: {exc}", data=exc.as_data())
 
 
 def _if_none_match(request: Request) -> list[str]:
@@ -46,6 +113,7 @@ async def cache_stats(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     data = _refresher(request).stats()
     data["settings"] = settings.redacted()
+    data["queryCache"] = _queries(request).cache_stats()
     return ok(data)
 
 
@@ -70,6 +138,9 @@ async def readyz(request: Request) -> Response:
 
 routes = [
     Route(f"{API_PREFIX}/running", running_tasks, methods=["GET"]),
+    Route(f"{API_PREFIX}/running/{{task_id:path}}", running_task, methods=["GET"]),
+    Route(f"{API_PREFIX}/finished", finished_tasks, methods=["GET"]),
+    Route(f"{API_PREFIX}/stats", task_stats, methods=["GET"]),
     Route(f"{API_PREFIX}/cache-stats", cache_stats, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),

@@ -61,9 +61,16 @@ class Scanner:
     """Runs full scans; remembers decoded values so that unchanged values are not decoded again."""
 
     def __init__(
-        self, source: RedisSource, settings: RunningTasksSettings, clock: Callable[[], int] | None = None
+        self,
+        source: RedisSource,
+        settings: RunningTasksSettings,
+        clock: Callable[[], int] | None = None,
+        finished_sink: PageSink | None = None,
     ) -> None:
+        """`finished_sink` gets each page's values in a finished status that a scan decoded (a value unchanged
+        since the last complete scan is not reported again): how the tracker learns why a task departed."""
         self._source = source
+        self._finished_sink = finished_sink
         self._settings = settings
         self._clock = clock or (lambda: int(time.time() * 1000))
         self._prefix = task_id_prefix(settings.key_pattern).encode()
@@ -81,7 +88,7 @@ class Scanner:
         decoded: dict[str, tuple[int, _Decoded]] = {}
         try:
             async with asyncio.timeout(self._settings.max_scan_time / 1000):
-                await self._run(stats, decoded, sink)
+                await self._run(stats, decoded, sink, self._finished_sink)
         except TimeoutError as exc:
             raise ScanTimeout(f"scan exceeded max_scan_time ({self._settings.max_scan_time} ms)") from exc
         # Only a complete scan replaces the memory: keys that are gone are forgotten.
@@ -89,13 +96,19 @@ class Scanner:
         stats.duration_ms = round((time.perf_counter() - started) * 1000, 3)
         return stats
 
-    async def _run(self, stats: ScanStats, decoded: dict[str, tuple[int, _Decoded]], sink: PageSink) -> None:
+    async def _run(
+        self,
+        stats: ScanStats,
+        decoded: dict[str, tuple[int, _Decoded]],
+        sink: PageSink,
+        finished_sink: PageSink | None,
+    ) -> None:
         workers = self._settings.worker_count
         queue: asyncio.Queue[list[bytes] | None] = asyncio.Queue(maxsize=workers * 2)
         try:
             async with asyncio.TaskGroup() as group:
                 for _ in range(workers):
-                    group.create_task(self._worker(queue, stats, decoded, sink))
+                    group.create_task(self._worker(queue, stats, decoded, sink, finished_sink))
                 await self._produce(queue, stats)
                 for _ in range(workers):
                     await queue.put(None)
@@ -131,12 +144,18 @@ class Scanner:
         stats: ScanStats,
         decoded: dict[str, tuple[int, _Decoded]],
         sink: PageSink,
+        finished_sink: PageSink | None,
     ) -> None:
         while (keys := await queue.get()) is not None:
             fetched = await self._source.fetch(keys)
             stats.fetches += 1
             seen_ms = self._clock()
-            sink(list(self._decode_page(((f.key, f.value, f.pttl) for f in fetched), seen_ms, stats, decoded)))
+            finished: list[Observation] | None = None if finished_sink is None else []
+            page = ((f.key, f.value, f.pttl) for f in fetched)
+            sink(list(self._decode_page(page, seen_ms, stats, decoded, finished)))
+            if finished:
+                assert finished_sink is not None
+                finished_sink(finished)
 
     def _decode_page(
         self,
@@ -144,6 +163,7 @@ class Scanner:
         seen_ms: int,
         stats: ScanStats,
         decoded: dict[str, tuple[int, _Decoded]],
+        finished: list[Observation] | None = None,
     ) -> Iterable[Observation]:
         plen = len(self._prefix)
         previous = self._decoded
@@ -166,8 +186,15 @@ class Scanner:
             if known is not None and known[0] == fingerprint:
                 entry = known[1]
             else:
-                entry = self._decode(task_id, value)
+                stored = self._decode(task_id, value)
                 stats.decoded += 1
+                if stored is None or stored.process in self._running:
+                    entry = stored
+                else:
+                    entry = stored.process
+                    # a task that just finished always has a changed value, so it is reported from here, once
+                    if finished is not None:
+                        finished.append(Observation(stored, fingerprint, pttl, seen_ms))
             decoded[task_id] = (fingerprint, entry)
             if entry is None:
                 stats.malformed += 1
@@ -177,10 +204,9 @@ class Scanner:
                 stats.matched += 1
                 yield Observation(entry, fingerprint, pttl, seen_ms)
 
-    def _decode(self, task_id: str, value: bytes) -> _Decoded:
+    def _decode(self, task_id: str, value: bytes) -> StoredTask | None:
         try:
-            task = decode_value(task_id, value)
+            return decode_value(task_id, value)
         except MalformedValue as exc:
             logger.debug("skipping malformed value of task %r: %s", task_id, exc)
             return None
-        return task if task.process in self._running else task.process

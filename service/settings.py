@@ -60,6 +60,11 @@ class RunningTasksSettings:
     running_statuses: tuple[str, ...] = ("pending", "processing", "running")
     producer_key_ttl: int = field(default=3600, metadata=_bounds(0))  # s; 0 = unknown
     fetch_max_bytes: int = field(default=1_048_576, metadata=_bounds(1024))  # bytes one value fetch may return
+    # the query API (issue 5)
+    stall_after: int = field(default=300, metadata=_bounds(1))  # s without a change before a task is stalled
+    history_size: int = field(default=10_000, metadata=_bounds(1, 1_000_000))  # finished tasks kept in memory
+    query_cache_size: int = field(default=256, metadata=_bounds(0, 100_000))  # query results kept; 0 = none
+    query_cache_bytes: int = field(default=64 * 1_048_576, metadata=_bounds(0))  # bytes those results may hold
 
     def validate(self) -> None:
         if self.refresh_interval > self.cache_ttl:

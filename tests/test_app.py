@@ -60,8 +60,10 @@ async def test_running_tasks_contract() -> None:
         "totalProgress",
         "startTime",
         "lastUpdateTime",
+        "stalled",
         "fileList",
     }
+    assert old["stalled"] is False
 
 
 async def test_served_from_the_snapshot_until_the_next_refresh() -> None:

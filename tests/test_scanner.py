@@ -308,3 +308,27 @@ def test_redis_dying_mid_scan_fails_the_scan(own_redis_server: RedisServerProces
                 await run_scan(scanner_for(client, Dying, scan_batch_size=50))
 
     asyncio.run(main())
+
+
+def test_finished_values_are_reported_once_when_decoded() -> None:
+    async def main() -> None:
+        client = fakeredis.FakeAsyncRedis()
+        await write_mixed(client)
+        finished: list[Observation] = []
+        rt = make_settings().running_tasks
+        scanner = Scanner(RedisSource(client, fetch_max_bytes=rt.fetch_max_bytes), rt, finished_sink=finished.extend)
+        await run_scan(scanner)
+        assert sorted((o.task.task_id, o.task.process) for o in finished) == [
+            ("done-0", "complete"),
+            ("done-1", "completed"),
+            ("done-2", "failed"),
+        ]
+        assert all(o.pttl > 0 and o.task.total_progress == 100 for o in finished)
+        finished.clear()
+        await run_scan(scanner)
+        assert finished == []  # unchanged values are not decoded, nor reported, again
+        await client.set("request:id:run-1", value(100, "completed"), ex=3600)
+        await run_scan(scanner)
+        assert [o.task.task_id for o in finished] == ["run-1"]
+
+    asyncio.run(main())

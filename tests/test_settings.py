@@ -33,6 +33,8 @@ def test_established_defaults() -> None:
     assert (rt.redis_timeout, rt.scan_batch_size, rt.max_scan_time) == (5000, 100, 10000)
     assert (rt.cache_enabled, rt.cache_ttl, rt.worker_count) == (True, 60, 10)
     assert rt.running_statuses == ("pending", "processing", "running")
+    assert (rt.stall_after, rt.history_size) == (300, 10_000)
+    assert (rt.query_cache_size, rt.query_cache_bytes) == (256, 64 * 1_048_576)
 
 
 def test_environment_overrides() -> None:
@@ -93,6 +95,10 @@ def test_invalid_toml_is_an_error(tmp_path: Path) -> None:
             "running_tasks.refresh_interval = 90.0: must not exceed running_tasks.cache_ttl \\(60\\)",
         ),
         ({"running_tasks": {"scan_batchsize": 5}}, {}, "running_tasks.scan_batchsize = 5: unknown setting"),
+        ({"running_tasks": {"stall_after": 0}}, {}, "running_tasks.stall_after = 0: must be >= 1"),
+        ({"running_tasks": {"history_size": 0}}, {}, "running_tasks.history_size = 0: must be >= 1"),
+        ({"running_tasks": {"query_cache_size": -1}}, {}, "running_tasks.query_cache_size = -1: must be >= 0"),
+        ({}, {"SERVICE__RUNNING_TASKS__STALL_AFTER": "5m"}, "running_tasks.stall_after = '5m': expected an integer"),
         ({"runing_tasks": {}}, {}, "runing_tasks = {}: unknown section"),
         ({"redis": {"url": "http://x"}}, {}, "redis.url = 'http://x': scheme must be"),
         ({}, {"SERVICE__RUNNING_TASKS__CACHE_TTL": "soon"}, "running_tasks.cache_ttl = 'soon': expected an integer"),

@@ -4,7 +4,7 @@ import orjson
 
 from service.scanner import Observation
 from service.tasks import StoredTask, format_time
-from service.tracker import Tracker, estimate_completion
+from service.tracker import Departure, Tracker, estimate_completion
 
 TTL = 3600
 T0 = 1_795_000_000_000
@@ -149,6 +149,7 @@ def test_rendered_task_has_the_contract_fields_in_order() -> None:
         "startTime",
         "lastUpdateTime",
         "estimatedCompletionTime",
+        "stalled",
         "fileList",
     ]
     assert body["status"] == body["process"] == "processing"
@@ -168,3 +169,92 @@ def test_a_late_estimate_is_renewed_only_once_it_has_passed() -> None:
     scan(tracker, obs(task("a", 50), T0 + 40_000))
     assert tracker.views()[0].eta_ms == T0 + 60_000
     assert tracker.views()[0] is not view
+
+
+# -- stalled, progress rate and departures (the query API) --------------------------------------------------
+
+
+def test_a_task_turns_stalled_by_time_alone_and_is_re_rendered_at_that_scan() -> None:
+    tracker = Tracker(producer_key_ttl=0, stall_after=300)
+    scan(tracker, obs(task("a", 10), T0))
+    first = tracker.views()[0]
+    assert first.stalled is False
+    scan(tracker, obs(task("a", 10), T0 + 299_999))  # unchanged, not yet 300 s
+    assert tracker.views()[0] is first
+    scan(tracker, obs(task("a", 10), T0 + 300_000))  # same value: only time made it stalled
+    flipped = tracker.views()[0]
+    assert flipped is not first
+    assert flipped.stalled is True
+    assert as_json(tracker)[0]["stalled"] is True
+    scan(tracker, obs(task("a", 10), T0 + 302_000))  # still stalled: nothing new to render
+    assert tracker.views()[0] is flipped
+    scan(tracker, obs(task("a", 11), T0 + 304_000))  # it moved: no longer stalled
+    assert tracker.views()[0].stalled is False
+
+
+def test_stalled_at_first_sight_when_the_ttl_shows_an_old_write() -> None:
+    tracker = Tracker(producer_key_ttl=TTL, stall_after=300)
+    # 3000 s left of 3600: last written 10 minutes before it was read
+    scan(tracker, obs(task("old", 10), T0, pttl=3_000_000), obs(task("fresh", 10), T0, pttl=3_599_000))
+    assert {v.task_id: v.stalled for v in tracker.views()} == {"old": True, "fresh": False}
+
+
+def test_progress_rate_in_percent_per_minute() -> None:
+    tracker = Tracker(producer_key_ttl=0)
+    scan(tracker, obs(task("a", 10), T0))
+    assert tracker.views()[0].rate is None  # one point: no rate
+    scan(tracker, obs(task("a", 40), T0 + 120_000))  # 30 % in 2 minutes
+    assert tracker.views()[0].rate == 15.0
+
+
+def departures_of(tracker: Tracker) -> list[Departure]:
+    seen: list[Departure] = []
+    tracker._on_departures = seen.extend
+    return seen
+
+
+def test_departures_say_why_a_task_left() -> None:
+    tracker = Tracker(producer_key_ttl=TTL)
+    got = departures_of(tracker)
+    scan(tracker, obs(task("done", 50), T0, pttl=3_600_000), obs(task("gone", 20), T0, pttl=3_600_000))
+    scan(tracker, obs(task("done", 60), T0 + 2000, pttl=3_600_000), obs(task("gone", 20), T0 + 2000, pttl=3_598_000))
+    tracker.begin_scan()
+    # the finished value was written 1 s before this scan read it
+    tracker.observe_finished([obs(task("done", 100, process="completed"), T0 + 4000, pttl=3_599_000)])
+    tracker.observe_finished([obs(task("never-seen-running", 100, process="failed"), T0 + 4000)])
+    assert tracker.end_scan() == ["done", "gone"]
+    by_id = {d.view.task_id: d for d in got}
+    assert set(by_id) == {"done", "gone"}  # a task never seen running is not a departure
+    done, gone = by_id["done"], by_id["gone"]
+    assert done.final is not None and done.final.process == "completed"
+    assert done.end_ms == T0 + 3000
+    assert done.last_seen_ms == T0 + 2000
+    assert done.view.total_progress == 60
+    assert gone.final is None  # vanished: no finished value was read
+    assert gone.end_ms == gone.last_seen_ms == T0 + 2000
+
+
+def test_a_failed_scan_forgets_what_it_saw_finish() -> None:
+    tracker = Tracker(producer_key_ttl=0)
+    got = departures_of(tracker)
+    scan(tracker, obs(task("a", 50), T0))
+    tracker.begin_scan()  # this scan fails after reading "a" finished: end_scan is never called
+    tracker.observe_finished([obs(task("a", 100, process="failed"), T0 + 1000)])
+    assert got == []
+    tracker.begin_scan()  # the next scan does not read it finished again (say, the key was then deleted)
+    assert tracker.end_scan() == ["a"]
+    assert got[0].final is None
+
+
+def test_a_task_that_reappears_is_a_new_run() -> None:
+    tracker = Tracker(producer_key_ttl=0)
+    got = departures_of(tracker)
+    scan(tracker, obs(task("a", 50), T0))
+    tracker.begin_scan()
+    tracker.observe_finished([obs(task("a", 100, process="completed"), T0 + 1000)])
+    tracker.end_scan()
+    scan(tracker, obs(task("a", 5), T0 + 60_000))  # the same id running again
+    (view,) = tracker.views()
+    assert view.start_ms == T0 + 60_000
+    scan(tracker)
+    assert [(d.view.start_ms, d.final is None) for d in got] == [(T0, False), (T0 + 60_000, True)]

@@ -1,0 +1,117 @@
+"""Answers the query API from the current snapshot and the finished-task history, each distinct answer rendered
+once: results are cached by (what they were computed from, normalised query), and so are their ETags."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+from service.history import FinishedQuery, History, parse_finished_query, render_finished
+from service.query import Params, Projection, Query, paginate, parse_projection, parse_query, render_page, render_task
+from service.query import select as select_running
+from service.result_cache import Rendered, ResultCache, content_etag, derived_etag
+from service.settings import RunningTasksSettings
+from service.snapshot import Snapshot
+from service.task_stats import task_stats
+from service.tasks import format_time
+from service.tracker import TaskView
+
+_OK_PREFIX = b'{"code":0,"message":"ok","success":true,"data":'
+
+
+class QueryService:
+    """The logic behind the query endpoints; handlers only parse the request and send what this returns."""
+
+    def __init__(self, settings: RunningTasksSettings, history: History) -> None:
+        self._settings = settings
+        self.history = history
+        self.cache = ResultCache(settings.query_cache_size, settings.query_cache_bytes)
+        self._token = secrets.token_hex(4)  # tags of another process never match this one's
+        self._index: tuple[str, dict[str, TaskView]] = ("", {})
+
+    # -- parsing (raises QueryError) -------------------------------------------------------------------
+
+    def parse_running(self, items: Iterable[tuple[str, str]]) -> Query:
+        return parse_query(items, self._settings.running_statuses)
+
+    def parse_task(self, items: Iterable[tuple[str, str]]) -> Projection:
+        return parse_projection(Params(items))
+
+    def parse_finished(self, items: Iterable[tuple[str, str]]) -> FinishedQuery:
+        return parse_finished_query(items)
+
+    # -- answers ---------------------------------------------------------------------------------------
+
+    def running(self, snapshot: Snapshot, query: Query) -> Rendered:
+        """A filtered, sorted, paged, projected running list; keyed by the snapshot's ETag (equal bodies)."""
+
+        def render() -> Rendered:
+            page = paginate(select_running(snapshot.tasks, query), query.paging)
+            return Rendered(render_page(page, query.projection), derived_etag(snapshot.etag, query))
+
+        return self.cache.get_or_render(("running", snapshot.etag, query), render)
+
+    def task(self, snapshot: Snapshot, task_id: str, projection: Projection) -> Rendered | None:
+        """One running task, or None; its ETag follows its content, so it survives changes to other tasks."""
+        view = self._by_id(snapshot).get(task_id)
+        if view is None:
+            return None
+
+        def render() -> Rendered:
+            body = b"".join((_OK_PREFIX, render_task(view, projection), b"}"))
+            return Rendered(body, content_etag(body))
+
+        return self.cache.get_or_render(("task", snapshot.etag, task_id, projection), render)
+
+    def not_running(self, task_id: str) -> str:
+        """Why `task_id` is not in the running list, as precisely as the history knows."""
+        record = self.history.latest(task_id)
+        if record is None:
+            return f"task {task_id!r} is not running"
+        return (
+            f"task {task_id!r} is not running: it left the running state as {record.outcome} "
+            f"at {format_time(record.end_ms)} (see /tasks/finished)"
+        )
+
+    def finished(self, query: FinishedQuery) -> Rendered:
+        history = self.history
+        base = f"{self._token}-h{history.version}"
+
+        def render() -> Rendered:
+            return Rendered(render_finished(history, query), derived_etag(base, query))
+
+        return self.cache.get_or_render(("finished", base, query), render)
+
+    def stats(self, snapshot: Snapshot) -> Rendered:
+        # keyed by generation, not ETag: the windows are measured from the snapshot's build time
+        base = f"{self._token}-s{snapshot.generation}-h{self.history.version}"
+        rt = self._settings
+
+        def render() -> Rendered:
+            data = task_stats(snapshot, self.history, rt.running_statuses, rt.stall_after)
+            return Rendered(orjson.dumps({"code": 0, "message": "ok", "success": True, "data": data}), f'"{base}"')
+
+        return self.cache.get_or_render(("stats", base), render)
+
+    def forget(self) -> None:
+        """Drop every cached answer and the id index: the next query is computed as on a new snapshot."""
+        self.cache.clear()
+        self._index = ("", {})
+
+    def cache_stats(self) -> dict[str, Any]:
+        return {
+            **self.cache.stats(),
+            "history": {"kept": len(self.history), "size": self.history.size, "version": self.history.version},
+        }
+
+    def _by_id(self, snapshot: Snapshot) -> dict[str, TaskView]:
+        # built once per snapshot body, on the first lookup: no linear scan per request, no cost for a
+        # snapshot nobody asks a single task of
+        etag, index = self._index
+        if etag != snapshot.etag:
+            index = {view.task_id: view for view in snapshot.tasks}
+            self._index = (snapshot.etag, index)
+        return index
