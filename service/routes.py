@@ -41,14 +41,9 @@ async def running_tasks(request: Request) -> Response:
         snapshot, live = await refresher.current()
     except RefreshFailed as failure:
         return error(failure.code)
-    if not query.is_default:
-        return _send(request, _queries(request).running(snapshot, query), snapshot, live)
-    # no parameter that changes the answer: the snapshot's own body, as rendered once
-    headers = {"ETag": snapshot.etag, "X-Snapshot-Generation": str(snapshot.generation)}
-    if not live and snapshot.etag in _if_none_match(request):
-        refresher.counters.not_modified += 1
-        return Response(status_code=304, headers=headers)
-    return Response(snapshot.body, media_type="application/json", headers=headers)
+    if query.is_default:  # no parameter that changes the answer: the snapshot's own body, as rendered once
+        return _send(request, Rendered(snapshot.body, snapshot.etag), snapshot, live)
+    return _send(request, _queries(request).running(snapshot, query), snapshot, live)
 
 
 async def running_task(request: Request) -> Response:
