@@ -19,7 +19,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.responses import ErrorCode, error
-from service.security import client_host
+from service.security import client_host, header
 from service.settings import Settings
 
 logger = logging.getLogger("service.access")
@@ -75,7 +75,7 @@ class RequestLog:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = accept_request_id(_header(scope, b"x-request-id"))
+        request_id = accept_request_id(header(scope, b"x-request-id"))
         scope.setdefault("state", {})["request_id"] = request_id
         context = request_id_var.set(request_id)
         started = time.perf_counter()
@@ -115,7 +115,7 @@ class RequestLog:
             "client": _clean(client_host(scope)),
             "request_id": request_id,
             "bytes": sent,
-            "user_agent": _clean((_header(scope, b"user-agent") or b"").decode("latin-1")),
+            "user_agent": _clean((header(scope, b"user-agent") or b"").decode("latin-1")),
         }
         logger.info(
             '%s "%s %s" %d %.2fms %dB request_id=%s',
@@ -128,13 +128,6 @@ class RequestLog:
             request_id,
             extra={"fields": fields},
         )
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return None
 
 
 # -- formats -------------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ class AccessControl:
             return
         identity: int | None = None
         if self.authenticator is not None:
-            identity = self.authenticator.identify(_header(scope, b"authorization"))
+            identity = self.authenticator.identify(header(scope, b"authorization"))
         if self.limiter is not None:
             key = f"token:{identity}" if identity is not None else f"addr:{client_host(scope)}"
             wait = self.limiter.acquire(key)
@@ -53,7 +53,7 @@ class AccessControl:
                 return
         if self.authenticator is not None and identity is None and scope["path"] not in PUBLIC_PATHS:
             challenge = f'Bearer realm="{REALM}"'
-            if _header(scope, b"authorization") is not None:
+            if header(scope, b"authorization") is not None:
                 challenge += ', error="invalid_token"'  # RFC 6750: a token was sent but is not valid
             await error(ErrorCode.UNAUTHORIZED, headers={"WWW-Authenticate": challenge})(scope, receive, send)
             return
@@ -79,7 +79,8 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def _header(scope: Scope, name: bytes) -> bytes | None:
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of request header `name` (lower case), without building a Headers object."""
     for key, value in scope["headers"]:
         if key == name:
             return bytes(value)
