@@ -9,13 +9,18 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service.access_log import configure_logging
 from service.history import History
+from service.metrics import Metrics
+from service.middleware import build_limiter, build_middleware
+from service.openapi import build_document
 from service.query_service import QueryService
 from service.redis_source import RedisSource, create_client
 from service.refresher import Refresher, RefreshFailed
@@ -89,8 +94,13 @@ def create_app(
             if owns_client:
                 await client.aclose()
 
+    metrics = Metrics(refresher, rt.running_statuses, rt.cache_ttl)
+    limiter = build_limiter(settings)
+    if limiter is not None:
+        metrics.add_gauge("rate_limit_clients", "Clients whose rate-limit bucket is remembered.", lambda: len(limiter))
     app = Starlette(
         routes=routes,
+        middleware=build_middleware(settings, metrics, limiter),
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
@@ -98,6 +108,9 @@ def create_app(
     app.state.source = pipeline.source
     app.state.refresher = refresher
     app.state.queries = QueryService(rt, pipeline.history)
+    app.state.metrics = metrics
+    app.state.limiter = limiter
+    app.state.openapi = orjson.dumps(build_document(settings))
     return app
 
 
@@ -106,10 +119,12 @@ def __getattr__(name: str) -> Any:
     # importing this module never read the environment; bad settings stop startup with one line.
     if name == "app":
         try:
-            application = create_app()
+            settings = load_settings()
         except SettingsError as exc:
             print(f"error: invalid settings: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
+        configure_logging(settings)
+        application = create_app(settings)
         globals()["app"] = application
         return application
     raise AttributeError(name)

@@ -90,6 +90,10 @@ class RefreshRecord:
         }
 
 
+# Called after every refresh with its record and, when it failed, how; e.g. the metrics' histogram.
+RefreshListener = Callable[[RefreshRecord, ErrorCode | None], None]
+
+
 def _camel(data: dict[str, Any]) -> dict[str, Any]:
     """snake_case keys to the camelCase the API speaks."""
     return {_camel_key(key): value for key, value in data.items()}
@@ -125,6 +129,13 @@ class Refresher:
         self.snapshot: Snapshot | None = None
         self.last_refresh: RefreshRecord | None = None
         self.counters = Counters()
+        self.listeners: list[RefreshListener] = []
+        self._failing_code: ErrorCode | None = None
+
+    @property
+    def scanning(self) -> bool:
+        """Whether a scan is running right now."""
+        return self._inflight is not None
 
     @property
     def scanner(self) -> Scanner:
@@ -162,12 +173,15 @@ class Refresher:
         )
         self.snapshot = snapshot
         duration = round((time.perf_counter() - started) * 1000, 3)
-        self.last_refresh = RefreshRecord(started_ms, duration, trigger, stats.as_dict(), None)
+        record = RefreshRecord(started_ms, duration, trigger, stats.as_dict(), None)
+        self.last_refresh = record
         self.counters.refreshes_ok += 1
         self._failure = None
         if self._failing_since is not None:
             logger.warning("refresh recovered after %.1f s of failures", time.monotonic() - self._failing_since)
             self._failing_since = None
+            self._failing_code = None
+        self._notify(record, None)
         logger.debug(
             "refresh %d (%s): %d running of %d keys in %.1f ms",
             self._generation,
@@ -182,7 +196,8 @@ class Refresher:
         code = classify(exc)
         detail = f"{type(exc).__name__}: {exc}"
         duration = round((time.perf_counter() - started) * 1000, 3)
-        self.last_refresh = RefreshRecord(started_ms, duration, trigger, None, detail)
+        record = RefreshRecord(started_ms, duration, trigger, None, detail)
+        self.last_refresh = record
         self.counters.refreshes_failed += 1
         if code is ErrorCode.TIMEOUT:
             self.counters.timeouts += 1
@@ -193,14 +208,25 @@ class Refresher:
         now = time.monotonic()
         failure = RefreshFailed(code, detail)
         self._failure = (now, failure)
-        # one line when the state changes, then a reminder now and then: a dead Redis must not flood the log
-        if code is ErrorCode.INTERNAL:
-            logger.error("refresh failed (%s)", trigger, exc_info=exc)
-        elif self._failing_since is None or now - self._last_reminder >= _REMINDER_SECONDS:
-            logger.warning("refresh failed (%s): %s", trigger, detail)
+        # one line when the state changes (a new kind of failure included), then a reminder now and then: a dead
+        # Redis, or a Redis that refuses our commands, must not flood the log
+        if code is not self._failing_code or now - self._last_reminder >= _REMINDER_SECONDS:
+            if code is ErrorCode.INTERNAL:
+                logger.error("refresh failed (%s): %s", trigger, detail, exc_info=exc)
+            else:
+                logger.warning("refresh failed (%s): %s", trigger, detail)
             self._last_reminder = now
+        self._failing_code = code
         self._failing_since = self._failing_since or now
+        self._notify(record, code)
         return failure
+
+    def _notify(self, record: RefreshRecord, code: ErrorCode | None) -> None:
+        for listener in self.listeners:
+            try:
+                listener(record, code)
+            except Exception:  # an observer must never break the refresh it observes
+                logger.exception("refresh listener %r failed", listener)
 
     # -- what requests ask for -------------------------------------------------------------------------
 

@@ -18,8 +18,10 @@ class ErrorCode(Enum):
     """HTTP status (equal to the envelope's `code`) and message of each failure readers know."""
 
     BAD_REQUEST = (400, "请求参数错误")
+    UNAUTHORIZED = (401, "未授权：缺少或无效的访问令牌")
     NOT_FOUND = (404, "Not Found")
     METHOD_NOT_ALLOWED = (405, "Method Not Allowed")
+    TOO_MANY_REQUESTS = (429, "请求过于频繁，请稍后再试")
     INTERNAL = (500, "查询任务状态时发生内部错误")
     REDIS_UNAVAILABLE = (503, "Redis服务不可用，请稍后再试")
     TIMEOUT = (504, "查询超时，请稍后再试")

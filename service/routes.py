@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from service.metrics import Metrics
 from service.query import QueryError
 from service.query_service import QueryService
 from service.refresher import Refresher, RefreshFailed
@@ -131,6 +132,17 @@ async def readyz(request: Request) -> Response:
     return ok({"ready": True, "reason": "redis answers PING"})
 
 
+async def metrics(request: Request) -> Response:
+    registry: Metrics = request.app.state.metrics
+    body, content_type = registry.render(request.headers.get("accept"))
+    return Response(body, headers={"Content-Type": content_type})
+
+
+async def openapi(request: Request) -> Response:
+    document: bytes = request.app.state.openapi
+    return Response(document, media_type="application/json")
+
+
 routes = [
     Route(f"{API_PREFIX}/running", running_tasks, methods=["GET"]),
     Route(f"{API_PREFIX}/running/{{task_id:path}}", running_task, methods=["GET"]),
@@ -139,4 +151,6 @@ routes = [
     Route(f"{API_PREFIX}/cache-stats", cache_stats, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
 ]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -39,12 +41,22 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = field(default=8000, metadata=_bounds(1, 65535))
     log_level: str = "info"
+    # peers whose X-Forwarded-For names the client (addresses or networks); nobody else's is believed
+    trusted_proxies: tuple[str, ...] = ()
 
     def validate(self) -> None:
         if self.log_level not in ("critical", "error", "warning", "info", "debug"):
             raise SettingsError(
                 f"server.log_level = {self.log_level!r}: must be one of critical, error, warning, info, debug"
             )
+        for entry in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise SettingsError(
+                    f"server.trusted_proxies = {list(self.trusted_proxies)!r}: "
+                    f"{entry!r} is not an IP address or network"
+                ) from None
 
 
 @dataclass(frozen=True)
@@ -80,17 +92,82 @@ class RunningTasksSettings:
             )
 
 
+# RFC 6750 b64token: what an `Authorization: Bearer` header can carry unchanged
+_BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+MIN_TOKEN_LENGTH = 16
+# a mistyped environment variable whose name holds one of these may hold a secret: its value is not shown
+_SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD")
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    # Empty: no authentication. Never shown: not in repr, errors, logs or cache-stats.
+    tokens: tuple[str, ...] = field(default=(), repr=False, metadata={"secret": True})
+
+    def validate(self) -> None:
+        for index, token in enumerate(self.tokens, 1):
+            if not _BEARER_TOKEN.fullmatch(token):
+                raise SettingsError(
+                    f"auth.tokens = ***: token {index} holds characters a Bearer header cannot carry "
+                    "(allowed: letters, digits, - . _ ~ + / and trailing =)"
+                )
+            if len(token) < MIN_TOKEN_LENGTH:
+                raise SettingsError(
+                    f"auth.tokens = ***: token {index} has {len(token)} characters, at least {MIN_TOKEN_LENGTH} "
+                    "are required (e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+                )
+
+
+@dataclass(frozen=True)
+class RateLimitSettings:
+    requests_per_second: float = field(default=20, metadata=_bounds(0))  # per client; 0 disables the limit
+    burst: int = field(default=40, metadata=_bounds(1, 1_000_000))  # requests a client may make at once
+    max_clients: int = field(default=10_000, metadata=_bounds(1, 10_000_000))  # buckets kept; oldest dropped
+
+
+@dataclass(frozen=True)
+class CorsSettings:
+    allowed_origins: tuple[str, ...] = ()  # e.g. ["https://dash.example.com"]; ["*"]: any; empty: no CORS
+    max_age: int = field(default=600, metadata=_bounds(0, 86_400))  # s browsers may cache a preflight answer
+
+    def validate(self) -> None:
+        for origin in self.allowed_origins:
+            if origin == "*":
+                continue
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
+                raise SettingsError(
+                    f"cors.allowed_origins = {list(self.allowed_origins)!r}: {origin!r} is not an origin "
+                    "like https://dash.example.com (scheme, host, optional port; no path) or '*'"
+                )
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    format: str = "plain"  # or "json": one object per line
+    access_log: bool = True  # one line per request
+
+    def validate(self) -> None:
+        if self.format not in ("plain", "json"):
+            raise SettingsError(f"logging.format = {self.format!r}: must be plain or json")
+
+
 @dataclass(frozen=True)
 class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     running_tasks: RunningTasksSettings = field(default_factory=RunningTasksSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
+    cors: CorsSettings = field(default_factory=CorsSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
 
     def redacted(self) -> dict[str, Any]:
-        """The settings in effect as plain data, with any password in the Redis URL replaced."""
+        """The settings in effect as plain data, with any password in the Redis URL and every token replaced."""
         data = dataclasses.asdict(self)
         data["redis"]["url"] = redact_url(self.redis.url)
         data["running_tasks"]["running_statuses"] = list(self.running_tasks.running_statuses)
+        data["auth"]["tokens"] = ["***"] * len(self.auth.tokens)
         return data
 
 
@@ -155,13 +232,21 @@ def _coerce(key: str, value: Any, hint: Any, from_env: bool) -> Any:
 def _build_section(name: str, cls: type[Any], raw: Mapping[str, Any], env_keys: set[str]) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
+    # in a section holding a secret, a mistyped key may hold the secret itself: no value is ever shown
+    secret_section = any(f.metadata.get("secret") for f in known.values())
     for key in raw:
         if key not in known:
-            raise SettingsError(f"{name}.{key} = {raw[key]!r}: unknown setting (known: {', '.join(known)})")
+            shown = "***" if secret_section else repr(raw[key])
+            raise SettingsError(f"{name}.{key} = {shown}: unknown setting (known: {', '.join(known)})")
     values: dict[str, Any] = {}
     for key, value in raw.items():
         dotted = f"{name}.{key}"
-        coerced = _coerce(dotted, value, hints[key], from_env=key in env_keys)
+        try:
+            coerced = _coerce(dotted, value, hints[key], from_env=key in env_keys)
+        except SettingsError as exc:
+            if known[key].metadata.get("secret"):
+                raise SettingsError(str(exc).replace(f"{dotted} = {value!r}", f"{dotted} = ***", 1)) from None
+            raise
         low, high = known[key].metadata.get("low"), known[key].metadata.get("high")
         if low is not None and coerced < low:
             raise SettingsError(f"{dotted} = {value!r}: must be >= {low}")
@@ -169,7 +254,9 @@ def _build_section(name: str, cls: type[Any], raw: Mapping[str, Any], env_keys: 
             raise SettingsError(f"{dotted} = {value!r}: must be <= {high}")
         values[key] = coerced
     section = cls(**values)
-    section.validate()
+    validate = getattr(section, "validate", None)  # the cross-field checks of sections that have them
+    if validate is not None:
+        validate()
     return section
 
 
@@ -212,7 +299,8 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None 
             continue
         parts = var[len(ENV_PREFIX) :].lower().split("__")
         if len(parts) != 2 or parts[0] not in sections:
-            raise SettingsError(f"{var} = {value!r}: expected SERVICE__<SECTION>__<KEY> with a known section")
+            shown = "***" if any(word in var.upper() for word in _SECRET_WORDS) else repr(value)
+            raise SettingsError(f"{var} = {shown}: expected SERVICE__<SECTION>__<KEY> with a known section")
         override(parts[0], parts[1], value)
     if "REDIS_URL" in env:
         override("redis", "url", env["REDIS_URL"])

@@ -120,3 +120,73 @@ def test_redaction_hides_the_password_only() -> None:
     settings = settings_from_mapping({"redis": {"url": "redis://:hunter2@db:6380/1"}})
     assert "hunter2" not in repr(settings.redacted())
     assert settings.redacted()["running_tasks"]["running_statuses"] == ["pending", "processing", "running"]
+
+
+TOKEN_A = "tok-A-0123456789abcdef"
+TOKEN_B = "tok-B-0123456789abcdef"
+
+
+def test_operations_defaults() -> None:
+    settings = Settings()
+    assert settings.auth.tokens == ()
+    assert (settings.rate_limit.requests_per_second, settings.rate_limit.burst) == (20, 40)
+    assert settings.cors.allowed_origins == ()
+    assert (settings.logging.format, settings.logging.access_log) == ("plain", True)
+    assert settings.server.trusted_proxies == ()
+
+
+def test_tokens_and_operations_from_the_environment() -> None:
+    env = {
+        "SERVICE__AUTH__TOKENS": f"{TOKEN_A}, {TOKEN_B}",
+        "SERVICE__RATE_LIMIT__REQUESTS_PER_SECOND": "0",
+        "SERVICE__SERVER__TRUSTED_PROXIES": "10.0.0.0/8,127.0.0.1",
+        "SERVICE__CORS__ALLOWED_ORIGINS": "https://dash.example.com",
+        "SERVICE__LOGGING__FORMAT": "json",
+    }
+    settings = load_settings(DEFAULT_PATH, env=env)
+    assert settings.auth.tokens == (TOKEN_A, TOKEN_B)
+    assert settings.rate_limit.requests_per_second == 0
+    assert settings.server.trusted_proxies == ("10.0.0.0/8", "127.0.0.1")
+    assert settings.cors.allowed_origins == ("https://dash.example.com",)
+    assert settings.logging.format == "json"
+
+
+def test_tokens_are_never_shown() -> None:
+    settings = settings_from_mapping({"auth": {"tokens": [TOKEN_A, TOKEN_B]}})
+    assert settings.redacted()["auth"]["tokens"] == ["***", "***"]
+    for text in (repr(settings), repr(settings.auth), str(settings.redacted())):
+        assert TOKEN_A not in text and TOKEN_B not in text
+
+
+@pytest.mark.parametrize(
+    ("raw", "env", "message"),
+    [
+        ({"auth": {"tokens": ["short-but-secret"[:10]]}}, {}, "auth.tokens = \\*\\*\\*: token 1 has 10 characters"),
+        ({"auth": {"tokens": [TOKEN_A, "has a space-0123456789"]}}, {}, "token 2 holds characters a Bearer header"),
+        ({"auth": {"tokens": "tok-C-0123456789abcdef"}}, {}, "auth.tokens = \\*\\*\\*: expected a list of strings"),
+        ({"auth": {"token": "tok-C-0123456789abcdef"}}, {}, "auth.token = \\*\\*\\*: unknown setting"),
+        ({}, {"SERVICE__AUHT__TOKENS": "tok-C-0123456789abcdef"}, "SERVICE__AUHT__TOKENS = \\*\\*\\*: expected"),
+    ],
+)
+def test_bad_token_settings_name_the_key_but_not_the_token(raw: dict, env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message) as caught:
+        settings_from_mapping(raw, env)
+    assert "0123456789" not in str(caught.value) and "short-but-" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"server": {"trusted_proxies": ["10.0.0.0/8", "proxy.local"]}}, "'proxy.local' is not an IP address"),
+        ({"rate_limit": {"requests_per_second": -1}}, "rate_limit.requests_per_second = -1: must be >= 0"),
+        ({"rate_limit": {"burst": 0}}, "rate_limit.burst = 0: must be >= 1"),
+        ({"rate_limit": {"max_clients": 0}}, "rate_limit.max_clients = 0: must be >= 1"),
+        ({"cors": {"allowed_origins": ["dash.example.com"]}}, "'dash.example.com' is not an origin"),
+        ({"cors": {"allowed_origins": ["https://dash.example.com/app"]}}, "is not an origin"),
+        ({"logging": {"format": "xml"}}, "logging.format = 'xml': must be plain or json"),
+        ({"logging": {"access_log": "yes"}}, "logging.access_log = 'yes': expected true or false"),
+    ],
+)
+def test_bad_operations_settings_name_the_key_and_the_value(raw: dict, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        settings_from_mapping(raw)

@@ -1,0 +1,259 @@
+"""Prometheus metrics: a registry per app, request metrics by route template, the refresher's state at scrape time.
+
+Names share the `running_tasks_` prefix and follow Prometheus conventions (base units, `_total` counters).
+Request metrics are labelled by the route *template* and a closed set of methods, never by the raw path or
+method a client sends, so that no client can grow the number of series."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import __version__
+from service.refresher import Refresher, RefreshRecord
+from service.responses import ErrorCode
+
+PREFIX = "running_tasks_"
+UNMATCHED = "unmatched"  # the route label of requests no route answers (404)
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_OUTCOMES = {
+    None: "ok",
+    ErrorCode.TIMEOUT: "timeout",
+    ErrorCode.REDIS_UNAVAILABLE: "redis_unavailable",
+    ErrorCode.INTERNAL: "error",
+}
+# Served from the snapshot: well under a millisecond; a live scan: up to max_scan_time.
+_REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_REFRESH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """The app's registry: request and refresh metrics observed as they happen, the rest read when scraped."""
+
+    def __init__(self, refresher: Refresher, running_statuses: Iterable[str], cache_ttl: float) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            f"{PREFIX}http_requests",
+            "HTTP requests answered, by route template, method and status code.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.request_duration = Histogram(
+            f"{PREFIX}http_request_duration_seconds",
+            "Time from a request's arrival to the end of its response, by route template, method and status code.",
+            ["route", "method", "status"],
+            buckets=_REQUEST_BUCKETS,
+            registry=self.registry,
+        )
+        self.refresh_duration = Histogram(
+            f"{PREFIX}refresh_duration_seconds",
+            "Duration of snapshot refreshes (full scans), by trigger (job, startup, request) and outcome.",
+            ["trigger", "outcome"],
+            buckets=_REFRESH_BUCKETS,
+            registry=self.registry,
+        )
+        self.refreshes = Counter(
+            f"{PREFIX}refreshes",
+            "Snapshot refreshes, by trigger (job, startup, request) and outcome (ok, timeout, redis_unavailable, "
+            "error).",
+            ["trigger", "outcome"],
+            registry=self.registry,
+        )
+        self.live_scans = Counter(
+            f"{PREFIX}live_scans",
+            "Scans started by a request because the snapshot was missing or stale, or the cache is disabled.",
+            registry=self.registry,
+        )
+        for trigger in ("job", "startup", "request"):  # every series exists from the start, at zero
+            for outcome in _OUTCOMES.values():
+                self.refreshes.labels(trigger, outcome)
+        self.state = _RefresherCollector(refresher, tuple(running_statuses), cache_ttl)
+        self.registry.register(self.state)
+        self.registry.register(_BuildInfo())
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        refresher.listeners.append(self.observe_refresh)
+
+    def observe_refresh(self, record: RefreshRecord, code: ErrorCode | None) -> None:
+        outcome = _OUTCOMES[code]
+        self.refresh_duration.labels(record.trigger, outcome).observe(record.duration_ms / 1000)
+        self.refreshes.labels(record.trigger, outcome).inc()
+        if record.trigger == "request":
+            self.live_scans.inc()
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        method = method if method in _METHODS else "other"
+        self.requests.labels(route, method, str(status)).inc()
+        self.request_duration.labels(route, method, str(status)).observe(seconds)
+
+    def add_gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        """Expose `PREFIX + name` as a gauge whose value `read()` gives at each scrape."""
+        self.state.extra.append((PREFIX + name, documentation, read))
+
+    def render(self, accept: str | None) -> tuple[bytes, str]:
+        """The exposition in the format `accept` asks for (Prometheus text unless OpenMetrics is asked for)."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+
+class _BuildInfo(Collector):
+    def collect(self) -> Iterable[Metric]:
+        info = GaugeMetricFamily(f"{PREFIX}build_info", "Always 1; the service's version.", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+
+
+class _RefresherCollector(Collector):
+    """The snapshot, the last complete scan and the refresher's counters, read when Prometheus scrapes."""
+
+    def __init__(self, refresher: Refresher, running_statuses: tuple[str, ...], cache_ttl: float) -> None:
+        self._refresher = refresher
+        self._statuses = running_statuses
+        self._ttl = cache_ttl
+        self.extra: list[tuple[str, str, Callable[[], float]]] = []
+
+    def collect(self) -> Iterable[Metric]:
+        refresher = self._refresher
+        snapshot = refresher.snapshot
+        yield _gauge(
+            "snapshot_generation",
+            "Generation of the snapshot served (0: none yet).",
+            0 if snapshot is None else snapshot.generation,
+        )
+        yield _gauge(
+            "snapshot_fresh",
+            "1 while the snapshot served is younger than cache_ttl, else 0 (requests then need a live scan).",
+            1 if snapshot is not None and snapshot.is_fresh(self._ttl) else 0,
+        )
+        yield _gauge("scan_in_progress", "1 while a scan is running.", 1 if refresher.scanning else 0)
+        tasks = GaugeMetricFamily(
+            f"{PREFIX}tasks", "Running tasks in the snapshot served, by status.", labels=["status"]
+        )
+        counts = dict.fromkeys(self._statuses, 0)
+        if snapshot is not None:
+            for task in snapshot.tasks:
+                counts[task.process] = counts.get(task.process, 0) + 1
+        for status, count in sorted(counts.items()):
+            tasks.add_metric([status], count)
+        yield tasks
+        if snapshot is not None:
+            yield _gauge("snapshot_age_seconds", "Age of the snapshot served.", snapshot.age())
+            yield _gauge(
+                "snapshot_timestamp_seconds",
+                "When the snapshot served was built (Unix time).",
+                snapshot.built_ms / 1000,
+            )
+            yield _gauge(
+                "snapshot_body_bytes", "Size of the running list's rendered response body.", len(snapshot.body)
+            )
+            stats = snapshot.stats
+            yield _gauge("last_scan_duration_seconds", "Duration of the last complete scan.", stats.duration_ms / 1000)
+            yield _gauge("last_scan_pages", "SCAN replies in the last complete scan.", stats.pages)
+            yield _gauge(
+                "last_scan_keys_scanned", "Distinct keys SCAN returned in the last complete scan.", stats.keys_scanned
+            )
+            yield _gauge(
+                "last_scan_duplicate_keys",
+                "Keys SCAN returned more than once in the last complete scan.",
+                stats.duplicates,
+            )
+            yield _gauge("last_scan_values_fetched", "Values read in the last complete scan.", stats.values_fetched)
+            yield _gauge(
+                "last_scan_keys_expired",
+                "Keys gone between SCAN and their read in the last complete scan.",
+                stats.expired,
+            )
+            yield _gauge(
+                "last_scan_values_malformed",
+                "Values that were not task objects in the last complete scan.",
+                stats.malformed,
+            )
+            yield _gauge("last_scan_tasks_matched", "Running tasks found by the last complete scan.", stats.matched)
+            yield _gauge(
+                "last_scan_tasks_finished",
+                "Well-formed tasks in another status in the last complete scan.",
+                stats.finished,
+            )
+        last = refresher.last_refresh
+        if last is not None:
+            yield _gauge(
+                "last_refresh_success", "1 when the last refresh succeeded, else 0.", 1 if last.error is None else 0
+            )
+            yield _gauge(
+                "last_refresh_timestamp_seconds", "When the last refresh started (Unix time).", last.started_ms / 1000
+            )
+        counters = refresher.counters
+        served = CounterMetricFamily(
+            f"{PREFIX}served", "Running-list requests answered with a snapshot, by source.", labels=["source"]
+        )
+        served.add_metric(["snapshot"], counters.served_from_snapshot)
+        served.add_metric(["live_scan"], counters.served_by_live_scan)
+        yield served
+        yield _counter(
+            "not_modified", "Running-list requests answered 304 Not Modified (If-None-Match).", counters.not_modified
+        )
+        yield _counter(
+            "scan_timeouts", "Scans abandoned past max_scan_time or a Redis call timeout.", counters.timeouts
+        )
+        yield _counter(
+            "redis_unavailable", "Refreshes that failed because Redis could not be reached.", counters.redis_unavailable
+        )
+        for name, documentation, read in self.extra:
+            yield GaugeMetricFamily(name, documentation, value=read())
+
+
+def _gauge(name: str, documentation: str, value: float | None) -> GaugeMetricFamily:
+    return GaugeMetricFamily(PREFIX + name, documentation, value=value or 0)
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(PREFIX + name, documentation, value=value)
+
+
+def route_template(scope: Scope) -> str:
+    """The path template of the route that answered (or would have answered) the request, else UNMATCHED."""
+    route = scope.get("route")
+    if isinstance(route, BaseRoute):
+        return str(getattr(route, "path", UNMATCHED))
+    # rejected before routing (401, 429): find the route the request was meant for
+    app = scope.get("app")
+    for candidate in getattr(app, "routes", ()):
+        match, _ = candidate.matches(scope)
+        if match is not Match.NONE:
+            return str(getattr(candidate, "path", UNMATCHED))
+    return UNMATCHED
+
+
+class RequestMetrics:
+    """Pure ASGI middleware counting and timing every request by route template, method and status."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client gets when an exception escapes before the response starts
+
+        async def send_and_see(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_see)
+        finally:
+            self.metrics.observe_request(route_template(scope), scope["method"], status, time.perf_counter() - started)

@@ -1,0 +1,87 @@
+"""Who may call and how often, as pure ASGI middleware in front of the routes: bearer tokens, per-client rate
+limits, and the headers every response carries. Probes (`/healthz`, `/readyz`) pass untouched."""
+
+from __future__ import annotations
+
+import math
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.auth import Authenticator
+from service.ratelimit import RateLimiter
+from service.responses import ErrorCode, error
+
+# Orchestrators probe these; they must answer whatever the tokens and however often they are asked.
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+# Open to anyone (still rate limited): the API contract is no secret and clients fetch it before they have
+# a token.
+PUBLIC_PATHS = frozenset({"/openapi.json"})
+REALM = "running-tasks"
+
+
+def client_host(scope: Scope) -> str:
+    """The client's address as the server (or a trusted proxy, see ProxyHeadersMiddleware) reports it."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+class AccessControl:
+    """Rate limit first (so that guessing tokens is limited too), then require a valid token.
+
+    The limit's key is the token when a valid one is presented, else the client address: clients behind one
+    proxy keep separate buckets when they authenticate, and an invalid token never earns a bucket of its own."""
+
+    def __init__(self, app: ASGIApp, *, authenticator: Authenticator | None, limiter: RateLimiter | None) -> None:
+        self.app = app
+        self.authenticator = authenticator
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PROBE_PATHS:
+            await self.app(scope, receive, send)
+            return
+        identity: int | None = None
+        if self.authenticator is not None:
+            identity = self.authenticator.identify(header(scope, b"authorization"))
+        if self.limiter is not None:
+            key = f"token:{identity}" if identity is not None else f"addr:{client_host(scope)}"
+            wait = self.limiter.acquire(key)
+            if wait > 0:
+                retry = str(max(1, math.ceil(wait)))
+                await error(ErrorCode.TOO_MANY_REQUESTS, headers={"Retry-After": retry})(scope, receive, send)
+                return
+        if self.authenticator is not None and identity is None and scope["path"] not in PUBLIC_PATHS:
+            challenge = f'Bearer realm="{REALM}"'
+            if header(scope, b"authorization") is not None:
+                challenge += ', error="invalid_token"'  # RFC 6750: a token was sent but is not valid
+            await error(ErrorCode.UNAUTHORIZED, headers={"WWW-Authenticate": challenge})(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class SecurityHeaders:
+    """Adds `X-Content-Type-Options: nosniff` to every response, errors included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).setdefault("X-Content-Type-Options", "nosniff")
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of request header `name` (lower case), without building a Headers object."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None

@@ -1,0 +1,246 @@
+"""Request ids, one access line per request in either format, and the process's logging setup."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import httpx
+import orjson
+import pytest
+
+from service.access_log import (
+    JsonFormatter,
+    PlainFormatter,
+    accept_request_id,
+    configure_logging,
+    loggable_target,
+    request_id_var,
+)
+from service.app import create_app
+from service.embedded import free_port
+from service.settings import settings_from_mapping
+from tests.conftest import running_app
+
+RUNNING = "/codebase-embedder/api/v1/tasks/running"
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+
+
+def access_records(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [r.fields for r in caplog.records if r.name == "service.access" and hasattr(r, "fields")]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        (b"3f2a9c1e-5b7d-4e8f-9a0b-1c2d3e4f5a6b", True),
+        (b"Root=1-67891233-abcdef012345678912345678", True),
+        (b"trace:abc/def+ghi@jkl~m_n.o", True),
+        (b"x" * 128, True),
+        (b"x" * 129, False),
+        (b"two words", False),
+        (b"line\nbreak", False),
+        (b'quote"', False),
+        (b"", False),
+        (None, False),
+    ],
+)
+def test_request_id_is_kept_only_when_it_is_a_plain_token(sent: bytes | None, kept: bool) -> None:
+    chosen = accept_request_id(sent)
+    if kept:
+        assert sent is not None and chosen == sent.decode()
+    else:
+        assert UUID.fullmatch(chosen)
+
+
+def test_log_target_hides_secret_query_values_and_control_characters() -> None:
+    scope = {"path": "/x", "raw_path": b"/a%0Ab", "query_string": b"since=4&token=abc&Access_Token=def&key"}
+    assert loggable_target(scope) == "/a%0Ab?since=4&token=***&Access_Token=***&key"
+    assert loggable_target({"path": "/a\nb", "query_string": b""}) == "/a\\x0ab"
+
+
+@pytest.mark.anyio
+async def test_one_line_per_request_with_its_id(caplog: pytest.LogCaptureFixture) -> None:
+    app = create_app(settings_from_mapping({}), redis=fakeredis.FakeAsyncRedis())
+    with caplog.at_level(logging.INFO, logger="service.access"):
+        async with running_app(app) as http:
+            given = await http.get(RUNNING, headers={"X-Request-ID": "dash-7", "User-Agent": "dash/1.0"})
+            fresh = await http.get(f"{RUNNING}?a=1", headers={"X-Request-ID": "bad id"})
+            missing = await http.get("/nope")
+            await http.post(RUNNING)
+    assert given.headers["x-request-id"] == "dash-7"
+    assert UUID.fullmatch(fresh.headers["x-request-id"])
+    assert UUID.fullmatch(missing.headers["x-request-id"])
+    assert fresh.headers["x-request-id"] != missing.headers["x-request-id"]
+    lines = access_records(caplog)
+    assert [(f["method"], f["path"], f["status"]) for f in lines] == [
+        ("GET", RUNNING, 200),
+        ("GET", f"{RUNNING}?a=1", 200),
+        ("GET", "/nope", 404),
+        ("POST", RUNNING, 405),
+    ]
+    assert lines[0]["request_id"] == "dash-7"
+    assert lines[1]["request_id"] == fresh.headers["x-request-id"]
+    assert lines[0]["user_agent"] == "dash/1.0"
+    assert lines[0]["client"] == "127.0.0.1"
+    assert lines[0]["bytes"] == len(given.content)
+    assert all(f["duration_ms"] >= 0 for f in lines)
+
+
+@pytest.mark.anyio
+async def test_access_log_can_be_switched_off(caplog: pytest.LogCaptureFixture) -> None:
+    app = create_app(settings_from_mapping({"logging": {"access_log": False}}), redis=fakeredis.FakeAsyncRedis())
+    with caplog.at_level(logging.INFO, logger="service.access"):
+        async with running_app(app) as http:
+            response = await http.get(RUNNING)
+    assert access_records(caplog) == []
+    assert "x-request-id" in response.headers  # the id is still given
+
+
+def _record(message: str, **extra: Any) -> logging.LogRecord:
+    record = logging.LogRecord("service.test", logging.WARNING, __file__, 1, message, (), None)
+    record.created = 1795824000.123
+    for key, value in extra.items():
+        setattr(record, key, value)
+    return record
+
+
+def test_plain_format() -> None:
+    fields = {"method": "GET", "path": "/x", "status": 200, "request_id": "r1"}
+    access = _record('127.0.0.1 "GET /x" 200 1.00ms 10B request_id=r1', fields=fields)
+    assert PlainFormatter().format(access) == (
+        '2026-11-28T00:00:00.123Z WARNING service.test: 127.0.0.1 "GET /x" 200 1.00ms 10B request_id=r1'
+    )
+    token = request_id_var.set("r2")
+    try:
+        other = PlainFormatter().format(_record("something happened"))
+    finally:
+        request_id_var.reset(token)
+    assert other == "2026-11-28T00:00:00.123Z WARNING service.test: something happened request_id=r2"
+    assert PlainFormatter().format(_record("outside a request")).endswith("outside a request")
+
+
+def test_json_format() -> None:
+    fields = {"method": "GET", "path": "/x", "status": 200, "duration_ms": 1.5, "client": "::1", "request_id": "r1"}
+    line = JsonFormatter().format(_record("access", fields=fields))
+    assert orjson.loads(line) == {
+        "time": "2026-11-28T00:00:00.123Z",
+        "level": "warning",
+        "logger": "service.test",
+        "message": "access",
+        **fields,
+    }
+    try:
+        raise ValueError("bad")
+    except ValueError:
+        failed = _record("failed", request_id="r3", exc_info=sys.exc_info())
+    data = orjson.loads(JsonFormatter().format(failed))
+    assert data["request_id"] == "r3"
+    assert "ValueError: bad" in data["exc"]
+    assert "\n" not in JsonFormatter().format(failed)  # one line, whatever the traceback
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    names = ("service", "uvicorn", "uvicorn.error", "uvicorn.access")
+    saved = (
+        root.handlers[:],
+        root.level,
+        [
+            (
+                logging.getLogger(n).handlers[:],
+                logging.getLogger(n).level,
+                logging.getLogger(n).propagate,
+                logging.getLogger(n).disabled,
+            )
+            for n in names
+        ],
+    )
+    yield
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    for name, (handlers, level, propagate, disabled) in zip(names, saved[2], strict=True):
+        log = logging.getLogger(name)
+        log.handlers[:] = handlers
+        log.setLevel(level)
+        log.propagate = propagate
+        log.disabled = disabled
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_configure_logging_sends_everything_through_one_format() -> None:
+    stream = io.StringIO()
+    settings = settings_from_mapping({"logging": {"format": "json"}, "server": {"log_level": "debug"}})
+    configure_logging(settings, stream)
+    logging.getLogger("service.refresher").debug("refresh %d done", 3)
+    logging.getLogger("uvicorn.error").info("Started server process")
+    logging.getLogger("uvicorn.access").info("uvicorn's own access line")
+    logging.getLogger("apscheduler").info("library chatter below warning")
+    logging.getLogger("apscheduler").warning("library warning")
+    lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(d["logger"], d["message"]) for d in lines] == [
+        ("service.refresher", "refresh 3 done"),
+        ("uvicorn.error", "Started server process"),
+        ("apscheduler", "library warning"),
+    ]
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_configure_logging_plain_and_uvicorn_access_kept_when_ours_is_off() -> None:
+    stream = io.StringIO()
+    configure_logging(settings_from_mapping({"logging": {"access_log": False}}), stream)
+    logging.getLogger("service.refresher").debug("not at info level")
+    logging.getLogger("uvicorn.access").info("uvicorn's own access line")
+    assert stream.getvalue().splitlines()[0].endswith("INFO uvicorn.access: uvicorn's own access line")
+    assert len(stream.getvalue().splitlines()) == 1
+
+
+@pytest.mark.real_redis
+def test_the_procfile_service_logs_json_once_per_request_and_trusts_no_proxy_by_itself(redis_url: str) -> None:
+    token = "procfile-token-0123456789"
+    port = free_port()
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "PORT": str(port),
+        "SERVICE__LOGGING__FORMAT": "json",
+        "SERVICE__AUTH__TOKENS": token,
+    }
+    root = Path(__file__).resolve().parent.parent
+    procfile = (root / "Procfile").read_text().split(":", 1)[1].strip()
+    command = procfile.replace("uvicorn", f"{sys.executable} -m uvicorn", 1).replace("0.0.0.0", "127.0.0.1")
+    server = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=root, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None and time.monotonic() < deadline, "service did not start"
+                time.sleep(0.1)
+        # uvicorn on its own would believe X-Forwarded-For from 127.0.0.1; with no trusted_proxies, nobody is
+        forwarded = {"X-Forwarded-For": "203.0.113.9", "X-Request-ID": "procfile-1"}
+        ok = httpx.get(f"http://127.0.0.1:{port}{RUNNING}", headers={**forwarded, "Authorization": f"Bearer {token}"})
+        denied = httpx.get(f"http://127.0.0.1:{port}{RUNNING}", headers={"Authorization": "Bearer wrong-0123456789"})
+    finally:
+        server.terminate()
+        _, stderr = server.communicate(timeout=10)
+    assert (ok.status_code, denied.status_code) == (200, 401)
+    lines = [orjson.loads(line) for line in stderr.splitlines()]  # every line of the process is JSON
+    access = [line for line in lines if line["logger"] == "service.access" and line["path"] == RUNNING]
+    assert [(line["status"], line["client"]) for line in access] == [(200, "127.0.0.1"), (401, "127.0.0.1")]
+    assert access[0]["request_id"] == "procfile-1"
+    assert not any(line["logger"] == "uvicorn.access" for line in lines)
+    assert any(line["logger"] == "uvicorn.error" for line in lines)  # uvicorn's own lines, in our format
+    assert token not in stderr and "wrong-0123456789" not in stderr

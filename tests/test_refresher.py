@@ -1,0 +1,101 @@
+"""The refresher's hooks for observers and its log discipline while Redis keeps failing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import fakeredis
+import pytest
+import redis.exceptions
+
+from service.app import create_app
+from service.refresher import Refresher, RefreshRecord
+from service.responses import ErrorCode
+from tests.conftest import make_settings
+
+pytestmark = pytest.mark.anyio
+VALUE = b'{"process":"processing","totalProgress":10,"fileList":null}'
+
+
+class Switchable(fakeredis.FakeAsyncRedis):
+    error: Exception | None = None
+    delay = 0.0
+
+    async def scan(self, *args: Any, **kwargs: Any) -> Any:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.error is not None:
+            raise self.error
+        return await super().scan(*args, **kwargs)
+
+
+def refresher_for(client: fakeredis.FakeAsyncRedis) -> Refresher:
+    refresher: Refresher = create_app(make_settings(), redis=client).state.refresher
+    return refresher
+
+
+async def test_listeners_hear_every_refresh_with_its_outcome() -> None:
+    client = Switchable()
+    await client.set("request:id:a", VALUE)
+    refresher = refresher_for(client)
+    heard: list[tuple[RefreshRecord, ErrorCode | None]] = []
+    refresher.listeners.append(lambda record, code: heard.append((record, code)))
+    await refresher.run_job()
+    client.error = redis.exceptions.ConnectionError("refused")
+    await refresher.run_job()
+    assert [(record.trigger, record.error is None, code) for record, code in heard] == [
+        ("job", True, None),
+        ("job", False, ErrorCode.REDIS_UNAVAILABLE),
+    ]
+    assert heard[0][0].stats is not None and heard[0][0].stats["matched"] == 1
+
+
+async def test_a_failing_listener_does_not_break_the_refresh(caplog: pytest.LogCaptureFixture) -> None:
+    client = Switchable()
+    await client.set("request:id:a", VALUE)
+    refresher = refresher_for(client)
+
+    def broken(record: RefreshRecord, code: ErrorCode | None) -> None:
+        raise RuntimeError("observer bug")
+
+    refresher.listeners.append(broken)
+    with caplog.at_level(logging.ERROR, logger="service.refresher"):
+        snapshot = await refresher.refresh()
+    assert len(snapshot.tasks) == 1
+    assert refresher.snapshot is snapshot
+    assert any("listener" in r.message and r.exc_info for r in caplog.records)
+
+
+async def test_scanning_is_true_only_while_a_scan_runs() -> None:
+    client = Switchable()
+    client.delay = 0.05
+    refresher = refresher_for(client)
+    assert refresher.scanning is False
+    task = asyncio.create_task(refresher.refresh())
+    await asyncio.sleep(0.01)
+    assert refresher.scanning is True
+    await task
+    assert refresher.scanning is False
+
+
+async def test_persistent_failures_log_once_per_change_of_state(caplog: pytest.LogCaptureFixture) -> None:
+    client = Switchable()
+    refresher = refresher_for(client)
+    with caplog.at_level(logging.DEBUG, logger="service.refresher"):
+        client.error = redis.exceptions.ResponseError("NOPERM this user has no permissions to run 'scan'")
+        for _ in range(5):
+            await refresher.run_job()
+        client.error = redis.exceptions.ConnectionError("refused")
+        for _ in range(5):
+            await refresher.run_job()
+        client.error = None
+        await refresher.run_job()
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    assert refresher.counters.refreshes_failed == 10
+    assert len(lines) == 3, lines
+    assert lines[0][0] == "ERROR" and "NOPERM" in lines[0][1]  # an internal error: once, with its stack trace
+    assert lines[1] == ("WARNING", "refresh failed (job): ConnectionError: refused")
+    assert lines[2][0] == "WARNING" and lines[2][1].startswith("refresh recovered after")
+    assert caplog.records[0].exc_info is not None
