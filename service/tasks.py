@@ -70,24 +70,33 @@ def decode_value(task_id: str, raw: bytes) -> StoredTask:
     )
 
 
+# The times this service can state: 1970-01-01 up to the last millisecond of 9999 (RFC 3339's four-digit years).
+MAX_TIME_MS = 253_402_300_799_999
+
+
 def parse_time(value: str | int | None) -> int | None:
-    """Epoch milliseconds from RFC 3339 text or epoch milliseconds; None when absent or unreadable."""
+    """Epoch milliseconds from RFC 3339 text or epoch milliseconds; None when absent, unreadable or outside
+    1970-9999 (a time no task can have, which must not break the rendering of the whole list)."""
     if value is None:
         return None
     if isinstance(value, int):
-        return value if value >= 0 else None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:  # RFC 3339 requires an offset; read a bare time as UTC rather than drop it
-        parsed = parsed.replace(tzinfo=UTC)
-    return round(parsed.timestamp() * 1000)
+        ms = value
+    else:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:  # RFC 3339 requires an offset; read a bare time as UTC rather than drop it
+            parsed = parsed.replace(tzinfo=UTC)
+        ms = round(parsed.timestamp() * 1000)
+    return ms if 0 <= ms <= MAX_TIME_MS else None
 
 
 def format_time(ms: int) -> str:
-    """RFC 3339 UTC with milliseconds, e.g. `2026-11-28T01:02:03.456Z`."""
-    return datetime.fromtimestamp(ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    """RFC 3339 UTC with milliseconds, e.g. `2026-11-28T01:02:03.456Z`; clamped to 1970-9999."""
+    ms = min(max(ms, 0), MAX_TIME_MS)
+    t = datetime.fromtimestamp(ms // 1000, tz=UTC)
+    return f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}.{ms % 1000:03d}Z"
 
 
 def task_id_prefix(key_pattern: str) -> str:

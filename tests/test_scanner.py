@@ -332,3 +332,25 @@ def test_finished_values_are_reported_once_when_decoded() -> None:
         assert [o.task.task_id for o in finished] == ["run-1"]
 
     asyncio.run(main())
+
+
+def test_absurd_producer_times_do_not_break_a_refresh() -> None:
+    from service.app import create_app
+    from tests.conftest import running_app
+
+    async def main() -> None:
+        client = fakeredis.FakeAsyncRedis()
+        await client.set(
+            "request:id:far",
+            b'{"process":"processing","totalProgress":5,"fileList":null,"startTime":100000000000000000,'
+            b'"lastUpdateTime":"0001-01-01T00:00:00Z"}',
+        )
+        await client.set("request:id:ok", value(5), ex=3600)
+        async with running_app(create_app(make_settings(), redis=client)) as http:
+            response = await http.get("/codebase-embedder/api/v1/tasks/running")
+        assert response.status_code == 200
+        tasks = {t["taskId"]: t for t in response.json()["data"]["tasks"]}
+        assert set(tasks) == {"far", "ok"}
+        assert tasks["far"]["startTime"][:4] == tasks["ok"]["startTime"][:4]  # unreadable: first sighting instead
+
+    asyncio.run(main())

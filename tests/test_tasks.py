@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.tasks import MalformedValue, decode_value, format_time, parse_time, task_id_prefix
+from service.tasks import MAX_TIME_MS, MalformedValue, decode_value, format_time, parse_time, task_id_prefix
 
 PRODUCER_VALUE = (
     b'{"process":"processing","totalProgress":40,"fileList":['
@@ -74,6 +74,13 @@ def test_times() -> None:
     assert parse_time("2026-11-28T01:02:03.456") == ms  # no offset: read as UTC
     assert parse_time(ms) == ms
     assert parse_time("yesterday") is None
+    assert parse_time(100_000_000_000_000_000) is None  # year 3170843: no task has that time
+    assert parse_time("0999-01-01T00:00:00Z") is None  # before 1970
+    assert parse_time(MAX_TIME_MS) == MAX_TIME_MS
+    assert format_time(0) == "1970-01-01T00:00:00.000Z"
+    assert format_time(MAX_TIME_MS) == "9999-12-31T23:59:59.999Z"
+    assert format_time(MAX_TIME_MS + 10**12) == "9999-12-31T23:59:59.999Z"  # an extrapolation past 9999
+    assert format_time(-5) == "1970-01-01T00:00:00.000Z"
     assert parse_time(-5) is None
     assert parse_time(None) is None
 
