@@ -40,13 +40,25 @@ def _settings(args: argparse.Namespace, **running_tasks: object) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from service.access_log import configure_logging
     from service.app import create_app
 
     settings = _settings(args)
-    logging.getLogger("service").setLevel(settings.server.log_level.upper())
+    configure_logging(settings)
     host = args.host or settings.server.host
     port = args.port or settings.server.port
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.server.log_level)
+    # As the Procfile runs it: our log format (log_config=None keeps uvicorn from replacing it), one access line
+    # per request (ours, not uvicorn's), and forwarded addresses believed only by our middleware, and only from
+    # server.trusted_proxies (uvicorn would trust X-Forwarded-For from 127.0.0.1 by default).
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=settings.server.log_level,
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,
+    )
     return 0
 
 

@@ -145,6 +145,11 @@ class _RefresherCollector(Collector):
         for status, count in sorted(counts.items()):
             tasks.add_metric([status], count)
         yield tasks
+        yield _gauge(
+            "stalled",
+            "Running tasks in the snapshot served that are stalled: unchanged for stall_after seconds.",
+            0 if snapshot is None else sum(1 for task in snapshot.tasks if task.stalled),
+        )
         if snapshot is not None:
             yield _gauge("snapshot_age_seconds", "Age of the snapshot served.", snapshot.age())
             yield _gauge(

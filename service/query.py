@@ -17,9 +17,11 @@ import orjson
 from service.tasks import format_time
 from service.tracker import TaskView
 
+MAX_PAGE = 10**9
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100  # when `page` is given without `pageSize`
 MAX_VALUES = 1000  # values of one list parameter (clientId, status, ...)
+EPOCH_MS_MAX_DIGITS = 15  # up to the year 33658: every instant an RFC 3339 time can name, and more
 
 # The task object's fields in the contract's order; `fileList` is the file part, shaped by `fileList=`.
 TASK_FIELDS = (
@@ -45,7 +47,9 @@ SORT_KEYS = {
 DEFAULT_SORT: tuple[tuple[str, bool], ...] = (("startTime", True),)  # (key, descending): the snapshot's order
 FILE_STATUSES = ("pending", "processing", "completed", "unsupported", "failed")
 FILE_OPERATES = ("add", "modify", "delete", "rename")
-TIME_ACCEPTED = "an RFC 3339 time such as 2026-11-28T01:02:03Z, or epoch milliseconds"
+TIME_ACCEPTED = (
+    f"an RFC 3339 time such as 2026-11-28T01:02:03Z, or epoch milliseconds (at most {EPOCH_MS_MAX_DIGITS} digits)"
+)
 
 # A `+` in a query string is a space once decoded: `...T01:00:00+08:00` sent unencoded arrives as `... 08:00`.
 _LOST_PLUS = re.compile(r"(\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}:?\d{2})$")
@@ -137,16 +141,16 @@ class Params:
         return values[0].strip()
 
     def many(self, name: str) -> list[str] | None:
-        """A repeatable, comma-separated parameter: its distinct values, in order of appearance."""
+        """A repeatable, comma-separated parameter: its distinct values, in order of appearance; empty ones are
+        ignored but, like repeats, count towards the MAX_VALUES a request may send."""
         values = self._values.get(name)
         if not values:
             return None
-        items = list(dict.fromkeys(part.strip() for value in values for part in value.split(",") if part.strip()))
-        if not items:
-            return None
-        if len(items) > MAX_VALUES:
-            raise QueryError(name, f"{len(items)} values", f"at most {MAX_VALUES} values")
-        return items
+        parts = [part for value in values for part in value.split(",")]
+        if len(parts) > MAX_VALUES:
+            raise QueryError(name, f"{len(parts)} values", f"at most {MAX_VALUES} values")
+        items = list(dict.fromkeys(part.strip() for part in parts if part.strip()))
+        return items or None
 
 
 def parse_choices(
@@ -169,7 +173,9 @@ def parse_choices(
 def parse_instant(name: str, raw: str) -> int:
     """Epoch milliseconds from RFC 3339 text (a time without an offset is read as UTC) or epoch milliseconds."""
     text = raw.strip()
-    if text.isdigit():
+    if _is_ascii_number(text):
+        if len(text) > EPOCH_MS_MAX_DIGITS:
+            raise QueryError(name, raw, TIME_ACCEPTED)
         return int(text)
     try:
         parsed = datetime.fromisoformat(_LOST_PLUS.sub(r"\1+\2", text))
@@ -203,14 +209,20 @@ def _parse_int(params: Params, name: str, low: int, high: int) -> int | None:
     raw = params.single(name)
     if raw is None:
         return None
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    # the length check first: int() of thousands of digits is slow, and refused past 4300
+    if not _is_ascii_number(raw) or len(raw.lstrip("0")) > len(str(high)) or not low <= int(raw) <= high:
         raise QueryError(name, raw, f"an integer from {low} to {high}")
     return int(raw)
 
 
+def _is_ascii_number(text: str) -> bool:
+    # str.isdigit() also holds for digits int() refuses ("²") and for other scripts' digits ("٣")
+    return text.isascii() and text.isdigit()
+
+
 def parse_paging(params: Params, default_size: int | None = None) -> Paging | None:
     """`page` (from 1) and `pageSize` (1-1000); None when neither is given and there is no default size."""
-    page = _parse_int(params, "page", 1, 10**9)
+    page = _parse_int(params, "page", 1, MAX_PAGE)
     size = _parse_int(params, "pageSize", 1, MAX_PAGE_SIZE)
     if page is None and size is None and default_size is None:
         return None

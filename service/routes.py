@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -20,6 +21,16 @@ from service.snapshot import Snapshot
 logger = logging.getLogger("service.routes")
 
 API_PREFIX = "/codebase-embedder/api/v1/tasks"
+
+
+class TaskIdConvertor(PathConvertor):
+    """Any task id, `/` and line breaks included: Starlette's `path` (`.*`) stops at a newline, and the `$` after it
+    matches before a trailing one, so `running/abc%0A` would answer for task `abc`."""
+
+    regex = "(?s:.*)"
+
+
+register_url_convertor("task_id", TaskIdConvertor())
 
 
 def _refresher(request: Request) -> Refresher:
@@ -145,7 +156,7 @@ async def openapi(request: Request) -> Response:
 
 routes = [
     Route(f"{API_PREFIX}/running", running_tasks, methods=["GET"]),
-    Route(f"{API_PREFIX}/running/{{task_id:path}}", running_task, methods=["GET"]),
+    Route(f"{API_PREFIX}/running/{{task_id:task_id}}", running_task, methods=["GET"]),
     Route(f"{API_PREFIX}/finished", finished_tasks, methods=["GET"]),
     Route(f"{API_PREFIX}/stats", task_stats, methods=["GET"]),
     Route(f"{API_PREFIX}/cache-stats", cache_stats, methods=["GET"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pty
+import re
 import signal
 import subprocess
 import sys
@@ -237,6 +238,7 @@ def test_serve_runs_the_service_until_interrupted(redis_url: str, tmp_path: Path
     settings = tmp_path / "settings.toml"
     settings.write_text(f'[redis]\nurl = "{redis_url}"\n[running_tasks]\nrefresh_interval = 1\n')
     port = free_port()
+    base = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "serve", "--port", str(port), "--settings", str(settings)],
         cwd=ROOT,
@@ -244,21 +246,40 @@ def test_serve_runs_the_service_until_interrupted(redis_url: str, tmp_path: Path
         stderr=subprocess.PIPE,
         text=True,
     )
+    # A proxy's header from a peer that is not in server.trusted_proxies (none here): our middleware ignores it,
+    # and so must uvicorn, which by default believes X-Forwarded-For from 127.0.0.1.
+    spoofed = {"X-Forwarded-For": "203.0.113.9"}
     try:
         deadline = time.monotonic() + 20
         while True:
             try:
-                response = httpx.get(f"http://127.0.0.1:{port}{RUNNING}", timeout=2)
+                response = httpx.get(f"{base}{RUNNING}", headers={"X-Request-ID": "serve-0", **spoofed}, timeout=2)
                 break
             except httpx.TransportError:
                 assert process.poll() is None and time.monotonic() < deadline, "serve did not start"
                 time.sleep(0.1)
         assert response.status_code == 200
         assert response.json()["data"]["totalTasks"] > 0
-        stats = httpx.get(f"http://127.0.0.1:{port}/codebase-embedder/api/v1/tasks/cache-stats", timeout=2).json()
+        stats_path = "/codebase-embedder/api/v1/tasks/cache-stats"
+        stats = httpx.get(f"{base}{stats_path}", headers={"X-Request-ID": "serve-1"}, timeout=2).json()
         assert stats["data"]["settings"]["redis"]["url"] == redis_url
         assert stats["data"]["job"]["intervalSeconds"] == 1
+        missing = httpx.get(f"{base}/nope?x=1", headers={"X-Request-ID": "serve-2", **spoofed}, timeout=2)
+        assert missing.status_code == 404
     finally:
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=20)
     assert "Traceback" not in err
+    lines = err.splitlines()
+    # every line in our format (uvicorn's own included: its format was not put back) ...
+    assert lines and all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z [A-Z]+ [\w.]+: ", line) for line in lines), (
+        err
+    )
+    assert any(" INFO uvicorn.error: Started server process" in line for line in lines)
+    # ... and exactly one access line per request, ours, with the peer's own address
+    access = [line for line in lines if " service.access: " in line]
+    assert [line.rsplit("request_id=", 1)[1] for line in access] == ["serve-0", "serve-1", "serve-2"], err
+    assert f'127.0.0.1 "GET {RUNNING}" 200 ' in access[0]
+    assert f'127.0.0.1 "GET {stats_path}" 200 ' in access[1]
+    assert '127.0.0.1 "GET /nope?x=1" 404 ' in access[2]
+    assert "203.0.113.9" not in err

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import fakeredis
+import orjson
 import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -122,6 +123,36 @@ async def test_refreshes_snapshot_and_last_scan() -> None:
     assert value(data, "process_cpu_seconds_total") > 0  # the process collector is there too
 
 
+async def test_stalled_tasks_in_the_snapshot() -> None:
+    now = [1_795_000_000_000]
+    client = fakeredis.FakeAsyncRedis()
+
+    async def write(task_id: str, progress: int, updated_ago_ms: int, process: str = "processing") -> None:
+        value = {
+            "process": process,
+            "totalProgress": progress,
+            "fileList": None,
+            "lastUpdateTime": now[0] - updated_ago_ms,
+        }
+        await client.set(f"request:id:{task_id}", orjson.dumps(value))
+
+    await write("old", 10, 10 * 60_000)  # unchanged for 10 minutes: stalled at first sight
+    await write("fresh", 20, 0)
+    await write("gone", 100, 60 * 60_000, "completed")  # finished: not running, so not stalled either
+    app = create_app(make_settings(refresh_interval=60, stall_after=300), redis=client, clock=lambda: now[0])
+    async with running_app(app) as http:
+        first = samples((await http.get("/metrics")).text)
+        now[0] += 6 * 60_000  # `fresh` has not changed for 6 minutes: stalled by time alone
+        await app.state.refresher.run_job()
+        second = samples((await http.get("/metrics")).text)
+        await write("old", 11, 0)  # moves again
+        await app.state.refresher.run_job()
+        third = samples((await http.get("/metrics")).text)
+        stats = (await http.get("/codebase-embedder/api/v1/tasks/stats")).json()["data"]
+    assert [value(data, "running_tasks_stalled") for data in (first, second, third)] == [1, 2, 1]
+    assert stats["running"]["stalled"] == 1  # the gauge and the stats endpoint count the same snapshot
+
+
 async def test_failures_and_live_scans_are_counted(monkeypatch: pytest.MonkeyPatch) -> None:
     class Failing(fakeredis.FakeAsyncRedis):
         error: Exception | None = None
@@ -159,6 +190,7 @@ async def test_no_snapshot_yet() -> None:
         data = samples((await http.get("/metrics")).text)
     assert value(data, "running_tasks_snapshot_generation") == 0
     assert value(data, "running_tasks_snapshot_fresh") == 0
+    assert value(data, "running_tasks_stalled") == 0
     assert ("running_tasks_snapshot_age_seconds", frozenset()) not in data  # no age without a snapshot
 
 
@@ -231,6 +263,7 @@ async def test_promtool_accepts_the_live_output(redis_url: str) -> None:
     data = samples(text)
     assert value(data, "running_tasks_http_requests_total", route=STATS, method="GET", status="429") == 1
     assert value(data, "running_tasks_last_scan_tasks_matched") > 0
+    assert value(data, "running_tasks_stalled") > 0  # the workload has tasks whose TTL says they stopped
     checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert checked.stdout.strip() == "" and checked.stderr.strip() == "", checked.stdout + checked.stderr

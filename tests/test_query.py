@@ -120,6 +120,14 @@ def test_times_rfc3339_or_epoch_ms(text: str, expected: int) -> None:
     assert parse(f"updatedBefore={text}").updated_before == expected
 
 
+def test_bounds_of_numbers() -> None:
+    assert parse("startedAfter=" + "9" * 15).started_after == 10**15 - 1
+    assert parse("startedAfter=0").started_after == 0
+    assert parse("page=000000000000007").paging == Paging(7, 100)  # leading zeros do not count as digits
+    assert parse("page=1000000000").paging == Paging(10**9, 100)
+    assert parse("clientId=" + ",".join(["c1"] * 999) + ",").client_ids == ("c1",)  # 1000 values
+
+
 def test_stalled_and_sort_and_paging() -> None:
     assert parse("stalled=true").stalled is True
     assert parse("stalled=FALSE").stalled is False
@@ -166,6 +174,17 @@ def test_projection() -> None:
         ("fields=taskId,size", "fields", "one or more of taskId, clientId"),
         ("fileList=partial", "fileList", "one of full, summary, none"),
         ("clientId=" + ",".join(str(i) for i in range(1001)), "clientId", "at most 1000 values"),
+        # every value sent counts, repeats and empty ones too: what OpenAPI's maxItems says
+        ("clientId=" + ",".join(["c1"] * 1001), "clientId", "at most 1000 values"),
+        ("status=" + "," * 1000, "status", "at most 1000 values"),
+        # digits str.isdigit() admits but int() does not read (once a 500), or reads in another script
+        ("page=\u00b2", "page", "an integer from 1"),
+        ("pageSize=\u0663", "pageSize", "an integer from 1 to 1000"),
+        ("startedAfter=\u00b2", "startedAfter", "epoch milliseconds"),
+        # more digits than int() converts (4300; once a 500), and epoch ms past EPOCH_MS_MAX_DIGITS
+        ("page=" + "9" * 5000, "page", "an integer from 1"),
+        ("updatedBefore=" + "9" * 5000, "updatedBefore", "epoch milliseconds (at most 15 digits)"),
+        ("startedAfter=1" + "0" * 15, "startedAfter", "epoch milliseconds (at most 15 digits)"),
     ],
 )
 def test_bad_values_name_the_parameter_and_what_is_accepted(query: str, parameter: str, accepted: str) -> None:

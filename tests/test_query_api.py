@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import fakeredis
 import httpx
@@ -198,6 +199,13 @@ async def test_projections(http: httpx.AsyncClient) -> None:
         (f"{API}/finished", "pageSize=0", "pageSize"),
         (f"{API}/finished", "endedBefore=tomorrow", "endedBefore"),
         (f"{API}/finished", "sort=totalProgress", "sort"),
+        # once 500s: digits that str.isdigit() admits but int() refuses, and more digits than int() reads
+        (RUNNING, "page=%C2%B2", "page"),
+        (RUNNING, "startedAfter=%C2%B2", "startedAfter"),
+        (RUNNING, "pageSize=" + "9" * 5000, "pageSize"),
+        (RUNNING, "updatedAfter=" + "9" * 5000, "updatedAfter"),
+        (f"{API}/finished", "page=%C2%B3", "page"),
+        (f"{API}/finished", "endedAfter=" + "9" * 5000, "endedAfter"),
     ],
 )
 async def test_bad_values_get_a_400_envelope_naming_the_parameter(
@@ -266,12 +274,27 @@ async def test_one_running_task_by_id(
 
 
 async def test_a_task_that_is_not_running_is_a_404_envelope(http: httpx.AsyncClient) -> None:
-    for task_id in ("nope", "done", ""):  # never seen, finished before we started, the empty id
-        response = await http.get(f"{RUNNING}/{task_id}")
+    # never seen, finished before we started, the empty id, and a running task's id with a line break after it
+    # (Starlette's `path` convertor once stopped at the break and answered with task t1)
+    for task_id in ("nope", "done", "", "t1\n", "t1\r\n"):
+        response = await http.get(f"{RUNNING}/{quote(task_id)}")
         assert response.status_code == 404
         body = response.json()
         assert (body["code"], body["success"], body["data"]) == (404, False, None)
         assert body["message"] == f"task {task_id!r} is not running"
+
+
+async def test_any_task_id_is_served(
+    http: httpx.AsyncClient, app: Starlette, redis_client: fakeredis.FakeAsyncRedis
+) -> None:
+    # keys are binary-safe: a task id may hold `/`, line breaks (once a generic "Not Found") or anything else
+    odd = ["a/b", "line\nbreak", "trailing\n", "sp ace", "\u00fcn\u00efc\u00f8de", "%41"]
+    for task_id in odd:
+        await redis_client.set(f"request:id:{task_id}", task_value(5))
+    await app.state.refresher.run_job()
+    for task_id in odd:
+        data = await get(http, f"{RUNNING}/{quote(task_id, safe='/')}", fields="taskId,totalProgress")
+        assert data == {"taskId": task_id, "totalProgress": 5}
 
 
 async def test_finished_tasks_and_stats(
