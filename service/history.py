@@ -18,6 +18,7 @@ from service.query import (
     Paging,
     Params,
     QueryError,
+    in_range,
     page_meta,
     parse_choices,
     parse_paging,
@@ -207,12 +208,7 @@ def select_finished(records: Sequence[FinishedTask], query: FinishedQuery) -> li
     if query.client_ids is not None:
         clients = frozenset(query.client_ids)
         out = [r for r in out if r.client_id in clients]
-    if query.ended_after is not None:
-        after = query.ended_after
-        out = [r for r in out if r.end_ms >= after]
-    if query.ended_before is not None:
-        before = query.ended_before
-        out = [r for r in out if r.end_ms < before]
+    out = in_range(out, attrgetter("end_ms"), query.ended_after, query.ended_before)
     if query.sort != DEFAULT_FINISHED_SORT:
         for name, descending in reversed(query.sort):
             out = sorted(out, key=attrgetter(FINISHED_SORT_KEYS[name]), reverse=descending)

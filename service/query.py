@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import attrgetter
+from typing import TypeVar
 
 import msgspec
 import orjson
@@ -302,8 +303,8 @@ def select(tasks: Sequence[TaskView], query: Query) -> list[TaskView]:
     if query.stalled is not None:
         stalled = query.stalled
         out = [t for t in out if t.stalled is stalled]
-    out = _in_range(out, attrgetter("start_ms"), query.started_after, query.started_before)
-    out = _in_range(out, attrgetter("update_ms"), query.updated_after, query.updated_before)
+    out = in_range(out, attrgetter("start_ms"), query.started_after, query.started_before)
+    out = in_range(out, attrgetter("update_ms"), query.updated_after, query.updated_before)
     if query.sort != DEFAULT_SORT:
         # stable sorts from the last key to the first: the first key leads, the snapshot's order breaks ties
         for name, descending in reversed(query.sort):
@@ -311,14 +312,18 @@ def select(tasks: Sequence[TaskView], query: Query) -> list[TaskView]:
     return list(out)
 
 
-def _in_range(
-    tasks: Sequence[TaskView], key: Callable[[TaskView], int], after: int | None, before: int | None
-) -> Sequence[TaskView]:
+_Item = TypeVar("_Item")
+
+
+def in_range(
+    items: Sequence[_Item], key: Callable[[_Item], int], after: int | None, before: int | None
+) -> Sequence[_Item]:
+    """The items whose `key` lies in the half-open range [after, before); a bound of None is open."""
     if after is not None:
-        tasks = [t for t in tasks if key(t) >= after]
+        items = [item for item in items if key(item) >= after]
     if before is not None:
-        tasks = [t for t in tasks if key(t) < before]
-    return tasks
+        items = [item for item in items if key(item) < before]
+    return items
 
 
 def paginate(items: list[TaskView], paging: Paging | None) -> Page:
