@@ -1,9 +1,10 @@
-"""The Redis side: a client from the URL, paged SCAN, and one-round-trip value fetches bounded in bytes."""
+"""The Redis side: a client from the URL, paged SCAN, and value fetches that skip unchanged values and are bounded
+in bytes."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -13,30 +14,27 @@ from service.settings import Settings
 
 logger = logging.getLogger("service.redis_source")
 
-# PTTL never answers -3, so it marks a key of another Redis type (GET raised WRONGTYPE).
+# PEXPIRETIME never answers -3, so it marks a key of another Redis type (STRLEN raised WRONGTYPE).
 MISSING = -2
+NO_EXPIRY = -1
 WRONG_TYPE = -3
 
-# One round trip per page: each key's value and remaining TTL, a key of another type reported instead of
-# failing the whole page. It stops once ARGV[1] bytes are read so that no single call holds Redis long on
-# large values; the caller asks again for the keys it did not get.
-_FETCH_LUA = """
+# Step one of a fetch, one round trip per page: Redis' clock, then each key's absolute expiry time (ms) and
+# length, with a key of another type reported instead of failing the whole page. The reply is a few bytes per
+# key whatever the values weigh; it tells which values are worth reading (a producer rewrite, SET EX, always
+# moves the expiry) and how to group them so that no MGET reads more than the byte bound.
+_META_LUA = """
 local out = {}
-local limit = tonumber(ARGV[1])
-local used = 0
+local now = redis.call('TIME')
+out[1] = now[1] * 1000 + math.floor(now[2] / 1000)
 for _, key in ipairs(KEYS) do
-  if used >= limit then break end
-  local value = redis.pcall('GET', key)
-  if type(value) == 'table' then
-    out[#out + 1] = false
+  local size = redis.pcall('STRLEN', key)
+  if type(size) == 'table' then
     out[#out + 1] = -3
-  elseif not value then
-    out[#out + 1] = false
-    out[#out + 1] = -2
+    out[#out + 1] = 0
   else
-    used = used + string.len(value)
-    out[#out + 1] = value
-    out[#out + 1] = redis.call('PTTL', key)
+    out[#out + 1] = redis.call('PEXPIRETIME', key)
+    out[#out + 1] = size
   end
 end
 return out
@@ -46,8 +44,15 @@ return out
 @dataclass(frozen=True, slots=True)
 class Fetched:
     key: bytes
-    value: bytes | None  # None: expired or of another type (see pttl)
-    pttl: int  # ms left; -1 no expiry, MISSING, WRONG_TYPE
+    value: bytes | None  # None: expired, of another type (see pttl), or not read because `unchanged` said so
+    pttl: int  # ms left; NO_EXPIRY, MISSING, WRONG_TYPE
+    expire_at: int = NO_EXPIRY  # absolute expiry, epoch ms on Redis' clock; NO_EXPIRY, MISSING, WRONG_TYPE
+    size: int = 0  # bytes of the value
+    unchanged: bool = False  # the caller's `unchanged` said it already has this value: not read
+
+
+# (key, expiry, size) -> True when the caller already holds that value and needs no copy
+UnchangedCheck = Callable[[bytes, int, int], bool]
 
 
 def create_client(settings: Settings) -> aioredis.Redis:
@@ -69,7 +74,7 @@ class RedisSource:
     def __init__(self, client: aioredis.Redis, *, fetch_max_bytes: int) -> None:
         self.client = client
         self._fetch_max_bytes = fetch_max_bytes
-        self._script: AsyncScript = client.register_script(_FETCH_LUA)
+        self._meta: AsyncScript = client.register_script(_META_LUA)
 
     async def ping(self) -> bool:
         return bool(await self.client.ping())
@@ -83,12 +88,48 @@ class RedisSource:
             if cursor == 0:
                 return
 
-    async def fetch(self, keys: list[bytes]) -> list[Fetched]:
-        """Values and TTLs of `keys`, in order, in as few round trips as the byte bound allows (usually one)."""
+    async def fetch(self, keys: list[bytes], unchanged: UnchangedCheck | None = None) -> list[Fetched]:
+        """Values, TTLs and expiry times of `keys`, in order.
+
+        One small round trip tells each key's expiry and length; values for which `unchanged` answers True are
+        not read; the others come in MGETs of at most `fetch_max_bytes` each (one value when it alone is larger),
+        so that no single call holds Redis long, however large the values."""
+        if not keys:
+            return []
+        reply = await self._meta(keys=keys)
+        now_ms = int(reply[0])
+        metas: list[tuple[int, int]] = [(int(reply[i]), int(reply[i + 1])) for i in range(1, len(reply), 2)]
+        wanted: list[int] = []
+        skipped: set[int] = set()
+        for index, (expire_at, size) in enumerate(metas):
+            if expire_at in (MISSING, WRONG_TYPE):
+                continue
+            if unchanged is not None and expire_at > 0 and unchanged(keys[index], expire_at, size):
+                skipped.add(index)
+            else:
+                wanted.append(index)
+        values = await self._read(keys, wanted, metas)
         fetched: list[Fetched] = []
-        while len(fetched) < len(keys):
-            rest = keys[len(fetched) :]
-            reply = await self._script(keys=rest, args=[self._fetch_max_bytes])
-            for index in range(0, len(reply), 2):
-                fetched.append(Fetched(rest[index // 2], reply[index], int(reply[index + 1])))
+        for index, (key, (expire_at, size)) in enumerate(zip(keys, metas, strict=True)):
+            pttl = expire_at if expire_at < 0 else max(expire_at - now_ms, 0)
+            fetched.append(Fetched(key, values.get(index), pttl, expire_at, size, index in skipped))
         return fetched
+
+    async def _read(self, keys: list[bytes], wanted: list[int], metas: list[tuple[int, int]]) -> dict[int, bytes]:
+        values: dict[int, bytes] = {}
+        limit = self._fetch_max_bytes
+        group: list[int] = []
+        used = 0
+        for index in [*wanted, -1]:  # -1: the end, flushes the last group
+            size = metas[index][1] if index >= 0 else limit
+            if group and (index < 0 or used + size > limit):
+                # Sent one after another, never pipelined: Redis would run a pipeline's commands back to back.
+                reply = await self.client.mget([keys[i] for i in group])
+                for position, value in zip(group, reply, strict=True):
+                    if isinstance(value, bytes):  # nil: expired since the first step, or replaced by another type
+                        values[position] = value
+                group, used = [], 0
+            if index >= 0:
+                group.append(index)
+                used += size
+        return values

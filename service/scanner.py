@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from service.redis_source import WRONG_TYPE, RedisSource
+from service.redis_source import WRONG_TYPE, Fetched, RedisSource, UnchangedCheck
 from service.settings import RunningTasksSettings
 from service.tasks import MalformedValue, StoredTask, decode_value, task_id_prefix
 
@@ -28,7 +28,9 @@ class ScanStats:
     fetches: int = 0  # value round trips
     keys_scanned: int = 0  # distinct keys SCAN returned
     duplicates: int = 0  # keys SCAN returned again within the same scan
-    values_fetched: int = 0
+    values_fetched: int = 0  # values present: read, or known unchanged without reading them (values_reused)
+    values_reused: int = 0  # same expiry and length as in the last scan: not read again
+    bytes_fetched: int = 0  # bytes of the values read
     decoded: int = 0  # values decoded (the others were unchanged since the last scan)
     expired: int = 0  # gone between SCAN and the value fetch
     malformed: int = 0  # bad JSON, wrong field types, another Redis type, an undecodable id
@@ -52,8 +54,9 @@ class Observation:
 
 
 # What the scanner remembers of a value it decoded: the task if running, its status if finished,
-# None if malformed. Keyed by task id, paired with the value's fingerprint.
+# None if malformed. Keyed by the Redis key, with the value's fingerprint, expiry time and length.
 _Decoded = StoredTask | str | None
+_Memory = tuple[int, int, int, _Decoded]
 PageSink = Callable[[list[Observation]], None]
 
 
@@ -68,7 +71,8 @@ class Scanner:
         self._clock = clock or (lambda: int(time.time() * 1000))
         self._prefix = task_id_prefix(settings.key_pattern).encode()
         self._running = frozenset(settings.running_statuses)
-        self._decoded: dict[str, tuple[int, _Decoded]] = {}
+        self._decoded: dict[bytes, _Memory] = {}
+        self._scans = 0
 
     async def scan(self, sink: PageSink) -> ScanStats:
         """One full scan; `sink` gets each page's running tasks as soon as the page is decoded.
@@ -76,10 +80,16 @@ class Scanner:
         Raises ScanTimeout past the budget, and the client's errors when Redis fails."""
         stats = ScanStats(started_ms=self._clock())
         started = time.perf_counter()
-        decoded: dict[str, tuple[int, _Decoded]] = {}
+        decoded: dict[bytes, _Memory] = {}
+        self._scans += 1
+        # A producer rewrite (SET EX) always moves a key's expiry, so a value with the expiry and length it had
+        # in the last scan is not read again. Every `full_read_every`-th scan reads them all anyway, so that a
+        # writer that keeps the TTL (SET KEEPTTL, SETRANGE) is noticed within a bounded time.
+        full_read = self._scans % self._settings.full_read_every == 0 or not self._decoded
+        unchanged = None if full_read else self._unchanged
         try:
             async with asyncio.timeout(self._settings.max_scan_time / 1000):
-                await self._run(stats, decoded, sink)
+                await self._run(stats, decoded, sink, unchanged)
         except TimeoutError as exc:
             raise ScanTimeout(f"scan exceeded max_scan_time ({self._settings.max_scan_time} ms)") from exc
         # Only a complete scan replaces the memory: keys that are gone are forgotten.
@@ -87,13 +97,19 @@ class Scanner:
         stats.duration_ms = round((time.perf_counter() - started) * 1000, 3)
         return stats
 
-    async def _run(self, stats: ScanStats, decoded: dict[str, tuple[int, _Decoded]], sink: PageSink) -> None:
+    def _unchanged(self, key: bytes, expire_at: int, size: int) -> bool:
+        known = self._decoded.get(key)
+        return known is not None and known[1] == expire_at and known[2] == size
+
+    async def _run(
+        self, stats: ScanStats, decoded: dict[bytes, _Memory], sink: PageSink, unchanged: UnchangedCheck | None
+    ) -> None:
         workers = self._settings.worker_count
         queue: asyncio.Queue[list[bytes] | None] = asyncio.Queue(maxsize=workers * 2)
         try:
             async with asyncio.TaskGroup() as group:
                 for _ in range(workers):
-                    group.create_task(self._worker(queue, stats, decoded, sink))
+                    group.create_task(self._worker(queue, stats, decoded, sink, unchanged))
                 await self._produce(queue, stats)
                 for _ in range(workers):
                     await queue.put(None)
@@ -127,46 +143,51 @@ class Scanner:
         self,
         queue: asyncio.Queue[list[bytes] | None],
         stats: ScanStats,
-        decoded: dict[str, tuple[int, _Decoded]],
+        decoded: dict[bytes, _Memory],
         sink: PageSink,
+        unchanged: UnchangedCheck | None,
     ) -> None:
         while (keys := await queue.get()) is not None:
-            fetched = await self._source.fetch(keys)
+            fetched = await self._source.fetch(keys, unchanged)
             stats.fetches += 1
             seen_ms = self._clock()
-            sink(list(self._decode_page(((f.key, f.value, f.pttl) for f in fetched), seen_ms, stats, decoded)))
+            sink(list(self._decode_page(fetched, seen_ms, stats, decoded)))
 
     def _decode_page(
-        self,
-        page: Iterable[tuple[bytes, bytes | None, int]],
-        seen_ms: int,
-        stats: ScanStats,
-        decoded: dict[str, tuple[int, _Decoded]],
+        self, page: Iterable[Fetched], seen_ms: int, stats: ScanStats, decoded: dict[bytes, _Memory]
     ) -> Iterable[Observation]:
         plen = len(self._prefix)
         previous = self._decoded
-        for key, value, pttl in page:
-            if value is None:
+        for fetched in page:
+            key, value, pttl = fetched.key, fetched.value, fetched.pttl
+            if fetched.unchanged:
+                memory = decoded[key] = previous[key]
+                stats.values_fetched += 1
+                stats.values_reused += 1
+                fingerprint, entry = memory[0], memory[3]
+            elif value is None:
                 if pttl == WRONG_TYPE:
                     stats.wrong_type += 1
                     stats.malformed += 1
                 else:
                     stats.expired += 1
                 continue
-            stats.values_fetched += 1
-            try:
-                task_id = key[plen:].decode()
-            except UnicodeDecodeError:
-                stats.malformed += 1
-                continue
-            fingerprint = hash(value)
-            known = previous.get(task_id)
-            if known is not None and known[0] == fingerprint:
-                entry = known[1]
             else:
-                entry = self._decode(task_id, value)
-                stats.decoded += 1
-            decoded[task_id] = (fingerprint, entry)
+                stats.values_fetched += 1
+                stats.bytes_fetched += len(value)
+                try:
+                    task_id = key[plen:].decode()
+                except UnicodeDecodeError:
+                    stats.malformed += 1
+                    continue
+                fingerprint = hash(value)
+                known = previous.get(key)
+                if known is not None and known[0] == fingerprint:
+                    entry = known[3]
+                else:
+                    entry = self._decode(task_id, value)
+                    stats.decoded += 1
+                decoded[key] = (fingerprint, fetched.expire_at, fetched.size, entry)
             if entry is None:
                 stats.malformed += 1
             elif isinstance(entry, str):
@@ -177,7 +198,7 @@ class Scanner:
 
     def _decode(self, task_id: str, value: bytes) -> _Decoded:
         try:
-            task = decode_value(task_id, value)
+            task = decode_value(task_id, value, self._running)
         except MalformedValue as exc:
             logger.debug("skipping malformed value of task %r: %s", task_id, exc)
             return None
