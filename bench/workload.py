@@ -14,8 +14,11 @@ from service.simulator import WorkloadSummary, build_workload
 KEY_PATTERN = "request:id:*"
 FULL_DB = 0  # the issue's workload (or the quick mode's smaller one)
 SMALL_DB = 1  # the reference deployment's typical load: 50 running tasks
+IDLE_DB = 2  # empty: the service's resident memory with nothing loaded
 # Tasks written for the small case: 60 % running after 1 % malformed gives exactly 50 running.
 SMALL_TASKS = 84
+# The acceptance figures' other sizes (db -> task keys): 5 running (fewer than 10) and 297 (more than 50).
+ACCEPTANCE_DBS = {3: 9, 4: 500}
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class Workloads:
     server: RedisServerProcess
     full: WorkloadSummary
     small: WorkloadSummary
+    acceptance: dict[int, WorkloadSummary]
     now_ms: int
     build_seconds: float
 
@@ -51,10 +55,16 @@ async def build(sizes: Sizes, seed: int = 0) -> Workloads:
             full = await build_workload(client, tasks=sizes.tasks, unrelated=sizes.unrelated, seed=seed, now_ms=now_ms)
         async with aioredis.Redis.from_url(f"redis://127.0.0.1:{server.port}/{SMALL_DB}") as client:
             small = await build_workload(client, tasks=SMALL_TASKS, unrelated=100, seed=seed + 1, now_ms=now_ms)
+        acceptance: dict[int, WorkloadSummary] = {}
+        for db, tasks in ACCEPTANCE_DBS.items():
+            async with aioredis.Redis.from_url(f"redis://127.0.0.1:{server.port}/{db}") as client:
+                acceptance[db] = await build_workload(
+                    client, tasks=tasks, unrelated=1000, seed=seed + db, now_ms=now_ms
+                )
     except BaseException:
         server.close()
         raise
-    return Workloads(server, full, small, now_ms, time.perf_counter() - started)
+    return Workloads(server, full, small, acceptance, now_ms, time.perf_counter() - started)
 
 
 async def touch_running(url: str, ids: frozenset[str], fraction: float, seed: int, key_ttl: int = 3600) -> int:

@@ -139,7 +139,7 @@ class Refresher:
             raise failure from exc
         self._tracker.end_scan()
         self._generation += 1
-        snapshot = build_snapshot(
+        snapshot = await build_snapshot(
             self._generation, self._tracker.views(), stats, self._clock(), self.snapshot, self._etag_prefix
         )
         self.snapshot = snapshot

@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from service.delivery import snapshot_response
 from service.refresher import Refresher, RefreshFailed
 from service.responses import ErrorCode, error, ok
 from service.settings import Settings
@@ -28,18 +29,17 @@ async def running_tasks(request: Request) -> Response:
         snapshot, live = await refresher.current()
     except RefreshFailed as failure:
         return error(failure.code)
-    headers = {"ETag": snapshot.etag, "X-Snapshot-Generation": str(snapshot.generation)}
-    if not live and snapshot.etag in _if_none_match(request):
+    settings: Settings = request.app.state.settings
+    response, not_modified = await snapshot_response(
+        snapshot,
+        live=live,
+        refresh_interval=settings.running_tasks.refresh_interval,
+        if_none_match=request.headers.get("if-none-match"),
+        accept_encoding=request.headers.get("accept-encoding"),
+    )
+    if not_modified:
         refresher.counters.not_modified += 1
-        return Response(status_code=304, headers=headers)
-    return Response(snapshot.body, media_type="application/json", headers=headers)
-
-
-def _if_none_match(request: Request) -> list[str]:
-    value = request.headers.get("if-none-match")
-    if not value:
-        return []
-    return [tag.strip() for tag in value.split(",")]
+    return response
 
 
 async def cache_stats(request: Request) -> Response:
