@@ -389,16 +389,27 @@ def main(argv: list[str] | None = None) -> int:
     _say(f"{mode.name} mode: building {mode.sizes.tasks:,} task keys + {mode.sizes.unrelated:,} others")
     loads = asyncio.run(workload.build(mode.sizes))
     rows: list[Row] = []
+    crashed = 0
     try:
         with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-            if "refresh" not in args.skip:
-                rows += refresh_rows(loads, mode)
-            if "reads" not in args.skip:
-                rows += read_rows(loads, mode, Path(tmp))
-            if "steady" not in args.skip:
-                rows += steady_rows(loads, mode)
-            if "acceptance" not in args.skip:
-                rows += acceptance_rows(loads, mode)
+            phases = {
+                "refresh": lambda: refresh_rows(loads, mode),
+                "reads": lambda: read_rows(loads, mode, Path(tmp)),
+                "steady": lambda: steady_rows(loads, mode),
+                "acceptance": lambda: acceptance_rows(loads, mode),
+            }
+            for name, phase in phases.items():
+                if name in args.skip:
+                    continue
+                try:
+                    new = phase()
+                except Exception as exc:  # one phase failing must not hide the others' figures
+                    logger.exception("phase %s crashed", name)
+                    crashed += 1
+                    new = [Row("!", f"phase {name} crashed", type(exc).__name__, "—", "—", "—", False, str(exc)[:300])]
+                for row in new:
+                    _say(f"  {row.figure}: {row.value} vs {row.baseline} -> {row.ratio} (target {row.target})")
+                rows += new
     finally:
         loads.server.close()
     elapsed = time.perf_counter() - started
@@ -426,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         text = render_json(rows, meta) if path.suffix == ".json" else render_markdown(rows, header)
         path.write_text(text, encoding="utf-8")
-    return 0
+    return 1 if crashed else 0
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -58,6 +59,8 @@ class LoopWatch:
 
 def service_app() -> Starlette:
     """The service as configured by the environment, plus `/bench/loop` (take and reset the loop's stalls)."""
+    # With refreshes back to back, APScheduler logs every tick that finds the last refresh still running.
+    logging.getLogger("apscheduler.executors.default").setLevel(logging.ERROR)
     app = create_app(load_settings())
     watch = LoopWatch()
     inner = app.router.lifespan_context

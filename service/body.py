@@ -75,28 +75,29 @@ def _gzip(chunks: tuple[bytes, ...], length: int) -> RenderedBody:
     return RenderedBody(out)
 
 
-async def render_body(prefix: bytes, parts: Iterable[bytes], separator: bytes, suffix: bytes) -> RenderedBody:
-    """`prefix + separator.join(parts) + suffix` as chunks, yielding to the event loop between chunks."""
+async def render_body(prefix: bytes, items: Iterable[Sequence[bytes]], separator: bytes, suffix: bytes) -> RenderedBody:
+    """`prefix + separator.join(b"".join(item) for item in items) + suffix` as chunks, yielding to the event loop
+    between chunks. A piece of OWN_CHUNK_BYTES or more is a chunk of its own, by reference, never copied."""
     chunks: list[bytes] = []
     pending: list[bytes] = [prefix]
     size = len(prefix)
     first = True
-    for part in parts:
+    for item in items:
         if not first:
             pending.append(separator)
             size += len(separator)
         first = False
-        if len(part) >= OWN_CHUNK_BYTES:
-            chunks.append(b"".join(pending))
-            chunks.append(part)
-            pending, size = [], 0
-        else:
-            pending.append(part)
-            size += len(part)
-        if size >= CHUNK_BYTES or len(part) >= OWN_CHUNK_BYTES:
-            if pending:
+        for piece in item:
+            if len(piece) >= OWN_CHUNK_BYTES:
                 chunks.append(b"".join(pending))
+                chunks.append(piece)
                 pending, size = [], 0
+            else:
+                pending.append(piece)
+                size += len(piece)
+        if size >= CHUNK_BYTES:
+            chunks.append(b"".join(pending))
+            pending, size = [], 0
             await asyncio.sleep(0)
     pending.append(suffix)
     chunks.append(b"".join(pending))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import secrets
 import time
@@ -143,6 +144,10 @@ class Refresher:
             self._generation, self._tracker.views(), stats, self._clock(), self.snapshot, self._etag_prefix
         )
         self.snapshot = snapshot
+        # What survives a refresh lives until a later refresh replaces it, and reference counting frees it then
+        # (it forms no cycles). Frozen, the cyclic collector no longer walks it on every full collection: with
+        # the full workload (a million objects) those took up to 170 ms, an event-loop stall each time.
+        gc.freeze()
         duration = round((time.perf_counter() - started) * 1000, 3)
         self.last_refresh = RefreshRecord(started_ms, duration, trigger, stats.as_dict(), None)
         self.counters.refreshes_ok += 1

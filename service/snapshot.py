@@ -47,7 +47,7 @@ async def build_snapshot(
     if previous is not None and _same_tasks(previous.tasks, tasks):
         body, etag = previous.body, previous.etag
     else:
-        body = await render_body(ok_body_prefix(len(tasks)), (t.json for t in tasks), b",", b"]}}")
+        body = await render_body(ok_body_prefix(len(tasks)), (t.parts() for t in tasks), b",", b"]}}")
         etag = f'"{etag_prefix}-{generation}"'
     return Snapshot(generation, built_ms, time.monotonic(), tuple(tasks), body, etag, stats)
 

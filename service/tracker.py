@@ -21,7 +21,11 @@ _TTL_JITTER_MS = 1000
 
 @dataclass(frozen=True, slots=True)
 class TaskView:
-    """One running task as served: its fields, and its JSON rendered once, when it changed."""
+    """One running task as served: its fields, and its JSON rendered once, when it changed.
+
+    The JSON is kept in two parts, `head` (every field, up to `"fileList":`) and the stored file list itself,
+    the very bytes object the scanner decoded: the file lists, nearly all of the data, are held once, not once
+    per rendering."""
 
     task_id: str
     client_id: str
@@ -31,7 +35,16 @@ class TaskView:
     update_ms: int
     eta_ms: int | None
     file_count: int
-    json: bytes
+    head: bytes
+    file_list: bytes
+
+    @property
+    def json(self) -> bytes:
+        """The task's whole JSON object."""
+        return b"".join(self.parts())
+
+    def parts(self) -> tuple[bytes, bytes, bytes]:
+        return self.head, self.file_list, b"}"
 
 
 @dataclass(slots=True)
@@ -55,6 +68,19 @@ def render(
     file_list: bytes,
 ) -> bytes:
     """A task's JSON object in the contract's field order; the file list is embedded as stored, not re-encoded."""
+    return render_head(task_id, client_id, process, total_progress, start_ms, update_ms, eta_ms) + file_list + b"}"
+
+
+def render_head(
+    task_id: str,
+    client_id: str,
+    process: str,
+    total_progress: int,
+    start_ms: int,
+    update_ms: int,
+    eta_ms: int | None,
+) -> bytes:
+    """A task's JSON object up to and including `"fileList":`, which comes last."""
     task: dict[str, object] = {
         "taskId": task_id,
         "clientId": client_id,
@@ -66,8 +92,7 @@ def render(
     }
     if eta_ms is not None:
         task["estimatedCompletionTime"] = format_time(eta_ms)
-    task["fileList"] = orjson.Fragment(file_list)
-    return orjson.dumps(task)
+    return orjson.dumps(task)[:-1] + b',"fileList":'
 
 
 def estimate_completion(anchor: tuple[int, int], last: tuple[int, int], now_ms: int) -> int | None:
@@ -88,10 +113,16 @@ class Tracker:
     def __init__(self, producer_key_ttl: int) -> None:
         self._ttl_ms = producer_key_ttl * 1000
         self._states: dict[str, _State] = {}
-        self._order: list[tuple[int, str]] = []  # (-start_ms, task_id), kept sorted
+        # (-start_ms, task_id, state), kept sorted; the state rides along so that views() needs no lookups.
+        # (-start_ms, task_id) is unique, so a state is never compared.
+        self._order: list[tuple[int, str, _State]] = []
+        # Tasks added during the current scan, sorted into _order in one go: one insort per new task is
+        # quadratic when a first scan adds tens of thousands.
+        self._added: list[tuple[int, str, _State]] = []
         self._scan = 0
 
     def begin_scan(self) -> None:
+        self._merge_added()  # an earlier scan that failed may have left some
         self._scan += 1
 
     def observe(self, observations: Iterable[Observation]) -> None:
@@ -105,16 +136,28 @@ class Tracker:
 
     def end_scan(self) -> list[str]:
         """After a complete scan: forget the tasks it did not see (finished, expired, deleted); return their ids."""
-        gone = [task_id for task_id, state in self._states.items() if state.scan != self._scan]
-        for task_id in gone:
-            state = self._states.pop(task_id)
-            self._order.pop(bisect.bisect_left(self._order, (-state.view.start_ms, task_id)))
-        return gone
+        self._merge_added()
+        scan = self._scan
+        gone = [(task_id, state) for task_id, state in self._states.items() if state.scan != scan]
+        for task_id, _ in gone:
+            del self._states[task_id]
+        if len(gone) > 64:  # one pass rather than a list deletion per task
+            self._order = [entry for entry in self._order if entry[2].scan == scan]
+        else:
+            for task_id, state in gone:
+                self._order.pop(bisect.bisect_left(self._order, (-state.view.start_ms, task_id)))
+        return [task_id for task_id, _ in gone]
 
     def views(self) -> list[TaskView]:
         """Running tasks, newest start first, ties by task id."""
-        states = self._states
-        return [states[task_id].view for _, task_id in self._order]
+        self._merge_added()
+        return [entry[2].view for entry in self._order]
+
+    def _merge_added(self) -> None:
+        if self._added:
+            self._order.extend(self._added)
+            self._order.sort()
+            self._added = []
 
     def _observed_update(self, obs: Observation, previous: int | None, changed: bool) -> int:
         task = obs.task
@@ -138,8 +181,9 @@ class Tracker:
         start_ms = task.start_ms if task.start_ms is not None else first_seen
         point = (update_ms, task.total_progress)
         view = _view(obs, start_ms, update_ms, None)
-        self._states[task.task_id] = _State(first_seen, obs.fingerprint, point, point, view, self._scan)
-        bisect.insort(self._order, (-start_ms, task.task_id))
+        state = _State(first_seen, obs.fingerprint, point, point, view, self._scan)
+        self._states[task.task_id] = state
+        self._added.append((-start_ms, task.task_id, state))
 
     def _update(self, state: _State, obs: Observation) -> None:
         task = obs.task
@@ -159,11 +203,11 @@ class Tracker:
             return  # nothing new: keep the rendered view
         if start_ms != old.start_ms:
             self._order.pop(bisect.bisect_left(self._order, (-old.start_ms, task.task_id)))
-            bisect.insort(self._order, (-start_ms, task.task_id))
+            self._added.append((-start_ms, task.task_id, state))
         state.view = _view(obs, start_ms, update_ms, eta_ms)
 
 
 def _view(obs: Observation, start_ms: int, update_ms: int, eta_ms: int | None) -> TaskView:
     task = obs.task
     fields = (task.task_id, task.client_id, task.process, task.total_progress, start_ms, update_ms, eta_ms)
-    return TaskView(*fields, task.file_count, render(*fields, task.file_list))
+    return TaskView(*fields, task.file_count, render_head(*fields), task.file_list)
