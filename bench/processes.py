@@ -18,6 +18,10 @@ from typing import Any
 from service.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+# On a machine with two cores or more, the server under test gets one core and the load generators another, so
+# that the two sides of a comparison do not take turns at random with each other (wrk runs were +-30 % apart).
+_PIN = len(os.sched_getaffinity(0)) >= 2
+SERVER_CPU, LOAD_CPU = sorted(os.sched_getaffinity(0))[-1], sorted(os.sched_getaffinity(0))[0]
 
 
 class Server:
@@ -32,6 +36,8 @@ class Server:
         args = [sys.executable, "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1"]
         args += ["--port", str(self.port), "--log-level", "warning", "--no-access-log", "--timeout-keep-alive", "60"]
         self.process = subprocess.Popen(args, env=full_env, cwd=ROOT)
+        if _PIN:
+            os.sched_setaffinity(self.process.pid, {SERVER_CPU})
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
@@ -107,7 +113,7 @@ def closed_loop(url: str, duration: float, connections: int = 32, headers: dict[
     header_args = [f"{k}: {v}" for k, v in (headers or {}).items()]
     if has_wrk():
         # One wrk thread: the server under test gets the other core.
-        args = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "60s"]
+        args = [*_load_cpu(), "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "60s"]
         for header in header_args:
             args += ["-H", header]
         out = subprocess.run([*args, url], capture_output=True, text=True, check=True, timeout=duration + 120).stdout
@@ -117,7 +123,7 @@ def closed_loop(url: str, duration: float, connections: int = 32, headers: dict[
         non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
         errors += int(non2xx.group(1)) if non2xx else 0
         return Load(rps, requests, errors, "wrk")
-    args = [sys.executable, "-m", "bench.loadgen", "closed", url, "--connections", str(connections)]
+    args = [*_load_cpu(), sys.executable, "-m", "bench.loadgen", "closed", url, "--connections", str(connections)]
     args += ["--duration", str(duration)]
     for header in header_args:
         args += ["--header", header]
@@ -126,7 +132,8 @@ def closed_loop(url: str, duration: float, connections: int = 32, headers: dict[
 
 
 def fixed_rate(url: str, rate: float, duration: float) -> dict[str, Any]:
-    args = [sys.executable, "-m", "bench.loadgen", "rate", url, "--rate", str(rate), "--duration", str(duration)]
+    args = [*_load_cpu(), sys.executable, "-m", "bench.loadgen", "rate", url, "--rate", str(rate)]
+    args += ["--duration", str(duration)]
     result: dict[str, Any] = json.loads(_run([*args, "--track-etag"], duration))
     return result
 
@@ -142,6 +149,10 @@ def start_redis_probe(redis_url: str, duration: float) -> subprocess.Popen[str]:
     return subprocess.Popen(
         args, stdout=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
     )
+
+
+def _load_cpu() -> list[str]:
+    return ["taskset", "-c", str(LOAD_CPU)] if _PIN and shutil.which("taskset") else []
 
 
 def _run(args: list[str], duration: float) -> str:

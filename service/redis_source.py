@@ -22,19 +22,30 @@ WRONG_TYPE = -3
 # Step one of a fetch, one round trip per page: Redis' clock, then each key's absolute expiry time (ms) and
 # length, with a key of another type reported instead of failing the whole page. The reply is a few bytes per
 # key whatever the values weigh; it tells which values are worth reading (a producer rewrite, SET EX, always
-# moves the expiry) and how to group them so that no MGET reads more than the byte bound.
+# moves the expiry) and how to group them so that no MGET reads more than the byte bound. ARGV[i] is the
+# expiry the caller already knows for KEYS[i] (0: none); when it is still the same, the length is not asked
+# for (-1): every call a script makes costs Redis a few microseconds.
 _META_LUA = """
 local out = {}
 local now = redis.call('TIME')
 out[1] = now[1] * 1000 + math.floor(now[2] / 1000)
-for _, key in ipairs(KEYS) do
-  local size = redis.pcall('STRLEN', key)
-  if type(size) == 'table' then
-    out[#out + 1] = -3
+for i, key in ipairs(KEYS) do
+  local at = redis.call('PEXPIRETIME', key)
+  if at > 0 and at == tonumber(ARGV[i]) then
+    out[#out + 1] = at
+    out[#out + 1] = -1
+  elseif at == -2 then
+    out[#out + 1] = -2
     out[#out + 1] = 0
   else
-    out[#out + 1] = redis.call('PEXPIRETIME', key)
-    out[#out + 1] = size
+    local size = redis.pcall('STRLEN', key)
+    if type(size) == 'table' then
+      out[#out + 1] = -3
+      out[#out + 1] = 0
+    else
+      out[#out + 1] = at
+      out[#out + 1] = size
+    end
   end
 end
 return out
@@ -47,12 +58,12 @@ class Fetched:
     value: bytes | None  # None: expired, of another type (see pttl), or not read because `unchanged` said so
     pttl: int  # ms left; NO_EXPIRY, MISSING, WRONG_TYPE
     expire_at: int = NO_EXPIRY  # absolute expiry, epoch ms on Redis' clock; NO_EXPIRY, MISSING, WRONG_TYPE
-    size: int = 0  # bytes of the value
-    unchanged: bool = False  # the caller's `unchanged` said it already has this value: not read
+    size: int = 0  # bytes of the value; 0 when unchanged (not asked for)
+    unchanged: bool = False  # the expiry is the one the caller knew: the value was not read
 
 
-# (key, expiry, size) -> True when the caller already holds that value and needs no copy
-UnchangedCheck = Callable[[bytes, int, int], bool]
+# key -> the expiry time the caller saw with the value it holds (0: it holds none)
+KnownExpiry = Callable[[bytes], int]
 
 
 def create_client(settings: Settings) -> aioredis.Redis:
@@ -88,31 +99,26 @@ class RedisSource:
             if cursor == 0:
                 return
 
-    async def fetch(self, keys: list[bytes], unchanged: UnchangedCheck | None = None) -> list[Fetched]:
+    async def fetch(self, keys: list[bytes], known: KnownExpiry | None = None) -> list[Fetched]:
         """Values, TTLs and expiry times of `keys`, in order.
 
-        One small round trip tells each key's expiry and length; values for which `unchanged` answers True are
-        not read; the others come in MGETs of at most `fetch_max_bytes` each (one value when it alone is larger),
-        so that no single call holds Redis long, however large the values."""
+        One small round trip tells each key's expiry and length; a value whose expiry is still the one `known`
+        gives is not read (`unchanged`); the others come in MGETs of at most `fetch_max_bytes` each (one value
+        when it alone is larger), so that no single call holds Redis long, however large the values."""
         if not keys:
             return []
-        reply = await self._meta(keys=keys)
+        args = [known(key) for key in keys] if known is not None else [0] * len(keys)
+        reply = await self._meta(keys=keys, args=args)
         now_ms = int(reply[0])
         metas: list[tuple[int, int]] = [(int(reply[i]), int(reply[i + 1])) for i in range(1, len(reply), 2)]
-        wanted: list[int] = []
-        skipped: set[int] = set()
-        for index, (expire_at, size) in enumerate(metas):
-            if expire_at in (MISSING, WRONG_TYPE):
-                continue
-            if unchanged is not None and expire_at > 0 and unchanged(keys[index], expire_at, size):
-                skipped.add(index)
-            else:
-                wanted.append(index)
+        wanted = [
+            i for i, (expire_at, size) in enumerate(metas) if size >= 0 and expire_at not in (MISSING, WRONG_TYPE)
+        ]
         values = await self._read(keys, wanted, metas)
         fetched: list[Fetched] = []
         for index, (key, (expire_at, size)) in enumerate(zip(keys, metas, strict=True)):
             pttl = expire_at if expire_at < 0 else max(expire_at - now_ms, 0)
-            fetched.append(Fetched(key, values.get(index), pttl, expire_at, size, index in skipped))
+            fetched.append(Fetched(key, values.get(index), pttl, expire_at, max(size, 0), size < 0))
         return fetched
 
     async def _read(self, keys: list[bytes], wanted: list[int], metas: list[tuple[int, int]]) -> dict[int, bytes]:

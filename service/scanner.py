@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from service.redis_source import WRONG_TYPE, Fetched, RedisSource, UnchangedCheck
+from service.redis_source import WRONG_TYPE, Fetched, KnownExpiry, RedisSource
 from service.settings import RunningTasksSettings
 from service.tasks import MalformedValue, StoredTask, decode_value, task_id_prefix
 
@@ -29,7 +29,7 @@ class ScanStats:
     keys_scanned: int = 0  # distinct keys SCAN returned
     duplicates: int = 0  # keys SCAN returned again within the same scan
     values_fetched: int = 0  # values present: read, or known unchanged without reading them (values_reused)
-    values_reused: int = 0  # same expiry and length as in the last scan: not read again
+    values_reused: int = 0  # same expiry as in the last scan: not read again
     bytes_fetched: int = 0  # bytes of the values read
     decoded: int = 0  # values decoded (the others were unchanged since the last scan)
     expired: int = 0  # gone between SCAN and the value fetch
@@ -90,14 +90,14 @@ class Scanner:
         started = time.perf_counter()
         decoded: dict[bytes, _Memory] = {}
         self._scans += 1
-        # A producer rewrite (SET EX) always moves a key's expiry, so a value with the expiry and length it had
-        # in the last scan is not read again. Every `full_read_every`-th scan reads them all anyway, so that a
+        # A producer rewrite (SET EX) always moves a key's expiry, so a value with the expiry it had in the last
+        # scan is not read again. Every `full_read_every`-th scan reads them all anyway, so that a
         # writer that keeps the TTL (SET KEEPTTL, SETRANGE) is noticed within a bounded time.
         full_read = self._scans % self._settings.full_read_every == 0 or not self._decoded
-        unchanged = None if full_read else self._unchanged
+        known = None if full_read else self._known_expiry
         try:
             async with asyncio.timeout(self._settings.max_scan_time / 1000):
-                await self._run(stats, decoded, sink, unchanged)
+                await self._run(stats, decoded, sink, known)
         except TimeoutError as exc:
             raise ScanTimeout(f"scan exceeded max_scan_time ({self._settings.max_scan_time} ms)") from exc
         # Only a complete scan replaces the memory: keys that are gone are forgotten.
@@ -106,19 +106,19 @@ class Scanner:
         stats.duration_ms = round((time.perf_counter() - started) * 1000, 3)
         return stats
 
-    def _unchanged(self, key: bytes, expire_at: int, size: int) -> bool:
-        known = self._decoded.get(key)
-        return known is not None and known[1] == expire_at and known[2] == size
+    def _known_expiry(self, key: bytes) -> int:
+        memory = self._decoded.get(key)
+        return 0 if memory is None else memory[1]
 
     async def _run(
-        self, stats: ScanStats, decoded: dict[bytes, _Memory], sink: PageSink, unchanged: UnchangedCheck | None
+        self, stats: ScanStats, decoded: dict[bytes, _Memory], sink: PageSink, known: KnownExpiry | None
     ) -> None:
         workers = self._settings.worker_count
         queue: asyncio.Queue[list[bytes] | None] = asyncio.Queue(maxsize=workers * 2)
         try:
             async with asyncio.TaskGroup() as group:
                 for _ in range(workers):
-                    group.create_task(self._worker(queue, stats, decoded, sink, unchanged))
+                    group.create_task(self._worker(queue, stats, decoded, sink, known))
                 await self._produce(queue, stats)
                 for _ in range(workers):
                     await queue.put(None)
@@ -154,10 +154,10 @@ class Scanner:
         stats: ScanStats,
         decoded: dict[bytes, _Memory],
         sink: PageSink,
-        unchanged: UnchangedCheck | None,
+        known: KnownExpiry | None,
     ) -> None:
         while (keys := await queue.get()) is not None:
-            fetched = await self._source.fetch(keys, unchanged)
+            fetched = await self._source.fetch(keys, known)
             stats.fetches += 1
             seen_ms = self._clock()
             sink(list(self._decode_page(fetched, seen_ms, stats, decoded)))

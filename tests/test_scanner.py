@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from service.embedded import RedisServerProcess
-from service.redis_source import MISSING, NO_EXPIRY, WRONG_TYPE, Fetched, RedisSource, UnchangedCheck
+from service.redis_source import MISSING, NO_EXPIRY, WRONG_TYPE, Fetched, KnownExpiry, RedisSource
 from service.scanner import Observation, Scanner, ScanStats, ScanTimeout
 from tests.conftest import make_settings
 
@@ -208,13 +208,13 @@ def test_many_pages_go_through_the_worker_pool(redis_url: str) -> None:
                 yield keys
             Recording.scan_done = True
 
-        async def fetch(self, keys: list[bytes], unchanged: UnchangedCheck | None = None) -> list[Fetched]:
+        async def fetch(self, keys: list[bytes], known: KnownExpiry | None = None) -> list[Fetched]:
             Recording.in_flight += 1
             Recording.peak = max(Recording.peak, Recording.in_flight)
             Recording.fetch_started_before_scan_ended |= not Recording.scan_done
             try:
                 await asyncio.sleep(0.005)  # a slower network: fetches must overlap
-                return await super().fetch(keys, unchanged)
+                return await super().fetch(keys, known)
             finally:
                 Recording.in_flight -= 1
 
@@ -276,25 +276,20 @@ def test_fetch_skips_the_values_the_caller_has(redis_url: str) -> None:
             source = RedisSource(client, fetch_max_bytes=1024)
             keys = [b"request:id:ttl", b"request:id:no-ttl", b"request:id:hash", b"request:id:gone"]
             first = await source.fetch(keys)
-            expiry = {f.key: (f.expire_at, f.size) for f in first}
-            asked: list[bytes] = []
-
-            def unchanged(key: bytes, expire_at: int, size: int) -> bool:
-                asked.append(key)
-                return expiry[key] == (expire_at, size)
-
-            second = await source.fetch(keys, unchanged)
+            expiry = {f.key: f.expire_at for f in first}
+            second = await source.fetch(keys, expiry.__getitem__)
             await client.set("request:id:ttl", value(3), ex=3600)  # a producer rewrite moves the expiry
-            third = await source.fetch(keys, unchanged)
+            third = await source.fetch(keys, expiry.__getitem__)
         assert [(f.value, f.pttl, f.unchanged) for f in first[2:]] == [
             (None, WRONG_TYPE, False),
             (None, MISSING, False),
         ]
         assert first[1].expire_at == NO_EXPIRY and first[0].expire_at > 0
-        assert asked == [b"request:id:ttl"] * 2  # only values that have an expiry are worth skipping
-        assert (second[0].unchanged, second[0].value) == (True, None)
-        assert (second[1].unchanged, second[1].value) == (False, value(2))
-        assert (third[0].unchanged, third[0].value) == (False, value(3))
+        assert (second[0].unchanged, second[0].value, second[0].expire_at) == (True, None, first[0].expire_at)
+        assert 3_590_000 < second[0].pttl <= 3_600_000
+        assert (second[1].unchanged, second[1].value) == (False, value(2))  # without an expiry: always read
+        assert (third[0].unchanged, third[0].value, third[0].size) == (False, value(3), len(value(3)))
+        assert third[0].expire_at >= first[0].expire_at
 
     asyncio.run(main())
 
@@ -360,9 +355,9 @@ def test_a_hung_redis_times_out(own_redis_server: RedisServerProcess) -> None:
 @pytest.mark.real_redis
 def test_redis_dying_mid_scan_fails_the_scan(own_redis_server: RedisServerProcess) -> None:
     class Dying(RedisSource):
-        async def fetch(self, keys: list[bytes], unchanged: UnchangedCheck | None = None) -> list[Fetched]:
+        async def fetch(self, keys: list[bytes], known: KnownExpiry | None = None) -> list[Fetched]:
             own_redis_server.kill()
-            return await super().fetch(keys, unchanged)
+            return await super().fetch(keys, known)
 
     async def main() -> None:
         async with aioredis.Redis.from_url(own_redis_server.url, socket_timeout=1) as client:
