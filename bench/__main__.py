@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import platform
 import statistics
@@ -407,14 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     mode = QUICK if args.quick else FULL
     if args.tasks:
-        mode = Mode(
-            mode.name,
-            workload.Sizes(args.tasks, args.tasks),
-            mode.refresh_reps,
-            mode.load_seconds,
-            mode.steady_seconds,
-            mode.live_requests,
-        )
+        mode = dataclasses.replace(mode, sizes=workload.Sizes(args.tasks, args.tasks))
     started = time.perf_counter()
     _say(f"{mode.name} mode: building {mode.sizes.tasks:,} task keys + {mode.sizes.unrelated:,} others")
     loads = asyncio.run(workload.build(mode.sizes))
