@@ -133,11 +133,18 @@ class Refresher:
         started_ms = self._clock()
         started = time.perf_counter()
         self._tracker.begin_scan()
+        # A first scan creates a million long-lived objects, and each full collection walks them all again: the
+        # collector paused for a scan cut a cold refresh of the full workload from 5.4-6.5 s to 4.1-4.6 s.
+        collecting = gc.isenabled()
+        gc.disable()
         try:
             stats = await self._scanner.scan(self._tracker.observe)
         except Exception as exc:
             failure = self._record_failure(exc, trigger, started_ms, started)
             raise failure from exc
+        finally:
+            if collecting:
+                gc.enable()
         self._tracker.end_scan()
         self._generation += 1
         snapshot = await build_snapshot(
