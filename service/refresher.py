@@ -20,7 +20,7 @@ from service.scanner import Scanner, ScanTimeout
 from service.settings import RunningTasksSettings
 from service.snapshot import Snapshot, build_snapshot
 from service.tasks import format_time
-from service.tracker import Tracker
+from service.tracker import TaskView, Tracker
 
 logger = logging.getLogger("service.refresher")
 
@@ -146,10 +146,12 @@ class Refresher:
             if collecting:
                 gc.enable()
         self._tracker.end_scan()
+        views: list[TaskView] = []
+        for part in self._tracker.views_in_slices():  # tens of thousands of tasks: yield between slices
+            await asyncio.sleep(0)
+            views += part
         self._generation += 1
-        snapshot = await build_snapshot(
-            self._generation, self._tracker.views(), stats, self._clock(), self.snapshot, self._etag_prefix
-        )
+        snapshot = await build_snapshot(self._generation, views, stats, self._clock(), self.snapshot, self._etag_prefix)
         self.snapshot = snapshot
         # What survives a refresh lives until a later refresh replaces it, and reference counting frees it then
         # (it forms no cycles). Frozen, the cyclic collector no longer walks it on every full collection: with

@@ -6,7 +6,7 @@ from the key's remaining TTL, else from what this service observed."""
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import orjson
@@ -119,26 +119,34 @@ class Tracker:
         # Tasks added during the current scan, sorted into _order in one go: one insort per new task is
         # quadratic when a first scan adds tens of thousands.
         self._added: list[tuple[int, str, _State]] = []
+        # Known tasks the current scan has not seen yet: what is left at its end is gone. A copy at the start
+        # and a pop per task seen cost less than a pass over every state at the end, which held the event loop
+        # 10-17 ms with 60,000 tasks.
+        self._unseen: dict[str, _State] = {}
         self._scan = 0
 
     def begin_scan(self) -> None:
         self._merge_added()  # an earlier scan that failed may have left some
         self._scan += 1
+        self._unseen = self._states.copy()
 
     def observe(self, observations: Iterable[Observation]) -> None:
         """Take in one page of running tasks as soon as it is decoded."""
+        unseen = self._unseen
         for obs in observations:
             state = self._states.get(obs.task.task_id)
             if state is None:
                 self._add(obs)
             else:
+                unseen.pop(obs.task.task_id, None)
                 self._update(state, obs)
 
     def end_scan(self) -> list[str]:
         """After a complete scan: forget the tasks it did not see (finished, expired, deleted); return their ids."""
         self._merge_added()
         scan = self._scan
-        gone = [(task_id, state) for task_id, state in self._states.items() if state.scan != scan]
+        gone = [(task_id, state) for task_id, state in self._unseen.items() if state.scan != scan]
+        self._unseen = {}
         for task_id, _ in gone:
             del self._states[task_id]
         if len(gone) > 64:  # one pass rather than a list deletion per task
@@ -150,8 +158,16 @@ class Tracker:
 
     def views(self) -> list[TaskView]:
         """Running tasks, newest start first, ties by task id."""
+        return [view for part in self.views_in_slices() for view in part]
+
+    def views_in_slices(self, size: int = 5000) -> Iterator[list[TaskView]]:
+        """views() in slices, so that a caller can yield to the event loop between two (60,000 tasks: ~18 ms).
+
+        The tracker must not change until the last slice is taken."""
         self._merge_added()
-        return [entry[2].view for entry in self._order]
+        order = self._order
+        for start in range(0, len(order), size):
+            yield [entry[2].view for entry in order[start : start + size]]
 
     def _merge_added(self) -> None:
         if self._added:
