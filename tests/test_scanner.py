@@ -245,15 +245,15 @@ def test_fetches_are_bounded_in_bytes(redis_url: str) -> None:
                 await client.set(f"request:id:t{i}", huge if i == 7 else big, ex=3600)
             source = RedisSource(client, fetch_max_bytes=250_000)
             reads: list[int] = []
-            real_execute = client.execute_command
+            real_command = source._command
 
-            async def recording(*args: Any, **options: Any) -> Any:
-                reply = await real_execute(*args, **options)
-                if args[0] == "MGET":  # what RedisSource.fetch reads values with
+            async def recording(*args: bytes) -> Any:
+                reply = await real_command(*args)
+                if args[0] == b"MGET":  # what RedisSource.fetch reads values with
                     reads.append(sum(len(v) for v in reply))
                 return reply
 
-            client.execute_command = recording  # type: ignore[method-assign]
+            source._command = recording  # type: ignore[method-assign]
             keys = [f"request:id:t{i}".encode() for i in range(20)]
             fetched = await source.fetch(keys)
         assert [f.key for f in fetched] == keys
@@ -365,5 +365,18 @@ def test_redis_dying_mid_scan_fails_the_scan(own_redis_server: RedisServerProces
                 await client.set(f"request:id:t{i}", value(), ex=3600)
             with pytest.raises(redis.exceptions.ConnectionError):
                 await run_scan(scanner_for(client, Dying, scan_batch_size=50))
+
+    asyncio.run(main())
+
+
+@pytest.mark.real_redis
+def test_fetch_loads_its_script_again_after_a_script_flush(redis_url: str) -> None:
+    async def main() -> None:
+        async with aioredis.Redis.from_url(redis_url) as client:
+            await client.set("request:id:a", value(5), ex=3600)
+            source = RedisSource(client, fetch_max_bytes=1024)
+            assert (await source.fetch([b"request:id:a"]))[0].value == value(5)
+            await client.script_flush()  # as after a Redis restart
+            assert (await source.fetch([b"request:id:a"]))[0].value == value(5)
 
     asyncio.run(main())
