@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -54,8 +53,7 @@ return out
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Fetched:
+class Fetched(NamedTuple):  # one per key per scan: a named tuple is three times cheaper than a frozen dataclass
     key: bytes
     value: bytes | None  # None: expired, of another type (see pttl), or not read because `unchanged` said so
     pttl: int  # ms left; NO_EXPIRY, MISSING, WRONG_TYPE

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from service.redis_source import WRONG_TYPE, Fetched, KnownExpiry, RedisSource
 from service.settings import RunningTasksSettings
@@ -43,9 +44,9 @@ class ScanStats:
         return dataclasses.asdict(self)
 
 
-@dataclass(frozen=True, slots=True)
-class Observation:
-    """A running task as one scan saw it."""
+class Observation(NamedTuple):
+    """A running task as one scan saw it. (A named tuple: one is made per running task per scan, three times
+    faster than a frozen dataclass.)"""
 
     task: StoredTask
     fingerprint: int  # hash of the raw value: unchanged value, unchanged task
