@@ -26,7 +26,16 @@ from typing import Any
 import redis
 
 from bench import refresh, workload
-from bench.processes import Load, Server, closed_loop, fixed_rate, has_wrk, service_env, start_redis_probe
+from bench.processes import (
+    Load,
+    Server,
+    closed_loop,
+    fixed_rate,
+    has_wrk,
+    pin,
+    service_env,
+    start_redis_probe,
+)
 from bench.served import BARE_PATHS
 from bench.table import Row, render_json, render_markdown, render_text
 
@@ -412,6 +421,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     _say(f"{mode.name} mode: building {mode.sizes.tasks:,} task keys + {mode.sizes.unrelated:,} others")
     loads = asyncio.run(workload.build(mode.sizes))
+    # Redis on the load generators' core, the code under test (this process for the refresh figures, then the
+    # uvicorn servers) on the other: neither side's time is taken by the other's scheduling.
+    if loads.server.pid:
+        pin(loads.server.pid, "load")
     rows: list[Row] = []
     crashed = 0
     try:
@@ -425,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, phase in phases.items():
                 if name in args.skip:
                     continue
+                pin(0, "server" if name == "refresh" else "load")
                 try:
                     new = phase()
                 except Exception as exc:  # one phase failing must not hide the others' figures

@@ -145,10 +145,16 @@ def redis_probe(redis_url: str, duration: float) -> dict[str, Any]:
 
 
 def start_redis_probe(redis_url: str, duration: float) -> subprocess.Popen[str]:
-    args = [sys.executable, "-m", "bench.redisprobe", redis_url, "--duration", str(duration)]
+    args = [*_load_cpu(), sys.executable, "-m", "bench.redisprobe", redis_url, "--duration", str(duration)]
     return subprocess.Popen(
         args, stdout=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
     )
+
+
+def pin(pid: int, side: str) -> None:
+    """Pin a process (0: this one) to the server core or the load core, where there are two."""
+    if _PIN:
+        os.sched_setaffinity(pid, {SERVER_CPU if side == "server" else LOAD_CPU})
 
 
 def _load_cpu() -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 from starlette.responses import Response
@@ -19,6 +20,8 @@ def etag_matches(snapshot: Snapshot, if_none_match: str | None) -> bool:
     """Whether `If-None-Match` names this snapshot, in any of its encodings (they carry the same data)."""
     if not if_none_match:
         return False
+    if if_none_match == snapshot.etag:  # what a poller sends back, nearly always
+        return True
     for tag in if_none_match.split(","):
         tag = tag.strip()
         if tag.startswith("W/"):  # If-None-Match compares weakly
@@ -41,6 +44,16 @@ def cache_control(snapshot: Snapshot, refresh_interval: float, live: bool) -> tu
     return (b"cache-control", b"max-age=%d" % left)
 
 
+# Pollers repeat the same few header values; a cached answer keeps the per-request work near none.
+_encoding = functools.lru_cache(maxsize=64)(choose_encoding)
+
+
+@functools.lru_cache(maxsize=16)
+def _tags(etag: str, generation: int, encoding: str | None) -> tuple[tuple[bytes, bytes], ...]:
+    tag = etag if encoding is None else f'{etag[:-1]}-{encoding}"'
+    return (b"etag", tag.encode()), (b"x-snapshot-generation", b"%d" % generation), _VARY
+
+
 async def snapshot_response(
     snapshot: Snapshot,
     *,
@@ -50,13 +63,8 @@ async def snapshot_response(
     accept_encoding: str | None,
 ) -> tuple[Response, bool]:
     """The response to a read of `snapshot`, and whether it is a 304."""
-    encoding = choose_encoding(accept_encoding)
-    headers = [
-        (b"etag", snapshot.variant_etag(encoding).encode()),
-        (b"x-snapshot-generation", b"%d" % snapshot.generation),
-        cache_control(snapshot, refresh_interval, live),
-        _VARY,
-    ]
+    encoding = _encoding(accept_encoding)
+    headers = [*_tags(snapshot.etag, snapshot.generation, encoding), cache_control(snapshot, refresh_interval, live)]
     if not live and etag_matches(snapshot, if_none_match):
         return BodyResponse(None, headers, status_code=304), True
     body = snapshot.body
