@@ -35,6 +35,8 @@ class Server:
         full_env["PYTHONPATH"] = str(ROOT)
         args = [sys.executable, "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1"]
         args += ["--port", str(self.port), "--log-level", "warning", "--no-access-log", "--timeout-keep-alive", "60"]
+        if full_env.get("BENCH_TRACE_STALLS"):  # the tracer hooks asyncio's handles; uvloop has its own
+            args += ["--loop", "asyncio"]
         self.process = subprocess.Popen(args, env=full_env, cwd=ROOT)
         if _PIN:
             os.sched_setaffinity(self.process.pid, {SERVER_CPU})

@@ -57,10 +57,36 @@ class LoopWatch:
         }
 
 
+def _trace_stalls(threshold: float) -> None:
+    """Log every event-loop step longer than `threshold` s with the coroutine and the line it stopped at."""
+    import asyncio.events
+    import sys
+
+    run = asyncio.events.Handle._run
+
+    def timed(handle: asyncio.events.Handle) -> None:
+        started = time.perf_counter()
+        run(handle)
+        elapsed = time.perf_counter() - started
+        if elapsed > threshold:
+            callback = getattr(handle, "_callback", None)
+            task = getattr(callback, "__self__", None)
+            where = repr(callback)[:120]
+            if isinstance(task, asyncio.Task):
+                coro = task.get_coro()
+                frame = getattr(coro, "cr_frame", None)
+                where = f"{getattr(coro, '__qualname__', coro)} now at line {frame.f_lineno if frame else '?'}"
+            print(f"stall {elapsed * 1000:.1f} ms: {where}", file=sys.stderr, flush=True)
+
+    asyncio.events.Handle._run = timed  # type: ignore[method-assign]
+
+
 def service_app() -> Starlette:
     """The service as configured by the environment, plus `/bench/loop` (take and reset the loop's stalls)."""
     # With refreshes back to back, APScheduler logs every tick that finds the last refresh still running.
     logging.getLogger("apscheduler.executors.default").setLevel(logging.ERROR)
+    if os.environ.get("BENCH_TRACE_STALLS"):
+        _trace_stalls(float(os.environ["BENCH_TRACE_STALLS"]))
     app = create_app(load_settings())
     watch = LoopWatch()
     inner = app.router.lifespan_context

@@ -21,6 +21,7 @@ _SMALL_BODY = 1024 * 1024
 _LEVEL_SMALL, _LEVEL_LARGE = 6, 1
 
 ENCODINGS = ("gzip",)
+_CHUNKS_PER_YIELD = 8
 
 
 class RenderedBody:
@@ -148,3 +149,7 @@ class BodyResponse(Response):
             return
         for index, chunk in enumerate(chunks):
             await send({"type": "http.response.body", "body": chunk, "more_body": index < last})
+            if index % _CHUNKS_PER_YIELD == _CHUNKS_PER_YIELD - 1:
+                # A send that the transport buffers (or drops: the client is gone) returns without yielding;
+                # a body of a thousand chunks would otherwise hold the event loop from the first to the last.
+                await asyncio.sleep(0)
