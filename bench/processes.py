@@ -153,10 +153,13 @@ def start_redis_probe(redis_url: str, duration: float) -> subprocess.Popen[str]:
     )
 
 
+_ALL_CPUS = set(os.sched_getaffinity(0))
+
+
 def pin(pid: int, side: str) -> None:
-    """Pin a process (0: this one) to the server core or the load core, where there are two."""
+    """Pin a process (0: this one) to the server core or the load core, where there are two; "any": unpin."""
     if _PIN:
-        os.sched_setaffinity(pid, {SERVER_CPU if side == "server" else LOAD_CPU})
+        os.sched_setaffinity(pid, _ALL_CPUS if side == "any" else {SERVER_CPU if side == "server" else LOAD_CPU})
 
 
 def _load_cpu() -> list[str]:
