@@ -15,6 +15,8 @@ from starlette.types import Receive, Scope, Send
 CHUNK_BYTES = 256 * 1024
 # A part at least this large becomes a chunk of its own, by reference: big tasks are not copied into the body.
 OWN_CHUNK_BYTES = 64 * 1024
+# A body up to this size is one chunk even when it holds a large task: one send per request.
+ONE_CHUNK_BYTES = 1024 * 1024
 # Compressing a large body at zlib's default level takes longer than a refresh interval, every interval;
 # level 1 is three times faster and still shrinks this JSON about tenfold.
 _SMALL_BODY = 1024 * 1024
@@ -102,7 +104,10 @@ async def render_body(prefix: bytes, items: Iterable[Sequence[bytes]], separator
             await asyncio.sleep(0)
     pending.append(suffix)
     chunks.append(b"".join(pending))
-    return RenderedBody([chunk for chunk in chunks if chunk])
+    chunks = [chunk for chunk in chunks if chunk]
+    if len(chunks) > 1 and sum(len(chunk) for chunk in chunks) <= ONE_CHUNK_BYTES:
+        chunks = [b"".join(chunks)]  # one send per request; the copy of a small body costs nothing
+    return RenderedBody(chunks)
 
 
 def choose_encoding(accept_encoding: str | None) -> str | None:

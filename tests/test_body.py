@@ -38,10 +38,17 @@ async def test_render_body_is_the_joined_items_in_bounded_chunks() -> None:
 
 async def test_large_pieces_are_chunks_of_their_own_by_reference() -> None:
     big = b"y" * OWN_CHUNK_BYTES
-    parts = [(b'{"a":', big, b"}"), (b'{"b":', b"1", b"}")]
+    parts = [(b'{"a":', big, b"}"), *items(4000, 300), (b'{"b":', b"1", b"}")]  # over ONE_CHUNK_BYTES in all
     body = await render_body(b"[", parts, b",", b"]")
-    assert bytes(body) == b'[{"a":' + big + b'},{"b":1}]'
+    assert bytes(body).startswith(b'[{"a":' + big + b'},{"i":0,')
+    assert bytes(body).endswith(b',{"b":1}]')
     assert any(chunk is big for chunk in body.chunks)  # not copied into a joined chunk
+
+
+async def test_a_small_body_is_one_chunk() -> None:
+    big = b"y" * OWN_CHUNK_BYTES
+    body = await render_body(b"[", [(b'{"a":', big, b"}"), (b'{"b":', b"1", b"}")], b",", b"]")
+    assert body.chunks == (b'[{"a":' + big + b'},{"b":1}]',)
 
 
 async def test_render_body_yields_to_the_event_loop() -> None:
