@@ -143,7 +143,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         print(f"error: {reason} at {redact_url(settings.redis.url)}: {failure.detail}", file=sys.stderr)
         return 1
     if args.json:
-        sys.stdout.buffer.write(snapshot.body + b"\n")
+        sys.stdout.buffer.write(bytes(snapshot.body) + b"\n")
     else:
         print(render_table(snapshot))
     return 0

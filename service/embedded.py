@@ -70,6 +70,11 @@ class RedisServerProcess:
                 raise RuntimeError(f"redis-server did not start on port {self.port}")
             time.sleep(0.02)
 
+    @property
+    def pid(self) -> int:
+        """The server's process id (0 when it is not running)."""
+        return self._process.pid if self._process is not None and self._process.poll() is None else 0
+
     def kill(self) -> None:
         """Die at once, as a crashed server would: no goodbye to connected clients."""
         if self._process is not None and self._process.poll() is None:

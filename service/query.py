@@ -362,17 +362,9 @@ class _FileEntry(msgspec.Struct):
 _entries_decoder = msgspec.json.Decoder(list[_FileEntry])
 
 
-def file_list_json(view: TaskView) -> bytes:
-    """The raw JSON array of a task's file list, cut out of its pre-rendered JSON."""
-    # `,"fileList":` cannot occur inside a JSON string (its quote would be escaped), so the first match is the key
-    # that the tracker always renders last.
-    index = view.json.index(_FILE_LIST_KEY)
-    return view.json[index + len(_FILE_LIST_KEY) : -1]
-
-
 def file_summary(view: TaskView) -> dict[str, object]:
     """Counts of a task's files per status and per operation, plus the total; known names always present."""
-    entries = _entries_decoder.decode(file_list_json(view))
+    entries = _entries_decoder.decode(view.file_list)
     by_status = Counter(entry.status for entry in entries)
     by_operate = Counter(entry.operate for entry in entries)
     return {
@@ -393,8 +385,8 @@ def render_task(view: TaskView, projection: Projection) -> bytes:
     if projection.is_default:
         return view.json
     if projection.fields == BASE_FIELDS:
-        # every field but a different file part: cut the pre-rendered JSON before its file list
-        head = view.json[: view.json.index(_FILE_LIST_KEY)]
+        # every field but a different file part: the pre-rendered head without its `,"fileList":`
+        head = view.head[: -len(_FILE_LIST_KEY)]
         if projection.file_list == "none":
             return head + b"}"
         return b"".join((head, b',"fileSummary":', orjson.dumps(file_summary(view)), b"}"))
@@ -404,7 +396,7 @@ def render_task(view: TaskView, projection: Projection) -> bytes:
         if value is not None or name != "estimatedCompletionTime":  # omitted when unknown, as in the full task
             task[name] = value
     if projection.file_list == "full":
-        task["fileList"] = orjson.Fragment(file_list_json(view))
+        task["fileList"] = orjson.Fragment(view.file_list)
     elif projection.file_list == "summary":
         task["fileSummary"] = file_summary(view)
     return orjson.dumps(task)

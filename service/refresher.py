@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import secrets
 import time
@@ -20,7 +21,7 @@ from service.scanner import Scanner, ScanTimeout
 from service.settings import RunningTasksSettings
 from service.snapshot import Snapshot, build_snapshot
 from service.tasks import format_time
-from service.tracker import Tracker
+from service.tracker import TaskView, Tracker
 
 logger = logging.getLogger("service.refresher")
 
@@ -161,17 +162,33 @@ class Refresher:
         started_ms = self._clock()
         started = time.perf_counter()
         self._tracker.begin_scan()
+        # A first scan creates a million long-lived objects, and each full collection walks them all again: the
+        # collector paused for the first scan cut a cold refresh of the full workload from 5.4-6.5 s to 4.1-4.6 s.
+        # Later scans make few lasting objects; pausing for those too only piled them up for one long collection
+        # when it resumed (8-18 ms of event loop in one step).
+        collecting = gc.isenabled() and self.snapshot is None
+        if collecting:
+            gc.disable()
         try:
             stats = await self._scanner.scan(self._tracker.observe)
         except Exception as exc:
             failure = self._record_failure(exc, trigger, started_ms, started)
             raise failure from exc
+        finally:
+            if collecting:
+                gc.enable()
         self._tracker.end_scan()
+        views: list[TaskView] = []
+        for part in self._tracker.views_in_slices():  # tens of thousands of tasks: yield between slices
+            await asyncio.sleep(0)
+            views += part
         self._generation += 1
-        snapshot = build_snapshot(
-            self._generation, self._tracker.views(), stats, self._clock(), self.snapshot, self._etag_prefix
-        )
+        snapshot = await build_snapshot(self._generation, views, stats, self._clock(), self.snapshot, self._etag_prefix)
         self.snapshot = snapshot
+        # What survives a refresh lives until a later refresh replaces it, and reference counting frees it then
+        # (it forms no cycles). Frozen, the cyclic collector no longer walks it on every full collection: with
+        # the full workload (a million objects) those took up to 170 ms, an event-loop stall each time.
+        gc.freeze()
         duration = round((time.perf_counter() - started) * 1000, 3)
         record = RefreshRecord(started_ms, duration, trigger, stats.as_dict(), None)
         self.last_refresh = record

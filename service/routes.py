@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from service.delivery import snapshot_response
 from service.metrics import Metrics
 from service.query import QueryError
 from service.query_service import QueryService
@@ -53,9 +54,20 @@ async def running_tasks(request: Request) -> Response:
         snapshot, live = await refresher.current()
     except RefreshFailed as failure:
         return error(failure.code)
-    if query.is_default:  # no parameter that changes the answer: the snapshot's own body, as rendered once
-        return _send(request, Rendered(snapshot.body, snapshot.etag), snapshot, live)
-    return _send(request, _queries(request).running(snapshot, query), snapshot, live)
+    if not query.is_default:
+        return _send(request, _queries(request).running(snapshot, query), snapshot, live)
+    # no parameter that changes the answer: the snapshot's own body, as rendered once (and compressed once)
+    settings: Settings = request.app.state.settings
+    response, not_modified = await snapshot_response(
+        snapshot,
+        live=live,
+        refresh_interval=settings.running_tasks.refresh_interval,
+        if_none_match=request.headers.get("if-none-match"),
+        accept_encoding=request.headers.get("accept-encoding"),
+    )
+    if not_modified:
+        refresher.counters.not_modified += 1
+    return response
 
 
 async def running_task(request: Request) -> Response:

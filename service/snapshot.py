@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from service.body import RenderedBody, render_body
 from service.responses import ok_body_prefix
 from service.scanner import ScanStats
 from service.tracker import TaskView
@@ -16,8 +17,8 @@ class Snapshot:
     built_ms: int  # wall clock, for people
     built_monotonic: float  # for the age, immune to clock steps
     tasks: tuple[TaskView, ...]
-    body: bytes  # the whole success envelope, rendered once
-    etag: str  # strong: equal bodies have equal tags
+    body: RenderedBody  # the whole success envelope, rendered once, in chunks
+    etag: str  # strong: equal bodies have equal tags; a compressed variant adds its encoding (`variant_etag`)
     stats: ScanStats
 
     def age(self, now_monotonic: float | None = None) -> float:
@@ -26,8 +27,12 @@ class Snapshot:
     def is_fresh(self, ttl_seconds: float, now_monotonic: float | None = None) -> bool:
         return self.age(now_monotonic) < ttl_seconds
 
+    def variant_etag(self, encoding: str | None) -> str:
+        """The strong ETag of the body as sent with `encoding` (None: as is)."""
+        return self.etag if encoding is None else f'{self.etag[:-1]}-{encoding}"'
 
-def build_snapshot(
+
+async def build_snapshot(
     generation: int,
     tasks: list[TaskView],
     stats: ScanStats,
@@ -35,14 +40,16 @@ def build_snapshot(
     previous: Snapshot | None,
     etag_prefix: str,
 ) -> Snapshot:
-    """A snapshot of `tasks`; the body and ETag of `previous` are kept when the tasks rendered are the same."""
-    built_monotonic = time.monotonic()
+    """A snapshot of `tasks`; the body and ETag of `previous` are kept when the tasks rendered are the same.
+
+    The body is joined in chunks with a yield to the event loop between two: a body of hundreds of megabytes
+    never blocks the requests served meanwhile."""
     if previous is not None and _same_tasks(previous.tasks, tasks):
         body, etag = previous.body, previous.etag
     else:
-        body = b"".join((ok_body_prefix(len(tasks)), b",".join(t.json for t in tasks), b"]}}"))
+        body = await render_body(ok_body_prefix(len(tasks)), (t.parts() for t in tasks), b",", b"]}}")
         etag = f'"{etag_prefix}-{generation}"'
-    return Snapshot(generation, built_ms, built_monotonic, tuple(tasks), body, etag, stats)
+    return Snapshot(generation, built_ms, time.monotonic(), tuple(tasks), body, etag, stats)
 
 
 def _same_tasks(old: tuple[TaskView, ...], new: list[TaskView]) -> bool:

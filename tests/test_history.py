@@ -20,7 +20,7 @@ from service.history import (
     select_finished,
 )
 from service.query import Paging, QueryError
-from service.redis_source import Fetched, RedisSource
+from service.redis_source import Fetched, KnownExpiry, RedisSource
 from service.scanner import Scanner
 from service.tasks import StoredTask, format_time
 from service.tracker import Departure, TaskView, Tracker
@@ -32,7 +32,7 @@ RUNNING = "/codebase-embedder/api/v1/tasks/running"
 
 
 def view(task_id: str, start_ms: int = T0, client_id: str = "", progress: int = 40) -> TaskView:
-    return TaskView(task_id, client_id, "processing", progress, start_ms, start_ms, None, 3, b"{}")
+    return TaskView(task_id, client_id, "processing", progress, start_ms, start_ms, None, 3, b'{"fileList":', b"[]")
 
 
 def stored(task_id: str, process: str, **kw: object) -> StoredTask:
@@ -288,10 +288,10 @@ async def test_transitions_feed_the_history(redis_url: str) -> None:
 class FailingSource(RedisSource):
     fail = False
 
-    async def fetch(self, keys: list[bytes]) -> list[Fetched]:
+    async def fetch(self, keys: list[bytes], known: KnownExpiry | None = None) -> list[Fetched]:
         if self.fail:
             raise ConnectionError("lost mid-scan")
-        return await super().fetch(keys)
+        return await super().fetch(keys, known)
 
 
 @pytest.mark.real_redis

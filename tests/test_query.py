@@ -13,7 +13,6 @@ from service.query import (
     Projection,
     Query,
     QueryError,
-    file_list_json,
     file_summary,
     paginate,
     parse_query,
@@ -22,7 +21,7 @@ from service.query import (
     select,
 )
 from service.tasks import format_time
-from service.tracker import TaskView, render
+from service.tracker import TaskView, render_head
 
 T0 = 1_795_000_000_000
 STATUSES = ("pending", "processing", "running")
@@ -53,8 +52,8 @@ def make_view(
 ) -> TaskView:
     files = [entry("a.go")] if files is None else files
     file_list = orjson.dumps(files)
-    body = render(task_id, client, process, progress, start, update, eta, file_list, stalled)
-    return TaskView(task_id, client, process, progress, start, update, eta, len(files), body, stalled, None)
+    head = render_head(task_id, client, process, progress, start, update, eta, stalled)
+    return TaskView(task_id, client, process, progress, start, update, eta, len(files), head, file_list, stalled, None)
 
 
 def sample() -> list[TaskView]:
@@ -269,8 +268,9 @@ def as_obj(view: TaskView, projection: Projection) -> dict[str, Any]:
 
 def test_default_projection_is_the_pre_rendered_json_itself() -> None:
     view = make_view("a", files=FILES)
-    assert render_task(view, Projection()) is view.json
-    assert orjson.loads(file_list_json(view)) == FILES
+    # the view's pre-rendered parts joined, nothing encoded again
+    assert render_task(view, Projection()) == b"".join(view.parts()) == view.json
+    assert orjson.loads(view.file_list) == FILES
 
 
 def test_no_file_list_keeps_every_other_field_in_order() -> None:

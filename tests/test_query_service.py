@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 
 from service.history import History, parse_finished_query
@@ -17,7 +19,7 @@ def service(**settings: object) -> QueryService:
 
 
 def snap(generation: int, tasks: list, previous: Snapshot | None = None) -> Snapshot:  # type: ignore[type-arg]
-    return build_snapshot(generation, tasks, ScanStats(), T0 + generation, previous, "p")
+    return asyncio.run(build_snapshot(generation, tasks, ScanStats(), T0 + generation, previous, "p"))
 
 
 def test_the_same_query_on_the_same_tasks_is_not_recomputed() -> None:

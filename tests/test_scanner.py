@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import fakeredis
 import pytest
@@ -10,7 +11,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from service.embedded import RedisServerProcess
-from service.redis_source import Fetched, RedisSource
+from service.redis_source import MISSING, NO_EXPIRY, WRONG_TYPE, Fetched, KnownExpiry, RedisSource
 from service.scanner import Observation, Scanner, ScanStats, ScanTimeout
 from tests.conftest import make_settings
 
@@ -207,13 +208,13 @@ def test_many_pages_go_through_the_worker_pool(redis_url: str) -> None:
                 yield keys
             Recording.scan_done = True
 
-        async def fetch(self, keys: list[bytes]) -> list[Fetched]:
+        async def fetch(self, keys: list[bytes], known: KnownExpiry | None = None) -> list[Fetched]:
             Recording.in_flight += 1
             Recording.peak = max(Recording.peak, Recording.in_flight)
             Recording.fetch_started_before_scan_ended |= not Recording.scan_done
             try:
                 await asyncio.sleep(0.005)  # a slower network: fetches must overlap
-                return await super().fetch(keys)
+                return await super().fetch(keys, known)
             finally:
                 Recording.in_flight -= 1
 
@@ -239,23 +240,81 @@ def test_fetches_are_bounded_in_bytes(redis_url: str) -> None:
     async def main() -> None:
         async with aioredis.Redis.from_url(redis_url) as client:
             big = value(10, files=2000)  # ~100 KB
+            huge = value(10, files=6000)  # ~300 KB: more than the bound on its own
             for i in range(20):
-                await client.set(f"request:id:t{i}", big, ex=3600)
+                await client.set(f"request:id:t{i}", huge if i == 7 else big, ex=3600)
             source = RedisSource(client, fetch_max_bytes=250_000)
-            calls = 0
-            real_script = source._script
+            reads: list[int] = []
+            real_command = source._command
 
-            async def counting(**kwargs: object) -> object:
-                nonlocal calls
-                calls += 1
-                return await real_script(**kwargs)  # type: ignore[arg-type]
+            async def recording(*args: bytes) -> Any:
+                reply = await real_command(*args)
+                if args[0] == b"MGET":  # what RedisSource.fetch reads values with
+                    reads.append(sum(len(v) for v in reply))
+                return reply
 
-            source._script = counting  # type: ignore[assignment]
+            source._command = recording  # type: ignore[method-assign]
             keys = [f"request:id:t{i}".encode() for i in range(20)]
             fetched = await source.fetch(keys)
         assert [f.key for f in fetched] == keys
-        assert all(f.value == big for f in fetched)
-        assert calls == 7  # 3 values (3 x 100 KB >= 250 KB) per call
+        assert [f.value for f in fetched] == [huge if i == 7 else big for i in range(20)]
+        assert [f.size for f in fetched] == [len(f.value or b"") for f in fetched]
+        # no read over the bound but the one value that is larger on its own; two 100 KB values per read
+        assert sorted(reads) == sorted([len(huge)] + [2 * len(big)] * 9 + [len(big)])
+        assert all(3_590_000 < f.pttl <= 3_600_000 for f in fetched)
+
+    asyncio.run(main())
+
+
+@pytest.mark.real_redis
+def test_fetch_skips_the_values_the_caller_has(redis_url: str) -> None:
+    async def main() -> None:
+        async with aioredis.Redis.from_url(redis_url) as client:
+            await client.set("request:id:ttl", value(1), ex=3600)
+            await client.set("request:id:no-ttl", value(2))
+            await client.hset("request:id:hash", "process", "processing")
+            source = RedisSource(client, fetch_max_bytes=1024)
+            keys = [b"request:id:ttl", b"request:id:no-ttl", b"request:id:hash", b"request:id:gone"]
+            first = await source.fetch(keys)
+            expiry = {f.key: f.expire_at for f in first}
+            second = await source.fetch(keys, expiry.__getitem__)
+            await client.set("request:id:ttl", value(3), ex=3600)  # a producer rewrite moves the expiry
+            third = await source.fetch(keys, expiry.__getitem__)
+        assert [(f.value, f.pttl, f.unchanged) for f in first[2:]] == [
+            (None, WRONG_TYPE, False),
+            (None, MISSING, False),
+        ]
+        assert first[1].expire_at == NO_EXPIRY and first[0].expire_at > 0
+        assert (second[0].unchanged, second[0].value, second[0].expire_at) == (True, None, first[0].expire_at)
+        assert 3_590_000 < second[0].pttl <= 3_600_000
+        assert (second[1].unchanged, second[1].value) == (False, value(2))  # without an expiry: always read
+        assert (third[0].unchanged, third[0].value, third[0].size) == (False, value(3), len(value(3)))
+        assert third[0].expire_at >= first[0].expire_at
+
+    asyncio.run(main())
+
+
+def test_values_are_read_again_every_full_read_every_scans() -> None:
+    async def main() -> None:
+        client = fakeredis.FakeAsyncRedis()
+        for i in range(5):
+            await client.set(f"request:id:t{i}", value(i), ex=3600)
+        scanner = scanner_for(client, full_read_every=3)
+        reused = [(await run_scan(scanner))[0].values_reused for _ in range(6)]
+        assert reused == [0, 5, 0, 5, 5, 0]  # the first scan has nothing to reuse; every third reads all
+
+    asyncio.run(main())
+
+
+def test_a_rewrite_that_keeps_the_ttl_is_seen_at_the_next_full_read() -> None:
+    async def main() -> None:
+        client = fakeredis.FakeAsyncRedis()
+        await client.set("request:id:t", value(10), ex=3600)
+        scanner = scanner_for(client, full_read_every=2)
+        await run_scan(scanner)  # scan 1
+        await client.set("request:id:t", value(20), keepttl=True)  # same length, same expiry
+        _, seen = await run_scan(scanner)  # scan 2: every 2nd scan reads everything
+        assert [o.task.total_progress for o in seen] == [20]
 
     asyncio.run(main())
 
@@ -296,9 +355,9 @@ def test_a_hung_redis_times_out(own_redis_server: RedisServerProcess) -> None:
 @pytest.mark.real_redis
 def test_redis_dying_mid_scan_fails_the_scan(own_redis_server: RedisServerProcess) -> None:
     class Dying(RedisSource):
-        async def fetch(self, keys: list[bytes]) -> list[Fetched]:
+        async def fetch(self, keys: list[bytes], known: KnownExpiry | None = None) -> list[Fetched]:
             own_redis_server.kill()
-            return await super().fetch(keys)
+            return await super().fetch(keys, known)
 
     async def main() -> None:
         async with aioredis.Redis.from_url(own_redis_server.url, socket_timeout=1) as client:
@@ -352,5 +411,18 @@ def test_absurd_producer_times_do_not_break_a_refresh() -> None:
         tasks = {t["taskId"]: t for t in response.json()["data"]["tasks"]}
         assert set(tasks) == {"far", "ok"}
         assert tasks["far"]["startTime"][:4] == tasks["ok"]["startTime"][:4]  # unreadable: first sighting instead
+
+    asyncio.run(main())
+
+
+@pytest.mark.real_redis
+def test_fetch_loads_its_script_again_after_a_script_flush(redis_url: str) -> None:
+    async def main() -> None:
+        async with aioredis.Redis.from_url(redis_url) as client:
+            await client.set("request:id:a", value(5), ex=3600)
+            source = RedisSource(client, fetch_max_bytes=1024)
+            assert (await source.fetch([b"request:id:a"]))[0].value == value(5)
+            await client.script_flush()  # as after a Redis restart
+            assert (await source.fetch([b"request:id:a"]))[0].value == value(5)
 
     asyncio.run(main())

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import random
 import statistics
 
@@ -65,7 +66,7 @@ def test_throughput_after_eviction_inside_a_window_is_a_lower_bound() -> None:
 
 
 def running_view(task_id: str, process: str, stalled: bool, rate: float | None) -> TaskView:
-    return TaskView(task_id, "", process, 50, T0, T0, None, 1, b"{}", stalled, rate)
+    return TaskView(task_id, "", process, 50, T0, T0, None, 1, b'{"fileList":', b"[]", stalled, rate)
 
 
 def test_stats_of_a_snapshot_and_a_history() -> None:
@@ -75,7 +76,7 @@ def test_stats_of_a_snapshot_and_a_history() -> None:
         running_view("c", "pending", False, 2.0),
         running_view("d", "processing", True, 3.0),
     ]
-    snapshot = build_snapshot(7, views, ScanStats(), T0 + 30 * MINUTE, None, "x")
+    snapshot = asyncio.run(build_snapshot(7, views, ScanStats(), T0 + 30 * MINUTE, None, "x"))
     history = History(100, clock=lambda: T0)
     history.record(
         [
@@ -108,7 +109,7 @@ def test_stats_of_a_snapshot_and_a_history() -> None:
 
 
 def test_stats_with_nothing_yet() -> None:
-    snapshot = build_snapshot(1, [], ScanStats(), T0, None, "x")
+    snapshot = asyncio.run(build_snapshot(1, [], ScanStats(), T0, None, "x"))
     stats = task_stats(snapshot, History(10, clock=lambda: T0), ("pending",), 300)
     assert stats["running"]["total"] == 0
     assert stats["finished"]["durationSeconds"]["all"] == {

@@ -89,3 +89,26 @@ def test_task_id_prefix() -> None:
     assert task_id_prefix("request:id:*") == "request:id:"
     assert task_id_prefix("job:?x*") == "job:"
     assert task_id_prefix("exact") == "exact"
+
+
+def test_file_lists_are_checked_entry_by_entry_only_for_served_statuses() -> None:
+    raw = b'{"process":"completed","totalProgress":100,"fileList":["src/main.go"],"startTime":1795000000000}'
+    with pytest.raises(MalformedValue):
+        decode_value("t", raw)
+    finished = decode_value("t", raw, served={"processing"})
+    assert (finished.process, finished.total_progress, finished.start_ms) == ("completed", 100, 1795000000000)
+    with pytest.raises(MalformedValue):  # a served status still gets every check
+        decode_value("t", raw.replace(b"completed", b"processing"), served={"processing"})
+    with pytest.raises(MalformedValue):  # and the top level is always checked
+        decode_value("t", b'{"process":"completed","totalProgress":"100"}', served={"processing"})
+    with pytest.raises(MalformedValue):  # as is the JSON syntax of the file list
+        decode_value("t", b'{"process":"completed","totalProgress":100,"fileList":[}', served={"processing"})
+
+
+def test_format_time_is_the_same_for_every_millisecond_of_a_second() -> None:
+    base = 1_795_000_000_000
+    assert [format_time(base + ms) for ms in (0, 1, 999)] == [
+        "2026-11-18T11:06:40.000Z",
+        "2026-11-18T11:06:40.001Z",
+        "2026-11-18T11:06:40.999Z",
+    ]

@@ -1,0 +1,493 @@
+"""python -m bench [--quick] [--output FILE.md|FILE.json]: every comparison of issue 4 in one run, one table.
+
+Builds the workload in a redis-server of its own (free port), measures the refresh in this process against the
+reference algorithm and the fetch floor, then runs the service and a bare Starlette baseline under uvicorn on
+free ports and loads them with wrk (or bench.loadgen when wrk is missing). Timings are reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from bench import refresh, workload
+from bench.processes import (
+    Load,
+    Server,
+    closed_loop,
+    fixed_rate,
+    has_wrk,
+    pin,
+    service_env,
+    start_redis_probe,
+)
+from bench.served import BARE_PATHS
+from bench.table import Row, render_json, render_markdown, render_text
+
+RUNNING_PATH = "/codebase-embedder/api/v1/tasks/running"
+logger = logging.getLogger("bench")
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    sizes: workload.Sizes
+    refresh_reps: int
+    load_seconds: float  # each closed-loop (wrk) run
+    rounds: int  # each comparison alternates ours and the baseline this many times; the medians are compared
+    steady_seconds: float  # the fixed-rate run and the Redis probe during back-to-back refreshes
+    live_requests: int  # per acceptance size
+
+
+QUICK = Mode("quick", workload.QUICK, refresh_reps=2, load_seconds=1, rounds=1, steady_seconds=3, live_requests=3)
+FULL = Mode("full", workload.FULL, refresh_reps=3, load_seconds=4, rounds=3, steady_seconds=15, live_requests=5)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:,.0f} ms" if seconds >= 0.1 else f"{seconds * 1000:.1f} ms"
+
+
+def _say(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+# -- 1. refresh ------------------------------------------------------------------------------------------------
+
+
+def refresh_rows(loads: workload.Workloads, mode: Mode, placement: str) -> list[Row]:
+    url = loads.url(workload.FULL_DB)
+    rt = refresh.service_settings(url).running_tasks
+    _say("refresh: reference algorithm (SCAN default COUNT, GET per key, full JSON decode)")
+    ref_seconds, ref_running = refresh.reference(url, workload.KEY_PATTERN)
+    _say("refresh: fetch floor (SCAN + MGET per page, no decode)")
+    floors = [refresh.floor(url, workload.KEY_PATTERN, rt.scan_batch_size)[0] for _ in range(3)]
+    floor_seconds = statistics.median(floors)
+    _say("refresh: ours, cold / warm / 10 % changed")
+    ids = loads.full.running_ids
+
+    async def change(rep: int) -> None:
+        await workload.touch_running(url, ids, 0.10, seed=rep)
+
+    ours = asyncio.run(refresh.ours(url, mode.refresh_reps, change))
+    cold, warm, changed = (statistics.median(v) for v in (ours.cold, ours.warm, ours.changed))
+    size = f"{loads.full.task_keys:,} task keys + {loads.full.unrelated:,} others, {ours.running:,} running"
+    rows = [
+        Row(
+            "1",
+            "refresh, cold, vs reference",
+            _ms(cold),
+            _ms(ref_seconds),
+            f"{ref_seconds / cold:.1f}x faster",
+            ">= 20x faster",
+            ref_seconds / cold >= 20,
+            f"{size}; cold = a new process state, nothing decoded yet; reference found {ref_running:,} running "
+            "(it takes mistyped values as tasks)",
+        ),
+        Row(
+            "1",
+            "refresh, cold, vs fetch floor",
+            _ms(cold),
+            _ms(floor_seconds),
+            f"{cold / floor_seconds:.2f}x",
+            "<= 1.5x",
+            cold / floor_seconds <= 1.5,
+        ),
+        Row(
+            "1",
+            "refresh, warm, vs fetch floor",
+            _ms(warm),
+            _ms(floor_seconds),
+            f"{warm / floor_seconds:.2f}x",
+            "<= 1.5x",
+            warm / floor_seconds <= 1.5,
+            "warm = the next refresh, values unchanged",
+        ),
+        Row(
+            "1",
+            "refresh, 10 % changed, vs fetch floor",
+            _ms(changed),
+            _ms(floor_seconds),
+            f"{changed / floor_seconds:.2f}x",
+            "<= 1.5x",
+            changed / floor_seconds <= 1.5,
+            "10 % of the running tasks rewritten by the producer between two refreshes",
+        ),
+        Row(
+            "1",
+            "refresh, warm, vs reference",
+            _ms(warm),
+            _ms(ref_seconds),
+            f"{ref_seconds / warm:.0f}x faster",
+            "—",
+            None,
+        ),
+    ]
+    for row in rows:
+        row.figure += f" ({placement})"
+    return rows
+
+
+# -- 2, 3, 6. reads, conditional and compressed reads, memory ----------------------------------------------------
+
+
+def _bare(body: bytes, gzipped: bytes, directory: Path, name: str) -> Server:
+    plain, packed = directory / f"{name}.json", directory / f"{name}.json.gz"
+    plain.write_bytes(body)
+    packed.write_bytes(gzipped)
+    return Server(
+        "bench.served:bare_app", {"BENCH_BODY": str(plain), "BENCH_BODY_GZIP": str(packed)}, BARE_PATHS["gzip"]
+    )
+
+
+def _ratio_row(section: str, figure: str, ours: float, base: float, note: str = "") -> Row:
+    ratio = ours / base if base else 0.0
+    return Row(
+        section, figure, f"{ours:,.1f} req/s", f"{base:,.1f} req/s", f"{ratio:.2f}x", ">= 0.9x", ratio >= 0.9, note
+    )
+
+
+def _compare(mode: Mode, ours: tuple[str, dict[str, str]], base: tuple[str, dict[str, str]]) -> tuple[Load, Load]:
+    """Alternate the two sides `mode.rounds` times; the runs with the median rate of each side."""
+    runs: tuple[list[Load], list[Load]] = ([], [])
+    for _ in range(mode.rounds):
+        for side, (url, headers) in zip(runs, (ours, base), strict=True):
+            side.append(closed_loop(url, mode.load_seconds, headers=headers))
+    return tuple(sorted(side, key=lambda load: load.rps)[len(side) // 2] for side in runs)  # type: ignore[return-value]
+
+
+def read_rows(loads: workload.Workloads, mode: Mode, directory: Path) -> list[Row]:
+    rows: list[Row] = []
+    memory: Row | None = None
+    with Server("bench.served:service_app", service_env(loads.url(workload.IDLE_DB)), "/readyz") as idle:
+        idle_rss = idle.rss_bytes()
+    cases = (("50 tasks", workload.SMALL_DB), ("full workload", workload.FULL_DB))
+    for label, db in cases:
+        _say(f"reads: {label}")
+        # The refresh job is quiet here (every 60 s) so that these figures are the read path's; reads while
+        # refreshes run back to back are figure 4, and the full workload is also shown with the default interval.
+        with Server("bench.served:service_app", service_env(loads.url(db), refresh_interval=60), "/readyz") as svc:
+            status, headers, body = svc.get(RUNNING_PATH)
+            assert status == 200, status
+            etag = headers["etag"]
+            _, gz_headers, gzipped = svc.get(RUNNING_PATH, {"Accept-Encoding": "gzip"})
+            assert gz_headers.get("content-encoding") == "gzip"
+            with _bare(body, gzipped, directory, f"db{db}") as bare:
+                url = svc.url(RUNNING_PATH)
+                ours, base = _compare(mode, (url, {}), (bare.url(BARE_PATHS["identity"]), {}))
+                size = f"body {len(body):,} bytes; {ours.requests:,} vs {base.requests:,} requests by {ours.tool}"
+                rows.append(_ratio_row("2", f"cached read, {label}", ours.rps, base.rps, size))
+                ours, base = _compare(mode, (url, {"If-None-Match": etag}), (bare.url(BARE_PATHS["not_modified"]), {}))
+                rows.append(
+                    _ratio_row(
+                        "3",
+                        f"304 Not Modified, {label}",
+                        ours.rps,
+                        base.rps,
+                        "baseline: a bare endpoint answering 304 with no logic",
+                    )
+                )
+                gzip_header = {"Accept-Encoding": "gzip"}
+                ours, base = _compare(mode, (url, gzip_header), (bare.url(BARE_PATHS["gzip"]), gzip_header))
+                rows.append(
+                    _ratio_row(
+                        "3",
+                        f"gzip read, {label}",
+                        ours.rps,
+                        base.rps,
+                        f"gzip body {len(gzipped):,} bytes ({len(gzipped) / len(body):.1%}), "
+                        "compressed once per snapshot",
+                    )
+                )
+            if db == workload.FULL_DB:
+                loaded = svc.rss_bytes()
+                values = loads.full.running_value_bytes
+                ratio = (loaded - idle_rss) / values
+                memory = Row(
+                    "6",
+                    "resident memory above idle, full workload",
+                    f"{(loaded - idle_rss) / 2**20:,.0f} MiB",
+                    f"{values / 2**20:,.0f} MiB of running values",
+                    f"{ratio:.2f}x",
+                    "< 3x",
+                    ratio < 3,
+                    f"RSS {loaded / 2**20:,.0f} MiB loaded (after the reads above, gzip variant included) "
+                    f"vs {idle_rss / 2**20:,.0f} MiB idle (the same service on an empty database)",
+                )
+        if db == workload.FULL_DB:
+            with Server("bench.served:service_app", service_env(loads.url(db)), "/readyz") as svc:
+                etag = svc.get(RUNNING_PATH, {"If-None-Match": '"none"'})[1]["etag"]
+                busy = closed_loop(
+                    svc.url(RUNNING_PATH), mode.load_seconds * mode.rounds, headers={"If-None-Match": etag}
+                )
+                last = svc.get_json("/bench/loop")["last"] or {}
+            rows.append(
+                Row(
+                    "3",
+                    "304 Not Modified, full workload, refreshing every 2 s",
+                    f"{busy.rps:,.1f} req/s",
+                    rows[-2].baseline,
+                    "—",
+                    "—",
+                    None,
+                    f"the default interval: refreshes ({last.get('durationMs', 0):,.0f} ms each) share "
+                    "the service's core with the reads",
+                )
+            )
+    assert memory is not None
+    return [*rows, memory]
+
+
+# -- 4, 5. responsive during back-to-back refreshes, gentle on Redis ------------------------------------------
+
+
+@contextlib.contextmanager
+def _producer(url: str, ids: frozenset[str], fraction_per_second: float) -> Iterator[None]:
+    """Rewrites a share of the running tasks every second, as the embedder does, until the block ends."""
+    stop = threading.Event()
+
+    def run() -> None:
+        async def loop() -> None:
+            rep = 1000
+            while not stop.is_set():
+                started = time.monotonic()
+                await workload.touch_running(url, ids, fraction_per_second, seed=rep)
+                rep += 1
+                await asyncio.sleep(max(0.0, 1 - (time.monotonic() - started)))
+
+        asyncio.run(loop())
+
+    thread = threading.Thread(target=run, name="producer", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
+def _latencystats(url: str) -> dict[str, float]:
+    """Redis' own p99.9 per command (INFO latencystats, since the last CONFIG RESETSTAT), in ms."""
+    with redis.Redis.from_url(url) as client:
+        info = client.info("latencystats")
+    out: dict[str, float] = {}
+    for name, values in info.items():
+        if name.startswith("latency_percentiles_usec_") and isinstance(values, dict) and "p99.9" in values:
+            out[name.removeprefix("latency_percentiles_usec_")] = float(values["p99.9"]) / 1000
+    return out
+
+
+def steady_rows(loads: workload.Workloads, mode: Mode) -> list[Row]:
+    url = loads.url(workload.FULL_DB)
+    seconds = mode.steady_seconds
+    _say("redis probe: idle baseline")
+    probe = start_redis_probe(url, seconds / 2)
+    idle_probe = _json(probe.communicate(timeout=seconds + 60)[0])
+    # refresh_interval at its minimum: the job starts the next refresh as soon as the last one is done
+    env = service_env(url, refresh_interval=0.05)
+    with Server("bench.served:service_app", env, "/readyz") as svc, _producer(url, loads.full.running_ids, 0.01):
+        _say("steady load: 200 req/s during back-to-back refreshes")
+        svc.get_json("/bench/loop")  # reset the watch
+        before = svc.get_json("/bench/loop")["refreshes"]
+        steady = fixed_rate(svc.url(RUNNING_PATH), 200, seconds)
+        loop = svc.get_json("/bench/loop")
+        _say("redis probe: during back-to-back refreshes")
+        with redis.Redis.from_url(url) as client:
+            client.config_resetstat()
+        probe = start_redis_probe(url, seconds)
+        busy_probe = _json(probe.communicate(timeout=seconds + 60)[0])
+        server_side = _latencystats(url)
+        after = svc.get_json("/bench/loop")
+        refreshes = after["refreshes"] - before
+        last = after["last"] or {}
+    worst_cmd = max(((v, k) for k, v in server_side.items() if k != "config|resetstat"), default=(0.0, "—"))
+    statuses = ", ".join(f"{n} x {s}" for s, n in sorted(steady["statuses"].items()))
+    return [
+        Row(
+            "4",
+            "longest event-loop stall, back-to-back refreshes",
+            f"{loop['loop']['max_ms']:.1f} ms",
+            "—",
+            "—",
+            "< 20 ms",
+            loop["loop"]["max_ms"] < 20,
+            f"{refreshes} refreshes in {2 * seconds:.0f} s (last {last.get('durationMs', 0):,.0f} ms, "
+            f"{last.get('decoded', 0):,} decoded), 1 % of running tasks rewritten per second; "
+            f"loop p99 lateness {loop['loop']['p99_ms']:.1f} ms",
+        ),
+        Row(
+            "4",
+            "p99 latency of cached reads at 200 req/s",
+            f"{steady['p99_ms']:.1f} ms",
+            "—",
+            "—",
+            "< 25 ms",
+            steady["p99_ms"] < 25,
+            f"{steady['requests']} polls carrying the newest ETag ({statuses}); a 200 is timed to its headers; "
+            f"p50 {steady['p50_ms']:.1f} ms, max {steady['max_ms']:.1f} ms, {steady['errors']} errors",
+        ),
+        Row(
+            "5",
+            "p99.9 of another client's GET during refreshes",
+            f"{busy_probe['p999_ms']:.2f} ms",
+            f"{idle_probe['p999_ms']:.2f} ms idle",
+            f"{busy_probe['p999_ms'] / idle_probe['p999_ms']:.1f}x",
+            "< 2 ms",
+            busy_probe["p999_ms"] < 2,
+            f"{busy_probe['commands']:,} GETs from a separate process; Redis' own p99.9 per command during "
+            f"refreshes: worst {worst_cmd[1]} {worst_cmd[0]:.2f} ms; "
+            + ", ".join(f"{k} {v:.2f}" for k, v in sorted(server_side.items()) if k in ("scan", "evalsha", "mget")),
+        ),
+    ]
+
+
+def _json(text: str) -> dict[str, Any]:
+    import json
+
+    result: dict[str, Any] = json.loads(text)
+    return result
+
+
+# -- 7. the established acceptance figures -----------------------------------------------------------------------
+
+
+def acceptance_rows(loads: workload.Workloads, mode: Mode) -> list[Row]:
+    cases = [
+        ("fewer than 10", 3, loads.acceptance[3].running_total, 0.2),
+        ("10 to 50", workload.SMALL_DB, loads.small.running_total, 0.5),
+        ("more than 50", 4, loads.acceptance[4].running_total, 2.0),
+        ("more than 50 (full workload)", workload.FULL_DB, None, 2.0),
+    ]
+    rows: list[Row] = []
+    for label, db, running, budget in cases:
+        _say(f"acceptance: live scans, {label}")
+        env = service_env(loads.url(db), cache_enabled=False, max_scan_time=60_000)
+        with Server("bench.served:service_app", env, "/healthz") as svc:
+            times: list[float] = []
+            for _ in range(mode.live_requests):
+                started = time.perf_counter()
+                status, _, body = svc.get(RUNNING_PATH)
+                times.append(time.perf_counter() - started)
+                assert status == 200, (status, body[:200])
+            count = running if running is not None else int(body.split(b'"totalTasks":', 1)[1].split(b",", 1)[0])
+        steady = statistics.median(times[1:]) if len(times) > 1 else times[0]
+        rows.append(
+            Row(
+                "7",
+                f"live scan, cache off, {label} ({count:,} running)",
+                _ms(max(times)),
+                "—",
+                "—",
+                f"< {budget * 1000:,.0f} ms",
+                max(times) < budget,
+                f"slowest of {len(times)} requests, the first cold (first {_ms(times[0])}, "
+                f"then median {_ms(steady)}); keyspace {_keyspace(loads, db)}",
+            )
+        )
+    return rows
+
+
+def _keyspace(loads: workload.Workloads, db: int) -> str:
+    summary = {workload.FULL_DB: loads.full, workload.SMALL_DB: loads.small, **loads.acceptance}[db]
+    return f"{summary.task_keys:,} task keys + {summary.unrelated:,} others"
+
+
+# -- main ---------------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small workload, short runs (under a minute)")
+    parser.add_argument("--tasks", type=int, help="task keys of the main workload (and as many unrelated keys)")
+    parser.add_argument("--output", type=Path, action="append", default=[], help="also write the table (.md or .json)")
+    parser.add_argument(
+        "--skip", action="append", default=[], choices=("refresh", "refresh-shared", "reads", "steady", "acceptance")
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    mode = QUICK if args.quick else FULL
+    if args.tasks:
+        mode = dataclasses.replace(mode, sizes=workload.Sizes(args.tasks, args.tasks))
+    started = time.perf_counter()
+    _say(f"{mode.name} mode: building {mode.sizes.tasks:,} task keys + {mode.sizes.unrelated:,} others")
+    loads = asyncio.run(workload.build(mode.sizes))
+    # Redis on the load generators' core, the code under test (this process for the refresh figures, then the
+    # uvicorn servers) on the other: neither side's time is taken by the other's scheduling.
+    if loads.server.pid:
+        pin(loads.server.pid, "load")
+    rows: list[Row] = []
+    crashed = 0
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+            phases = {
+                "refresh": lambda: refresh_rows(loads, mode, "Redis on its own core"),
+                "refresh-shared": lambda: refresh_rows(loads, mode, "cores shared"),
+                "reads": lambda: read_rows(loads, mode, Path(tmp)),
+                "steady": lambda: steady_rows(loads, mode),
+                "acceptance": lambda: acceptance_rows(loads, mode),
+            }
+            for name, phase in phases.items():
+                if name in args.skip:
+                    continue
+                # "refresh": this process and Redis each on a core of its own, every round trip crosses cores as
+                # it would between two machines; "refresh-shared": both free to share one, as the scheduler likes
+                # (round trips are then often cheaper, and the figures swing from run to run).
+                placement = {"refresh": "server", "refresh-shared": "any"}.get(name, "load")
+                pin(0, placement)
+                if loads.server.pid:
+                    pin(loads.server.pid, "any" if placement == "any" else "load")
+                try:
+                    new = phase()
+                except Exception as exc:  # one phase failing must not hide the others' figures
+                    logger.exception("phase %s crashed", name)
+                    crashed += 1
+                    new = [Row("!", f"phase {name} crashed", type(exc).__name__, "—", "—", "—", False, str(exc)[:300])]
+                for row in new:
+                    _say(f"  {row.figure}: {row.value} vs {row.baseline} -> {row.ratio} (target {row.target})")
+                rows += new
+    finally:
+        loads.server.close()
+    elapsed = time.perf_counter() - started
+    meta = {
+        "mode": mode.name,
+        "command": "python -m bench"
+        + (" --quick" if args.quick else "")
+        + (f" --tasks {args.tasks}" if args.tasks else ""),
+        "task_keys": loads.full.task_keys,
+        "unrelated_keys": loads.full.unrelated,
+        "running_tasks": loads.full.running_total,
+        "running_value_bytes": loads.full.running_value_bytes,
+        "load_generator": "wrk" if has_wrk() else "python (bench.loadgen; wrk not installed)",
+        "python": platform.python_version(),
+        "seconds": round(elapsed, 1),
+    }
+    header = (
+        f"{meta['command']}: {meta['task_keys']:,} task keys ({meta['running_tasks']:,} running, "
+        f"{meta['running_value_bytes'] / 2**20:,.0f} MiB of running values) + {meta['unrelated_keys']:,} "
+        f"others; load by {meta['load_generator']}; {elapsed:.0f} s"
+    )
+    print(header)
+    print(render_text(rows))
+    for path in args.output:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = render_json(rows, meta) if path.suffix == ".json" else render_markdown(rows, header)
+        path.write_text(text, encoding="utf-8")
+    return 1 if crashed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

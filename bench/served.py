@@ -1,0 +1,139 @@
+"""The apps the bench runs under uvicorn (`--factory`): the service with an event-loop watch, and the bare
+Starlette baseline that returns the same bytes the service sent, with no logic at all."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from service.app import create_app
+from service.settings import load_settings
+
+# The watch wakes up this often; how late it wakes is how long the loop was busy with something else.
+_TICK = 0.002
+BARE_PATHS = {"identity": "/bare", "gzip": "/bare-gzip", "not_modified": "/bare-304"}
+
+
+class LoopWatch:
+    """Longest and 99th-percentile lateness of a periodic wake-up: the event loop's stalls."""
+
+    def __init__(self) -> None:
+        self.lateness: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(_TICK)
+            self.lateness.append(time.perf_counter() - before - _TICK)
+
+    def take(self) -> dict[str, float]:
+        samples, self.lateness = sorted(self.lateness), []
+        if not samples:
+            return {"samples": 0, "max_ms": 0.0, "p99_ms": 0.0}
+        return {
+            "samples": len(samples),
+            "max_ms": samples[-1] * 1000,
+            "p99_ms": samples[min(len(samples) - 1, int(len(samples) * 0.99))] * 1000,
+        }
+
+
+def _trace_stalls(threshold: float) -> None:
+    """Log every event-loop step longer than `threshold` s with the coroutine and the line it stopped at."""
+    import asyncio.events
+    import sys
+
+    run = asyncio.events.Handle._run
+
+    def timed(handle: asyncio.events.Handle) -> None:
+        started = time.perf_counter()
+        run(handle)
+        elapsed = time.perf_counter() - started
+        if elapsed > threshold:
+            callback = getattr(handle, "_callback", None)
+            task = getattr(callback, "__self__", None)
+            where = repr(callback)[:120]
+            if isinstance(task, asyncio.Task):
+                coro = task.get_coro()
+                frame = getattr(coro, "cr_frame", None)
+                where = f"{getattr(coro, '__qualname__', coro)} now at line {frame.f_lineno if frame else '?'}"
+            print(f"stall {elapsed * 1000:.1f} ms: {where}", file=sys.stderr, flush=True)
+
+    asyncio.events.Handle._run = timed  # type: ignore[method-assign]
+
+
+def service_app() -> Starlette:
+    """The service as configured by the environment, plus `/bench/loop` (take and reset the loop's stalls)."""
+    # With refreshes back to back, APScheduler logs every tick that finds the last refresh still running.
+    logging.getLogger("apscheduler.executors.default").setLevel(logging.ERROR)
+    if os.environ.get("BENCH_TRACE_STALLS"):
+        _trace_stalls(float(os.environ["BENCH_TRACE_STALLS"]))
+    app = create_app(load_settings())
+    watch = LoopWatch()
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(application: Starlette) -> AsyncIterator[None]:
+        async with inner(application):
+            watch.start()
+            try:
+                yield
+            finally:
+                await watch.stop()
+
+    async def loop_stats(request: Request) -> Response:
+        refresher = app.state.refresher
+        return JSONResponse(
+            {
+                "loop": watch.take(),
+                "refreshes": refresher.counters.refreshes_ok,
+                "last": refresher.stats()["lastRefresh"],
+            }
+        )
+
+    app.router.lifespan_context = lifespan
+    app.router.routes.append(Route("/bench/loop", loop_stats, methods=["GET"]))
+    return app
+
+
+def bare_app() -> Starlette:
+    """Returns $BENCH_BODY (and $BENCH_BODY_GZIP, gzip-encoded) as they are; a bare 304 at /bare-304."""
+    body = Path(os.environ["BENCH_BODY"]).read_bytes()
+    gzip_path = os.environ.get("BENCH_BODY_GZIP")
+    gzipped = Path(gzip_path).read_bytes() if gzip_path else b""
+
+    async def identity(request: Request) -> Response:
+        return Response(body, media_type="application/json")
+
+    async def gzip(request: Request) -> Response:
+        return Response(gzipped, media_type="application/json", headers={"content-encoding": "gzip"})
+
+    async def not_modified(request: Request) -> Response:
+        return Response(status_code=304, headers={"etag": '"bare"'})
+
+    return Starlette(
+        routes=[
+            Route(BARE_PATHS["identity"], identity, methods=["GET"]),
+            Route(BARE_PATHS["gzip"], gzip, methods=["GET"]),
+            Route(BARE_PATHS["not_modified"], not_modified, methods=["GET"]),
+        ]
+    )

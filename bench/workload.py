@@ -1,0 +1,96 @@
+"""The issue's workloads in a redis-server of the bench's own: the full (or quick) keyspace and the small case."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from service.embedded import RedisServerProcess
+from service.simulator import WorkloadSummary, build_workload
+
+KEY_PATTERN = "request:id:*"
+FULL_DB = 0  # the issue's workload (or the quick mode's smaller one)
+SMALL_DB = 1  # the reference deployment's typical load: 50 running tasks
+IDLE_DB = 2  # empty: the service's resident memory with nothing loaded
+# Tasks written for the small case: 60 % running after 1 % malformed gives exactly 50 running.
+SMALL_TASKS = 84
+# The acceptance figures' other sizes (db -> task keys): 5 running (fewer than 10) and 297 (more than 50).
+ACCEPTANCE_DBS = {3: 9, 4: 500}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    tasks: int
+    unrelated: int
+
+
+FULL = Sizes(tasks=100_000, unrelated=100_000)
+QUICK = Sizes(tasks=6_000, unrelated=6_000)
+
+
+@dataclass
+class Workloads:
+    server: RedisServerProcess
+    full: WorkloadSummary
+    small: WorkloadSummary
+    acceptance: dict[int, WorkloadSummary]
+    now_ms: int
+    build_seconds: float
+
+    def url(self, db: int) -> str:
+        return f"redis://127.0.0.1:{self.server.port}/{db}"
+
+
+async def build(sizes: Sizes, seed: int = 0) -> Workloads:
+    """Start a redis-server on a free port and write both workloads (deterministic for a given seed)."""
+    # No persistence, and a big enough client output buffer for MGET replies of several MB.
+    server = RedisServerProcess()
+    now_ms = int(time.time() * 1000)
+    started = time.perf_counter()
+    try:
+        async with aioredis.Redis.from_url(f"redis://127.0.0.1:{server.port}/{FULL_DB}") as client:
+            full = await build_workload(client, tasks=sizes.tasks, unrelated=sizes.unrelated, seed=seed, now_ms=now_ms)
+        async with aioredis.Redis.from_url(f"redis://127.0.0.1:{server.port}/{SMALL_DB}") as client:
+            small = await build_workload(client, tasks=SMALL_TASKS, unrelated=100, seed=seed + 1, now_ms=now_ms)
+        acceptance: dict[int, WorkloadSummary] = {}
+        for db, tasks in ACCEPTANCE_DBS.items():
+            async with aioredis.Redis.from_url(f"redis://127.0.0.1:{server.port}/{db}") as client:
+                acceptance[db] = await build_workload(
+                    client, tasks=tasks, unrelated=1000, seed=seed + db, now_ms=now_ms
+                )
+    except BaseException:
+        server.close()
+        raise
+    return Workloads(server, full, small, acceptance, now_ms, time.perf_counter() - started)
+
+
+async def touch_running(url: str, ids: frozenset[str], fraction: float, seed: int, key_ttl: int = 3600) -> int:
+    """Rewrite `fraction` of the running tasks as the producer would (one more file done); return how many."""
+    rng = random.Random(seed)
+    chosen = rng.sample(sorted(ids), round(len(ids) * fraction))
+    async with aioredis.Redis.from_url(url) as client:
+        for start in range(0, len(chosen), 500):
+            keys = [f"request:id:{task_id}" for task_id in chosen[start : start + 500]]
+            values = await client.mget(keys)
+            async with client.pipeline(transaction=False) as pipe:
+                for key, value in zip(keys, values, strict=True):
+                    if value is not None:
+                        pipe.set(key, _bump(value), ex=key_ttl)  # a rewrite resets the TTL, as the producer's SET EX
+                await pipe.execute()
+    return len(chosen)
+
+
+def _bump(value: bytes) -> bytes:
+    # One more file processed: the first "pending" entry becomes "completed"; else the progress moves by one.
+    if b'"status":"pending"' in value:
+        return value.replace(b'"status":"pending"', b'"status":"completed"', 1)
+    marker = b'"totalProgress":'
+    at = value.index(marker) + len(marker)
+    end = at
+    while value[end : end + 1].isdigit():
+        end += 1
+    progress = min(int(value[at:end]) + 1, 99)
+    return value[:at] + str(progress).encode() + value[end:]

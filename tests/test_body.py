@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import asyncio
+import gzip
+import zlib
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from service.body import (
+    CHUNK_BYTES,
+    OWN_CHUNK_BYTES,
+    BodyResponse,
+    RenderedBody,
+    choose_encoding,
+    render_body,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+def items(count: int, size: int) -> list[tuple[bytes, bytes, bytes]]:
+    return [(b'{"i":%d,"d":"' % i, b"x" * size, b'"}') for i in range(count)]
+
+
+async def test_render_body_is_the_joined_items_in_bounded_chunks() -> None:
+    parts = items(3000, 500)
+    body = await render_body(b"[", parts, b",", b"]")
+    assert bytes(body) == b"[" + b",".join(b"".join(p) for p in parts) + b"]"
+    assert len(body) == len(bytes(body))
+    assert len(body.chunks) > 1
+    assert all(len(chunk) < CHUNK_BYTES + 1024 for chunk in body.chunks)
+
+
+async def test_large_pieces_are_chunks_of_their_own_by_reference() -> None:
+    big = b"y" * OWN_CHUNK_BYTES
+    parts = [(b'{"a":', big, b"}"), *items(4000, 300), (b'{"b":', b"1", b"}")]  # over ONE_CHUNK_BYTES in all
+    body = await render_body(b"[", parts, b",", b"]")
+    assert bytes(body).startswith(b'[{"a":' + big + b'},{"i":0,')
+    assert bytes(body).endswith(b',{"b":1}]')
+    assert any(chunk is big for chunk in body.chunks)  # not copied into a joined chunk
+
+
+async def test_a_small_body_is_one_chunk() -> None:
+    big = b"y" * OWN_CHUNK_BYTES
+    body = await render_body(b"[", [(b'{"a":', big, b"}"), (b'{"b":', b"1", b"}")], b",", b"]")
+    assert body.chunks == (b'[{"a":' + big + b'},{"b":1}]',)
+
+
+async def test_render_body_yields_to_the_event_loop() -> None:
+    ticks = 0
+
+    async def count() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    counter = asyncio.ensure_future(count())
+    await render_body(b"[", items(2000, 1000), b",", b"]")  # ~2 MB: several chunks
+    counter.cancel()
+    assert ticks >= 5
+
+
+async def test_empty_list() -> None:
+    body = await render_body(b"[", [], b",", b"]")
+    assert (bytes(body), body.chunks) == (b"[]", (b"[]",))
+
+
+async def test_gzip_variant_is_made_once_and_shared() -> None:
+    body = await render_body(b"[", items(2000, 300), b",", b"]")
+    assert not body.is_encoded("gzip")
+    first, second = await asyncio.gather(body.encoded("gzip"), body.encoded("gzip"))
+    assert first is second is await body.encoded("gzip")
+    assert body.is_encoded("gzip")
+    assert gzip.decompress(bytes(first)) == bytes(body)
+    assert len(first) < len(body) / 5
+    with pytest.raises(ValueError):
+        await body.encoded("compress")
+
+
+async def test_large_bodies_are_compressed_at_the_fast_level() -> None:
+    body = RenderedBody([bytes(range(256)) * 8192])  # 2 MiB: over the small-body limit
+    packed = bytes(await body.encoded("gzip"))
+    assert zlib.decompress(packed, 16 + zlib.MAX_WBITS) == bytes(body)
+    assert packed[8] == 4  # gzip header XFL: 4 = the fastest algorithm
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("gzip", "gzip"),
+        ("br, gzip;q=0.5", "gzip"),
+        ("GZIP", "gzip"),
+        ("gzip;q=0", None),
+        ("gzip; q=0.0", None),
+        ("gzip;q=oops", None),
+        ("deflate, br", None),
+        ("*", None),  # the identity is always acceptable; compress only when asked by name
+    ],
+)
+def test_choose_encoding(header: str | None, expected: str | None) -> None:
+    assert choose_encoding(header) == expected
+
+
+async def test_body_response_sends_chunks_with_exact_length_and_no_body_for_head() -> None:
+    body = RenderedBody([b"abc", b"defg", b"h"])
+
+    async def endpoint(request: Request) -> Response:
+        return BodyResponse(body, [(b"content-type", b"application/json")])
+
+    async def not_modified(request: Request) -> Response:
+        return BodyResponse(None, [(b"etag", b'"x"')], status_code=304)
+
+    app = Starlette(routes=[Route("/", endpoint, methods=["GET"]), Route("/304", not_modified, methods=["GET"])])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        got = await client.get("/")
+        head = await client.head("/")
+        unchanged = await client.get("/304")
+    assert (got.content, got.headers["content-length"]) == (b"abcdefgh", "8")
+    assert (head.content, head.headers["content-length"]) == (b"", "8")
+    assert (unchanged.status_code, unchanged.content, unchanged.headers["etag"]) == (304, b"", '"x"')
+    assert "content-length" not in unchanged.headers

@@ -1,0 +1,114 @@
+"""Conditional, compressed and cacheable reads of the running list, in process against fakeredis."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import time
+
+import fakeredis
+import orjson
+import pytest
+
+from service.app import create_app
+from service.delivery import cache_control, etag_matches
+from service.scanner import ScanStats
+from service.snapshot import build_snapshot
+from tests.conftest import make_settings, running_app
+
+RUNNING = "/codebase-embedder/api/v1/tasks/running"
+pytestmark = pytest.mark.anyio
+
+
+def value(progress: int, files: int = 30) -> bytes:
+    entries = [{"path": f"src/f{i}.go", "status": "pending", "operate": "add"} for i in range(files)]
+    return orjson.dumps({"process": "processing", "totalProgress": progress, "fileList": entries})
+
+
+async def seeded() -> fakeredis.FakeAsyncRedis:
+    client = fakeredis.FakeAsyncRedis()
+    for i in range(20):
+        await client.set(f"request:id:t{i}", value(i), ex=3600)
+    return client
+
+
+async def test_gzip_read_has_its_own_etag_and_the_same_data() -> None:
+    client = await seeded()
+    async with running_app(create_app(make_settings(refresh_interval=30), redis=client)) as http:
+        plain = await http.get(RUNNING, headers={"Accept-Encoding": "identity"})
+        packed = await http.get(RUNNING, headers={"Accept-Encoding": "gzip"})
+        raw = await http.get(RUNNING, headers={"Accept-Encoding": "gzip"}, extensions={})
+    assert "content-encoding" not in plain.headers
+    assert packed.headers["content-encoding"] == "gzip"
+    assert packed.content == plain.content  # httpx decodes it
+    assert int(raw.headers["content-length"]) < len(plain.content)
+    assert packed.headers["etag"] == plain.headers["etag"][:-1] + '-gzip"'
+    for response in (plain, packed):
+        assert response.headers["vary"] == "Accept-Encoding"
+        assert response.headers["content-type"] == "application/json"
+
+
+async def test_gzip_body_is_compressed_once_per_snapshot() -> None:
+    client = await seeded()
+    app = create_app(make_settings(refresh_interval=30), redis=client)
+    async with running_app(app) as http:
+        refresher = app.state.refresher
+        for _ in range(3):
+            await http.get(RUNNING, headers={"Accept-Encoding": "gzip"})
+        body = refresher.snapshot.body
+        variant = await body.encoded("gzip")
+        assert variant is await body.encoded("gzip")  # the one made for the first request
+        await refresher.run_job()  # nothing changed: same body, variant kept
+        assert refresher.snapshot.body is body
+        await client.set("request:id:t3", value(50), ex=3600)
+        await refresher.run_job()
+        assert refresher.snapshot.body is not body
+        assert not refresher.snapshot.body.is_encoded("gzip")  # made lazily, on the first demand
+        fresh = await http.get(RUNNING, headers={"Accept-Encoding": "gzip"})
+    assert fresh.json()["data"]["totalTasks"] == 20
+    assert gzip.decompress(bytes(await refresher.snapshot.body.encoded("gzip"))) == bytes(refresher.snapshot.body)
+
+
+async def test_not_modified_for_either_variant_with_cache_headers() -> None:
+    client = await seeded()
+    async with running_app(create_app(make_settings(refresh_interval=30), redis=client)) as http:
+        plain = await http.get(RUNNING)
+        packed = await http.get(RUNNING, headers={"Accept-Encoding": "gzip"})
+        for etag in (plain.headers["etag"], packed.headers["etag"], "W/" + plain.headers["etag"], "*"):
+            again = await http.get(RUNNING, headers={"If-None-Match": etag, "Accept-Encoding": "gzip"})
+            assert (again.status_code, again.content) == (304, b""), etag
+            assert again.headers["etag"] == packed.headers["etag"]
+            assert again.headers["cache-control"].startswith("max-age=")
+        other = await http.get(RUNNING, headers={"If-None-Match": plain.headers["etag"][:-1] + '0"'})
+    assert other.status_code == 200
+    assert 0 <= int(plain.headers["cache-control"].removeprefix("max-age=")) <= 30
+
+
+async def test_live_scans_are_not_cacheable() -> None:
+    client = await seeded()
+    async with running_app(create_app(make_settings(cache_enabled=False), redis=client)) as http:
+        response = await http.get(RUNNING)
+    assert response.headers["cache-control"] == "no-cache"
+
+
+async def test_cache_control_counts_down_to_the_next_refresh() -> None:
+    snapshot = await build_snapshot(1, [], ScanStats(), 0, None, "abcd")
+    fresh = dataclasses.replace(snapshot, built_monotonic=time.monotonic() - 0.5)
+    assert cache_control(fresh, 10, live=False) == (b"cache-control", b"max-age=9")  # whole seconds, never more
+    older = dataclasses.replace(snapshot, built_monotonic=time.monotonic() - 4.5)
+    assert cache_control(older, 10, live=False) == (b"cache-control", b"max-age=5")
+    late = dataclasses.replace(snapshot, built_monotonic=time.monotonic() - 60)
+    assert cache_control(late, 10, live=False) == (b"cache-control", b"max-age=0")
+
+
+async def test_etag_matching() -> None:
+    snapshot = await build_snapshot(7, [], ScanStats(), 0, None, "abcd")
+    assert snapshot.etag == '"abcd-7"'
+    assert etag_matches(snapshot, '"abcd-7"')
+    assert etag_matches(snapshot, '"zz", "abcd-7-gzip"')
+    assert etag_matches(snapshot, 'W/"abcd-7"')
+    assert not etag_matches(snapshot, '"abcd-70"')
+    assert not etag_matches(snapshot, '"abcd-7-"')
+    assert not etag_matches(snapshot, '"abcd-6"')
+    assert not etag_matches(snapshot, None)
+    assert not etag_matches(snapshot, "")
