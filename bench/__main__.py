@@ -18,10 +18,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
@@ -40,6 +40,7 @@ from bench.served import BARE_PATHS
 from bench.table import Row, render_json, render_markdown, render_text
 
 RUNNING_PATH = "/codebase-embedder/api/v1/tasks/running"
+_T = TypeVar("_T")
 logger = logging.getLogger("bench")
 
 
@@ -66,6 +67,15 @@ def _say(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
+def _run_like_the_service(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    """Run on the event loop uvicorn gives the service: uvloop when installed (uvicorn[standard]), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
 # -- 1. refresh ------------------------------------------------------------------------------------------------
 
 
@@ -83,7 +93,7 @@ def refresh_rows(loads: workload.Workloads, mode: Mode, placement: str) -> list[
     async def change(rep: int) -> None:
         await workload.touch_running(url, ids, 0.10, seed=rep)
 
-    ours = asyncio.run(refresh.ours(url, mode.refresh_reps, change))
+    ours = _run_like_the_service(refresh.ours(url, mode.refresh_reps, change))
     cold, warm, changed = (statistics.median(v) for v in (ours.cold, ours.warm, ours.changed))
     size = f"{loads.full.task_keys:,} task keys + {loads.full.unrelated:,} others, {ours.running:,} running"
     rows = [
