@@ -25,13 +25,25 @@ WRONG_TYPE = -3
 # key whatever the values weigh; it tells which values are worth reading (a producer rewrite, SET EX, always
 # moves the expiry) and how to group them so that no MGET reads more than the byte bound. ARGV[i] is the
 # expiry the caller already knows for KEYS[i] (0: none); when it is still the same, the length is not asked
-# for (-1): every call a script makes costs Redis a few microseconds.
+# for (-1): every call a script makes costs Redis a few microseconds. On Redis 6, which has no PEXPIRETIME,
+# the expiry comes from PTTL and the clock (a millisecond of rounding then costs a re-read now and then).
 _META_LUA = """
 local out = {}
 local now = redis.call('TIME')
-out[1] = now[1] * 1000 + math.floor(now[2] / 1000)
+local now_ms = now[1] * 1000 + math.floor(now[2] / 1000)
+out[1] = now_ms
+local expiretime = true
 for i, key in ipairs(KEYS) do
-  local at = redis.call('PEXPIRETIME', key)
+  local at
+  if expiretime then
+    at = redis.pcall('PEXPIRETIME', key)
+    if type(at) == 'table' then expiretime = false end
+  end
+  if not expiretime then
+    -- Redis before 7.0 has no PEXPIRETIME: the same instant from the TTL, give or take a millisecond
+    at = redis.call('PTTL', key)
+    if at >= 0 then at = now_ms + at end
+  end
   if at > 0 and at == tonumber(ARGV[i]) then
     out[#out + 1] = at
     out[#out + 1] = -1

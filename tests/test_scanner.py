@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -426,3 +427,32 @@ def test_fetch_loads_its_script_again_after_a_script_flush(redis_url: str) -> No
             assert (await source.fetch([b"request:id:a"]))[0].value == value(5)
 
     asyncio.run(main())
+
+
+@pytest.mark.real_redis
+def test_a_redis_without_pexpiretime_still_scans() -> None:
+    # Redis before 7.0 has no PEXPIRETIME; a server with the command renamed away behaves the same.
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisServerProcess(extra_args=("--rename-command", "PEXPIRETIME", ""))
+    try:
+
+        async def main() -> None:
+            async with aioredis.Redis.from_url(server.url) as client:
+                with pytest.raises(redis.exceptions.ResponseError):
+                    await client.execute_command("PEXPIRETIME", "request:id:t0")
+                for i in range(50):
+                    await client.set(f"request:id:t{i}", value(i), ex=3600)
+                await client.hset("request:id:h", "process", "processing")
+                scanner = scanner_for(client, scan_batch_size=20)
+                first, seen = await run_scan(scanner)
+                assert (first.matched, first.wrong_type) == (50, 1)
+                assert all(3_590_000 < o.pttl <= 3_600_000 for o in seen)
+                await client.set("request:id:t3", value(99), ex=3600)
+                second, seen = await run_scan(scanner)
+                assert second.matched == 50
+                assert {o.task.task_id: o.task.total_progress for o in seen}["t3"] == 99
+
+        asyncio.run(main())
+    finally:
+        server.close()
