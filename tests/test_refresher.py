@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import weakref
 from typing import Any
 
 import fakeredis
 import pytest
 import redis.exceptions
 
-from service.app import create_app
+from service import refresher as refresher_module
+from service.app import build_pipeline, create_app
 from service.refresher import Refresher, RefreshRecord
 from service.responses import ErrorCode
 from tests.conftest import make_settings
@@ -99,3 +102,28 @@ async def test_persistent_failures_log_once_per_change_of_state(caplog: pytest.L
     assert lines[1] == ("WARNING", "refresh failed (job): ConnectionError: refused")
     assert lines[2][0] == "WARNING" and lines[2][1].startswith("refresh recovered after")
     assert caplog.records[0].exc_info is not None
+
+
+def test_cyclic_garbage_is_not_frozen_for_good(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Cycle:
+        pass
+
+    async def main() -> None:
+        client = fakeredis.FakeAsyncRedis()
+        await client.set("request:id:a", b'{"process":"processing","totalProgress":1,"fileList":null}', ex=60)
+        pipeline = build_pipeline(make_settings(), client)
+        await pipeline.refresher.refresh("job")
+        garbage = Cycle()
+        garbage.me = garbage  # type: ignore[attr-defined]
+        alive = weakref.ref(garbage)
+        del garbage
+        gc.disable()  # only the refresher's own collections may free it
+        try:
+            await pipeline.refresher.refresh("job")
+            assert alive() is None  # collected before the heap was frozen, not frozen with it
+        finally:
+            gc.enable()
+            gc.unfreeze()
+
+    monkeypatch.setattr(refresher_module, "_THAW_EVERY", 3)
+    asyncio.run(main())
