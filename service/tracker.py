@@ -70,22 +70,6 @@ class _State:
     seen_ms: int  # when that scan read it
 
 
-def render(
-    task_id: str,
-    client_id: str,
-    process: str,
-    total_progress: int,
-    start_ms: int,
-    update_ms: int,
-    eta_ms: int | None,
-    file_list: bytes,
-    stalled: bool = False,
-) -> bytes:
-    """A task's JSON object in the contract's field order; the file list is embedded as stored, not re-encoded."""
-    head = render_head(task_id, client_id, process, total_progress, start_ms, update_ms, eta_ms, stalled)
-    return head + file_list + b"}"
-
-
 def render_head(
     task_id: str,
     client_id: str,
