@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
 
 from starlette.responses import Response
 
@@ -17,19 +18,29 @@ _LIVE = (b"cache-control", b"no-cache")
 MIN_COMPRESS_BYTES = 1024
 
 
+def _listed_tags(if_none_match: str) -> Iterator[str]:
+    for tag in if_none_match.split(","):
+        tag = tag.strip()
+        yield tag[2:] if tag.startswith("W/") else tag  # If-None-Match compares weakly
+
+
+def tag_matches(etag: str, if_none_match: str | None) -> bool:
+    """Whether `If-None-Match` names `etag` (or is `*`)."""
+    if not if_none_match:
+        return False
+    return if_none_match == etag or any(tag in ("*", etag) for tag in _listed_tags(if_none_match))
+
+
 def etag_matches(snapshot: Snapshot, if_none_match: str | None) -> bool:
     """Whether `If-None-Match` names this snapshot, in any of its encodings (they carry the same data)."""
     if not if_none_match:
         return False
     if if_none_match == snapshot.etag:  # what a poller sends back, nearly always
         return True
-    for tag in if_none_match.split(","):
-        tag = tag.strip()
-        if tag.startswith("W/"):  # If-None-Match compares weakly
-            tag = tag[2:]
-        if tag == "*" or (tag.startswith(snapshot.etag[:-1]) and _is_variant(snapshot, tag)):
-            return True
-    return False
+    return any(
+        tag == "*" or (tag.startswith(snapshot.etag[:-1]) and _is_variant(snapshot, tag))
+        for tag in _listed_tags(if_none_match)
+    )
 
 
 def _is_variant(snapshot: Snapshot, tag: str) -> bool:

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.delivery import snapshot_response
+from service.delivery import cache_control, snapshot_response, tag_matches
 from service.metrics import Metrics
 from service.query import QueryError
 from service.query_service import QueryService
@@ -110,8 +110,14 @@ async def task_stats(request: Request) -> Response:
 
 def _send(request: Request, rendered: Rendered, snapshot: Snapshot, live: bool) -> Response:
     """A rendered answer with its ETag, or 304 when the client has it (as the unfiltered read does)."""
-    headers = {"ETag": rendered.etag, "X-Snapshot-Generation": str(snapshot.generation)}
-    if not live and rendered.etag in _if_none_match(request):
+    settings: Settings = request.app.state.settings
+    name, value = cache_control(snapshot, settings.running_tasks.refresh_interval, live)
+    headers = {
+        "ETag": rendered.etag,
+        "X-Snapshot-Generation": str(snapshot.generation),
+        name.decode(): value.decode(),
+    }
+    if not live and tag_matches(rendered.etag, request.headers.get("if-none-match")):
         _refresher(request).counters.not_modified += 1
         return Response(status_code=304, headers=headers)
     return Response(rendered.body, media_type="application/json", headers=headers)
@@ -119,13 +125,6 @@ def _send(request: Request, rendered: Rendered, snapshot: Snapshot, live: bool) 
 
 def _bad_request(exc: QueryError) -> Response:
     return error(ErrorCode.BAD_REQUEST, f"{ErrorCode.BAD_REQUEST.message}: {exc}", data=exc.as_data())
-
-
-def _if_none_match(request: Request) -> list[str]:
-    value = request.headers.get("if-none-match")
-    if not value:
-        return []
-    return [tag.strip() for tag in value.split(",")]
 
 
 async def cache_stats(request: Request) -> Response:

@@ -244,6 +244,20 @@ async def test_filtered_answers_have_their_own_etag_and_304(
     assert changed.json()["data"]["totalTasks"] == 4
 
 
+async def test_derived_answers_compare_tags_and_cache_like_the_unfiltered_read(http: httpx.AsyncClient) -> None:
+    plain = await http.get(RUNNING)
+    first = await http.get(f"{RUNNING}?status=processing&pageSize=2")
+    etag = first.headers["etag"]
+    # the same Cache-Control as the snapshot's own body: fresh until the next refresh is due
+    assert first.headers["cache-control"] == plain.headers["cache-control"]
+    assert first.headers["cache-control"].startswith("max-age=")
+    for header in (f"W/{etag}", f'"other", {etag}', "*"):  # weak comparison, lists and `*`, as RFC 9110 says
+        again = await http.get(f"{RUNNING}?status=processing&pageSize=2", headers={"If-None-Match": header})
+        assert again.status_code == 304, header
+    other = await http.get(f"{RUNNING}?status=processing&pageSize=2", headers={"If-None-Match": '"other"'})
+    assert other.status_code == 200
+
+
 async def test_the_query_cache_answers_repeats(http: httpx.AsyncClient) -> None:
     stats_path = f"{API}/cache-stats"
     before = (await get(http, stats_path))["queryCache"]
