@@ -13,18 +13,12 @@ import redis.asyncio as aioredis
 import uvicorn
 
 from service.app import create_app
-from service.embedded import EmbeddedRedis, FakeRedisServer, RedisServerProcess
+from service.embedded import EmbeddedRedis, start_embedded
 from service.routes import API_PREFIX
 from service.settings import settings_from_mapping
 from service.simulator import Simulator
 
 KEY_TTL = 600  # s: short, so that stalled demo tasks disappear within minutes
-
-
-def _start_redis(kind: str) -> EmbeddedRedis:
-    if kind == "redis-server" or (kind == "auto" and shutil.which("redis-server")):
-        return RedisServerProcess()
-    return FakeRedisServer()
 
 
 def _port_taken(host: str, port: int) -> bool:
@@ -88,7 +82,7 @@ def run_demo(*, host: str, port: int, tasks: int, seed: int, redis_kind: str) ->
     if redis_kind == "redis-server" and shutil.which("redis-server") is None:
         print("error: redis-server is not installed; use --redis fakeredis (or auto)", file=sys.stderr)
         return 1
-    redis = _start_redis(redis_kind)
+    redis = start_embedded(redis_kind)
     try:
         # uvicorn handles Ctrl-C itself (a graceful shutdown), then re-raises it once it has stopped
         with contextlib.suppress(KeyboardInterrupt):

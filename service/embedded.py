@@ -126,8 +126,8 @@ class FakeRedisServer:
         self._server.server_close()
 
 
-def start_embedded(prefer_real: bool = True) -> EmbeddedRedis:
-    """A real redis-server when installed (and preferred), else fakeredis' server."""
-    if prefer_real and shutil.which("redis-server"):
+def start_embedded(kind: str = "auto") -> EmbeddedRedis:
+    """`redis-server`, `fakeredis`, or `auto`: a real redis-server when one is installed, else fakeredis' server."""
+    if kind == "redis-server" or (kind == "auto" and shutil.which("redis-server")):
         return RedisServerProcess()
     return FakeRedisServer()
