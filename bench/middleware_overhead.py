@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import os
 import statistics
 import time
 from typing import Any
 
 import fakeredis
 
+from service.access_log import configure_logging
 from service.app import create_app
 from service.settings import settings_from_mapping
 from service.simulator import Simulator
@@ -82,9 +83,8 @@ async def main(tasks: int, requests: int, rounds: int) -> None:
     app = create_app(settings, redis=client)
     bare_app = create_app(settings, redis=client)
     bare_app.user_middleware.clear()  # before its first request builds the stack
-    logging.getLogger("service.access").addHandler(logging.NullHandler())
-    logging.getLogger("service.access").setLevel(logging.INFO)  # the access line is built and emitted
-    logging.getLogger("service.access").propagate = False
+    # logging as the Procfile sets it up: every request's access line is made and written (to /dev/null)
+    configure_logging(settings, open(os.devnull, "w"))
     auth = [(b"authorization", f"Bearer {TOKEN}".encode())]
     async with app.router.lifespan_context(app), bare_app.router.lifespan_context(bare_app):
         bare, full, scrape = [], [], []

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from service.access_log import configure_logging
 from service.app import create_app
 from service.settings import load_settings
 
@@ -83,11 +84,15 @@ def _trace_stalls(threshold: float) -> None:
 
 def service_app() -> Starlette:
     """The service as configured by the environment, plus `/bench/loop` (take and reset the loop's stalls)."""
+    settings = load_settings()
+    # Logging as the Procfile sets it up, so that every request pays for its access line; the lines go to
+    # $BENCH_SERVICE_LOG (default /dev/null: the cost of making and writing them, not of a disk).
+    configure_logging(settings, open(os.environ.get("BENCH_SERVICE_LOG", os.devnull), "a"))
     # With refreshes back to back, APScheduler logs every tick that finds the last refresh still running.
     logging.getLogger("apscheduler.executors.default").setLevel(logging.ERROR)
     if os.environ.get("BENCH_TRACE_STALLS"):
         _trace_stalls(float(os.environ["BENCH_TRACE_STALLS"]))
-    app = create_app(load_settings())
+    app = create_app(settings)
     watch = LoopWatch()
     inner = app.router.lifespan_context
 

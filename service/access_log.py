@@ -5,7 +5,11 @@ the response, attached to every log line written while the request runs, and nam
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import itertools
 import logging
+import os
 import re
 import sys
 import time
@@ -15,10 +19,8 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 import orjson
-from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
-from service.responses import ErrorCode, error
 from service.security import client_host, header
 from service.settings import Settings
 
@@ -39,11 +41,27 @@ def accept_request_id(value: bytes | None) -> str:
         text = value.decode("latin-1")
         if _REQUEST_ID.fullmatch(text):
             return text
-    return str(uuid.uuid4())
+    return f"{_id_prefix}{next(_id_counter) & 0xFFFFFFFFFFFF:012x}"
+
+
+def _new_id_series() -> None:
+    # Ids are UUIDs of version 4 whose last 48 bits count up from a random start: unique in the process (and
+    # between processes, by the 74 random bits before them) at a fraction of uuid.uuid4()'s cost (1.9 us).
+    global _id_prefix, _id_counter
+    first = str(uuid.uuid4())
+    _id_prefix, _id_counter = first[:24], itertools.count(int(first[24:], 16))
+
+
+_id_prefix = ""
+_id_counter = itertools.count()
+_new_id_series()
+os.register_at_fork(after_in_child=_new_id_series)  # worker processes must not repeat their parent's ids
 
 
 def _clean(text: str) -> str:
     # whatever a client sends must not be able to forge a second log line
+    if text.isprintable():  # nearly always; what is not printable is a superset of what is escaped
+        return text
     return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
@@ -61,81 +79,64 @@ def loggable_target(scope: Scope) -> str:
     return _clean(f"{path}?{'&'.join(parts)}")
 
 
-class RequestLog:
-    """Pure ASGI middleware: the request id, the access line, and the last resort for unhandled errors.
+def write_access_line(scope: Scope, status: int, sent: int, seconds: float, request_id: str) -> None:
+    """The access line of one request: through the process's handler, in a batch (see ServiceHandler), when
+    `configure_logging` set it up and nothing else listens; else as a record of the `service.access` logger."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    handler = _service_handler
+    if handler is not None and handler.alone():
+        handler.write_access(scope, status, sent, seconds, request_id)
+    else:
+        fields = access_fields(scope, status, sent, seconds, request_id)
+        logger.info(_ACCESS_MESSAGE, *_message_args(fields), extra={"fields": fields})
 
-    An exception that reaches here before the response started becomes the 500 envelope (logged once with
-    its stack trace, which never reaches the body); inner middleware has then already counted it."""
 
-    def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
-        self.app = app
-        self.access_log = access_log
+def access_fields(scope: Scope, status: int, sent: int, seconds: float, request_id: str) -> dict[str, Any]:
+    """What the access line says of a request: a record's `fields`, the keys of a JSON line."""
+    return {
+        "method": _clean(scope["method"]),
+        "path": loggable_target(scope),
+        "status": status,
+        "duration_ms": round(seconds * 1000, 3),
+        "client": _clean(client_host(scope)),
+        "request_id": request_id,
+        "bytes": sent,
+        "user_agent": _clean((header(scope, b"user-agent") or b"").decode("latin-1")),
+    }
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = accept_request_id(header(scope, b"x-request-id"))
-        scope.setdefault("state", {})["request_id"] = request_id
-        context = request_id_var.set(request_id)
-        started = time.perf_counter()
-        status = 0
-        sent = 0
 
-        async def send_with_id(message: Message) -> None:
-            nonlocal status, sent
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
-            elif message["type"] == "http.response.body":
-                sent += len(message.get("body", b""))
-            await send(message)
+_ACCESS_MESSAGE = '%s "%s %s" %d %.2fms %dB request_id=%s'
 
-        try:
-            await self.app(scope, receive, send_with_id)
-        except Exception:
-            logger.exception(
-                "unhandled error on %s %s", scope["method"], loggable_target(scope), extra={"request_id": request_id}
-            )
-            if status:
-                raise  # the response has begun: all that is left is to drop the connection
-            await error(ErrorCode.INTERNAL)(scope, receive, send_with_id)
-        finally:
-            if self.access_log:
-                self._log(scope, status, sent, time.perf_counter() - started, request_id)
-            request_id_var.reset(context)
 
-    @staticmethod
-    def _log(scope: Scope, status: int, sent: int, seconds: float, request_id: str) -> None:
-        fields: dict[str, Any] = {
-            "method": _clean(scope["method"]),
-            "path": loggable_target(scope),
-            "status": status,
-            "duration_ms": round(seconds * 1000, 3),
-            "client": _clean(client_host(scope)),
-            "request_id": request_id,
-            "bytes": sent,
-            "user_agent": _clean((header(scope, b"user-agent") or b"").decode("latin-1")),
-        }
-        logger.info(
-            '%s "%s %s" %d %.2fms %dB request_id=%s',
-            fields["client"],
-            fields["method"],
-            fields["path"],
-            status,
-            fields["duration_ms"],
-            sent,
-            request_id,
-            extra={"fields": fields},
-        )
+def _message_args(fields: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        fields["client"],
+        fields["method"],
+        fields["path"],
+        fields["status"],
+        fields["duration_ms"],
+        fields["bytes"],
+        fields["request_id"],
+    )
 
 
 # -- formats -------------------------------------------------------------------------------------------------
 
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text up to the milliseconds
 
-def _timestamp(record: logging.LogRecord) -> str:
-    moment = datetime.fromtimestamp(record.created, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+def format_time(created: float) -> str:
+    """`2026-11-28T09:14:03.512Z` (UTC, milliseconds) for a `time.time()` value; the second's text is reused."""
+    global _second
+    second = int(created)
+    micro = round((created - second) * 1_000_000)  # rounded to the microsecond, as datetime does
+    if micro == 1_000_000:
+        second, micro = second + 1, 0
+    cached = _second
+    if cached[0] != second:
+        cached = _second = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S."))
+    return f"{cached[1]}{micro // 1000:03d}Z"
 
 
 def _request_id(record: logging.LogRecord) -> str | None:
@@ -148,7 +149,7 @@ class PlainFormatter(logging.Formatter):
     """`2026-11-28T09:14:03.512Z INFO service.access: <message>`; lines written during a request name its id."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{_timestamp(record)} {record.levelname} {record.name}: {record.getMessage()}"
+        line = f"{format_time(record.created)} {record.levelname} {record.name}: {record.getMessage()}"
         request_id = _request_id(record)
         if request_id is not None and not hasattr(record, "fields"):
             line += f" request_id={request_id}"
@@ -156,13 +157,41 @@ class PlainFormatter(logging.Formatter):
             line += "\n" + self.formatException(record.exc_info)
         return line
 
+    @staticmethod
+    def format_access(scope: Scope, status: int, sent: int, seconds: float, request_id: str, created: float) -> str:
+        """The line `format` makes of the access record of this request (the fields a plain line shows only)."""
+        client = scope.get("client")
+        key = (
+            client[0] if client else None,
+            scope["method"],
+            scope.get("raw_path"),
+            scope["path"],
+            scope["query_string"],
+        )
+        words = _request_words.get(key)
+        if words is None:  # pollers repeat the same request: its words are made once
+            if len(_request_words) >= _MAX_REQUEST_WORDS:
+                _request_words.clear()
+            words = _request_words[key] = (
+                f'{_clean(client_host(scope))} "{_clean(scope["method"])} {loggable_target(scope)}"'
+            )
+        return (
+            f"{format_time(created)} INFO {logger.name}: {words} {status} {round(seconds * 1000, 3):.2f}ms "
+            f"{sent}B request_id={request_id}"
+        )
+
+
+# (client address, method, raw path, path, query string) -> `client "METHOD target"` of a plain access line
+_request_words: dict[tuple[Any, ...], str] = {}
+_MAX_REQUEST_WORDS = 4096
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, the access line's fields, request_id, exc."""
 
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
-            "time": _timestamp(record),
+            "time": format_time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -176,26 +205,101 @@ class JsonFormatter(logging.Formatter):
             data["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(data, default=str).decode()
 
+    @staticmethod
+    def format_access(scope: Scope, status: int, sent: int, seconds: float, request_id: str, created: float) -> str:
+        """The line `format` makes of the access record of this request."""
+        fields = access_fields(scope, status, sent, seconds, request_id)
+        data = {"time": format_time(created), "level": "info", "logger": logger.name}
+        data["message"] = _ACCESS_MESSAGE % _message_args(fields)
+        data.update(fields)
+        return orjson.dumps(data, default=str).decode()
+
+
+class ServiceHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The process's one handler. Records are written as any StreamHandler writes them; access lines are kept as
+    they come (the request's scope and numbers) and formatted and written together, at most `_FLUSH_SECONDS`
+    later (or when `_MAX_PENDING` wait, at exit, or before any record).
+
+    A record per request costs ~8 us (a LogRecord, the formatter, a write and a flush), a quarter of what a
+    whole 304 costs through uvicorn; formatted in a batch, the lines cost the requests a third less again
+    (measured through uvicorn: 24,000 -> 26,900 304s/s). The order of lines is kept: a record flushes the
+    waiting access lines before it is written."""
+
+    def __init__(self, stream: IO[str], formatter: PlainFormatter | JsonFormatter) -> None:
+        super().__init__(stream)
+        self.setFormatter(formatter)
+        self._format_access = formatter.format_access
+        self._pending: list[tuple[Scope, int, int, float, str, float]] = []
+        self._solo = [self]
+
+    def alone(self) -> bool:
+        """Whether access lines may bypass logging: this is the root's only handler and nothing in between has any."""
+        return logging.root.handlers == self._solo and not logger.handlers and not _service.handlers
+
+    def write_access(self, scope: Scope, status: int, sent: int, seconds: float, request_id: str) -> None:
+        pending = self._pending
+        pending.append((scope, status, sent, seconds, request_id, time.time()))
+        if len(pending) == 1:
+            try:
+                asyncio.get_running_loop().call_later(_FLUSH_SECONDS, self.flush_access)
+            except RuntimeError:  # no loop: write it now
+                self.flush_access()
+        elif len(pending) >= _MAX_PENDING:
+            self.flush_access()
+
+    def flush_access(self) -> None:
+        if not self._pending:
+            return
+        self.acquire()
+        try:
+            entries, self._pending = self._pending, []
+            format_access = self._format_access
+            self.stream.write("\n".join([format_access(*entry) for entry in entries]) + self.terminator)
+            self.flush()
+        finally:
+            self.release()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.flush_access()
+        super().emit(record)
+
+    def close(self) -> None:
+        self.flush_access()
+        super().close()
+
+
+_FLUSH_SECONDS = 0.05  # an access line is written at most this long after its request ends
+_MAX_PENDING = 2048  # access lines kept at most before a write, however many requests arrive meanwhile
+_service = logging.getLogger("service")
+_service_handler: ServiceHandler | None = None
+
 
 def configure_logging(settings: Settings, stream: IO[str] | None = None) -> logging.Handler:
     """Send every log line of the process (ours, uvicorn's, libraries') to `stream` in the configured format.
 
     Like `logging.basicConfig(force=True)`, it replaces the root logger's handlers; uvicorn's own access
     lines are switched off when ours are on, so that each request is logged once."""
-    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
-    handler.setFormatter(JsonFormatter() if settings.logging.format == "json" else PlainFormatter())
+    global _service_handler
+    formatter = JsonFormatter() if settings.logging.format == "json" else PlainFormatter()
+    handler = ServiceHandler(sys.stderr if stream is None else stream, formatter)
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)
         old.close()
     root.addHandler(handler)
+    _service_handler = handler
+    atexit.register(handler.flush_access)
     root.setLevel(logging.WARNING)  # libraries: warnings and worse
     level = settings.server.log_level.upper()
-    logging.getLogger("service").setLevel(level)
+    _service.setLevel(level)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         uvicorn_logger = logging.getLogger(name)
         uvicorn_logger.handlers = []
         uvicorn_logger.propagate = True
         uvicorn_logger.setLevel(level)
-    logging.getLogger("uvicorn.access").disabled = settings.logging.access_log
+    # Ours replaces uvicorn's access line, for good: uvicorn formats its line's arguments for every request
+    # whenever the logger has a handler anywhere up its chain (~3-4 us), even while the logger is disabled.
+    uvicorn_access = logging.getLogger("uvicorn.access")
+    uvicorn_access.disabled = settings.logging.access_log
+    uvicorn_access.propagate = not settings.logging.access_log
     return handler

@@ -43,8 +43,14 @@ class RenderedBody:
         return b"".join(self.chunks)
 
     def is_encoded(self, encoding: str) -> bool:
+        return self.encoded_now(encoding) is not None
+
+    def encoded_now(self, encoding: str) -> RenderedBody | None:
+        """The variant compressed with `encoding` if it is made, without waiting; else None."""
         future = self._encoded.get(encoding)
-        return future is not None and future.done() and not future.cancelled() and future.exception() is None
+        if future is None or not future.done() or future.cancelled() or future.exception() is not None:
+            return None
+        return future.result()
 
     async def encoded(self, encoding: str) -> RenderedBody:
         """This body compressed with `encoding` (one of ENCODINGS): made in a thread on first demand, then kept."""
@@ -133,28 +139,33 @@ def choose_encoding(accept_encoding: str | None) -> str | None:
 
 
 class BodyResponse(Response):
-    """Sends a RenderedBody's chunks as they are, with an exact Content-Length; nothing is rendered per request."""
+    """Sends prepared chunks as they are (a RenderedBody's, with its exact Content-Length among `headers`):
+    nothing is rendered per request."""
 
-    def __init__(self, body: RenderedBody | None, headers: list[tuple[bytes, bytes]], status_code: int = 200) -> None:
+    def __init__(self, chunks: tuple[bytes, ...], headers: list[tuple[bytes, bytes]], status_code: int = 200) -> None:
         self.status_code = status_code
         self.background = None
-        if body is None:  # 304: no body, and no Content-Length that would not be the body's
-            self._chunks: tuple[bytes, ...] = ()
-            self.raw_headers = headers
-        else:
-            self._chunks = body.chunks
-            self.raw_headers = [*headers, (b"content-length", b"%d" % body.length)]
+        self._chunks = chunks
+        self.raw_headers = headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        chunks = () if scope.get("method") == "HEAD" else self._chunks
-        last = len(chunks) - 1
-        if last < 0:
-            await send({"type": "http.response.body", "body": b""})
-            return
-        for index, chunk in enumerate(chunks):
-            await send({"type": "http.response.body", "body": chunk, "more_body": index < last})
-            if index % _CHUNKS_PER_YIELD == _CHUNKS_PER_YIELD - 1:
-                # A send that the transport buffers (or drops: the client is gone) returns without yielding;
-                # a body of a thousand chunks would otherwise hold the event loop from the first to the last.
-                await asyncio.sleep(0)
+        await send_chunks(scope, send, self.status_code, self.raw_headers, self._chunks)
+
+
+async def send_chunks(
+    scope: Scope, send: Send, status: int, headers: list[tuple[bytes, bytes]], chunks: tuple[bytes, ...]
+) -> None:
+    """An ASGI response of `chunks` (none for a HEAD request)."""
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    if scope["method"] == "HEAD":
+        chunks = ()
+    last = len(chunks) - 1
+    if last < 0:
+        await send({"type": "http.response.body", "body": b""})
+        return
+    for index, chunk in enumerate(chunks):
+        await send({"type": "http.response.body", "body": chunk, "more_body": index < last})
+        if index % _CHUNKS_PER_YIELD == _CHUNKS_PER_YIELD - 1:
+            # A send that the transport buffers (or drops: the client is gone) returns without yielding;
+            # a body of a thousand chunks would otherwise hold the event loop from the first to the last.
+            await asyncio.sleep(0)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterator
+from typing import NamedTuple
 
-from starlette.responses import Response
-
-from service.body import BodyResponse, choose_encoding
+from service.body import choose_encoding
 from service.snapshot import Snapshot
 
+Header = tuple[bytes, bytes]
 _JSON = (b"content-type", b"application/json")
 _VARY = (b"vary", b"Accept-Encoding")
 # A live scan's answer is stale as soon as it is sent: every request scans again.
@@ -48,40 +48,69 @@ def _is_variant(snapshot: Snapshot, tag: str) -> bool:
     return rest == '"' or (rest.startswith("-") and rest.endswith('"') and rest[1:-1].isalpha())
 
 
-def cache_control(snapshot: Snapshot, refresh_interval: float, live: bool) -> tuple[bytes, bytes]:
+def cache_control(snapshot: Snapshot, refresh_interval: float, live: bool) -> Header:
     """`max-age` = the time left until the next refresh is due: pollers need not ask before then."""
-    if live:
-        return _LIVE
-    left = max(0, math.floor(refresh_interval - snapshot.age()))
-    return (b"cache-control", b"max-age=%d" % left)
+    return _cache_control(_max_age(snapshot, refresh_interval, live))
+
+
+def _max_age(snapshot: Snapshot, refresh_interval: float, live: bool) -> int:
+    return -1 if live else max(0, math.floor(refresh_interval - snapshot.age()))
+
+
+def _cache_control(max_age: int) -> Header:
+    return _LIVE if max_age < 0 else (b"cache-control", b"max-age=%d" % max_age)
 
 
 # Pollers repeat the same few header values; a cached answer keeps the per-request work near none.
 _encoding = functools.lru_cache(maxsize=64)(choose_encoding)
 
 
-@functools.lru_cache(maxsize=16)
-def _tags(etag: str, generation: int, encoding: str | None) -> tuple[tuple[bytes, bytes], ...]:
-    tag = etag if encoding is None else f'{etag[:-1]}-{encoding}"'
-    return (b"etag", tag.encode()), (b"x-snapshot-generation", b"%d" % generation), _VARY
+class Answer(NamedTuple):
+    status: int
+    headers: list[Header]  # a list of the request's own: middleware may change it as it passes
+    chunks: tuple[bytes, ...]
 
 
-async def snapshot_response(
+def ready_answer(
     snapshot: Snapshot,
     *,
     live: bool,
     refresh_interval: float,
     if_none_match: str | None,
     accept_encoding: str | None,
-) -> tuple[Response, bool]:
-    """The response to a read of `snapshot`, and whether it is a 304."""
+) -> Answer | None:
+    """The answer to a read of `snapshot` when nothing has to be made for it first (a 304, the body, or its
+    compressed variant once made), with no await; None while the compressed variant is still to be made."""
     # a small body gains nothing from compression (gzip's own header and trailer make a tiny one larger)
     encoding = _encoding(accept_encoding) if snapshot.body.length >= MIN_COMPRESS_BYTES else None
-    headers = [*_tags(snapshot.etag, snapshot.generation, encoding), cache_control(snapshot, refresh_interval, live)]
+    max_age = _max_age(snapshot, refresh_interval, live)
     if not live and etag_matches(snapshot, if_none_match):
-        return BodyResponse(None, headers, status_code=304), True
-    body = snapshot.body
+        return Answer(304, _headers(snapshot, 304, encoding, max_age), ())
+    body = snapshot.body if encoding is None else snapshot.body.encoded_now(encoding)
+    if body is None:
+        return None
+    return Answer(200, _headers(snapshot, 200, encoding, max_age, body.length), body.chunks)
+
+
+async def make_variant(snapshot: Snapshot, accept_encoding: str | None) -> None:
+    """Make the compressed variant `ready_answer` waits for (once per snapshot, on first demand)."""
+    encoding = _encoding(accept_encoding)
     if encoding is not None:
-        body = await body.encoded(encoding)
-        headers.append((b"content-encoding", encoding.encode()))
-    return BodyResponse(body, [_JSON, *headers]), False
+        await snapshot.body.encoded(encoding)
+
+
+def _headers(snapshot: Snapshot, status: int, encoding: str | None, max_age: int, length: int = 0) -> list[Header]:
+    # made once per snapshot for each status, encoding and max-age; each request gets a copy
+    key = (status, encoding, max_age)
+    headers = snapshot.answer_headers.get(key)
+    if headers is None:
+        tag = snapshot.variant_etag(encoding).encode()
+        headers = [(b"etag", tag), (b"x-snapshot-generation", b"%d" % snapshot.generation), _VARY]
+        headers.append(_cache_control(max_age))
+        if status != 304:  # 304: no body, and no Content-Length that would not be the body's
+            headers.insert(0, _JSON)
+            if encoding is not None:
+                headers.append((b"content-encoding", encoding.encode()))
+            headers.append((b"content-length", b"%d" % length))
+        snapshot.answer_headers[key] = headers
+    return list(headers)

@@ -6,17 +6,19 @@ method a client sends, so that no client can grow the number of series."""
 
 from __future__ import annotations
 
-import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
+from itertools import accumulate
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from starlette.routing import BaseRoute, Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from service import __version__
 from service.refresher import Refresher, RefreshRecord
@@ -41,19 +43,8 @@ class Metrics:
 
     def __init__(self, refresher: Refresher, running_statuses: Iterable[str], cache_ttl: float) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            f"{PREFIX}http_requests",
-            "HTTP requests answered, by route template, method and status code.",
-            ["route", "method", "status"],
-            registry=self.registry,
-        )
-        self.request_duration = Histogram(
-            f"{PREFIX}http_request_duration_seconds",
-            "Time from a request's arrival to the end of its response, by route template, method and status code.",
-            ["route", "method", "status"],
-            buckets=_REQUEST_BUCKETS,
-            registry=self.registry,
-        )
+        self.requests = _RequestCollector()
+        self.registry.register(self.requests)
         self.refresh_duration = Histogram(
             f"{PREFIX}refresh_duration_seconds",
             "Duration of snapshot refreshes (full scans), by trigger (job, startup, request) and outcome.",
@@ -91,9 +82,7 @@ class Metrics:
             self.live_scans.inc()
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        method = method if method in _METHODS else "other"
-        self.requests.labels(route, method, str(status)).inc()
-        self.request_duration.labels(route, method, str(status)).observe(seconds)
+        self.requests.observe(route, method if method in _METHODS else "other", status, seconds)
 
     def add_gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         """Expose `PREFIX + name` as a gauge whose value `read()` gives at each scrape."""
@@ -103,6 +92,45 @@ class Metrics:
         """The exposition in the format `accept` asks for (Prometheus text unless OpenMetrics is asked for)."""
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self.registry), content_type
+
+
+class _RequestCollector(Collector):
+    """`http_requests_total` and `http_request_duration_seconds`, counted in plain lists: prometheus-client's
+    labelled counter and histogram cost ~1 us per request, a third of what the service adds to a 304.
+    Observed and collected on the event loop only, so without a lock."""
+
+    def __init__(self) -> None:
+        # (route, method, status) -> [count, sum of seconds, count per bucket (not cumulative), +Inf last]
+        self._series: dict[tuple[str, str, int], list[Any]] = {}
+        self._bounds = [repr(bound) for bound in _REQUEST_BUCKETS] + ["+Inf"]  # as prometheus-client writes `le`
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        entry = self._series.get(key)
+        if entry is None:
+            entry = self._series[key] = [0, 0.0, [0] * (len(_REQUEST_BUCKETS) + 1)]
+        entry[0] += 1
+        entry[1] += seconds
+        entry[2][bisect_left(_REQUEST_BUCKETS, seconds)] += 1  # the first bound >= seconds: Prometheus' `le`
+
+    def collect(self) -> Iterable[Metric]:
+        labels = ["route", "method", "status"]
+        requests = CounterMetricFamily(
+            f"{PREFIX}http_requests",
+            "HTTP requests answered, by route template, method and status code.",
+            labels=labels,
+        )
+        duration = HistogramMetricFamily(
+            f"{PREFIX}http_request_duration_seconds",
+            "Time from a request's arrival to the end of its response, by route template, method and status code.",
+            labels=labels,
+        )
+        for (route, method, status), (count, total, counts) in sorted(self._series.items()):
+            values = [route, method, str(status)]
+            requests.add_metric(values, count)
+            duration.add_metric(values, list(zip(self._bounds, accumulate(counts), strict=True)), total)
+        yield requests
+        yield duration
 
 
 class _BuildInfo(Collector):
@@ -236,29 +264,3 @@ def route_template(scope: Scope) -> str:
         if match is not Match.NONE:
             return str(getattr(candidate, "path", UNMATCHED))
     return UNMATCHED
-
-
-class RequestMetrics:
-    """Pure ASGI middleware counting and timing every request by route template, method and status."""
-
-    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500  # what the client gets when an exception escapes before the response starts
-
-        async def send_and_see(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_see)
-        finally:
-            self.metrics.observe_request(route_template(scope), scope["method"], status, time.perf_counter() - started)

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from service.access_log import REQUEST_ID_HEADER, RequestLog
+from service.access_log import REQUEST_ID_HEADER, accept_request_id, loggable_target, request_id_var, write_access_line
 from service.auth import Authenticator
-from service.metrics import Metrics, RequestMetrics
+from service.metrics import Metrics, route_template
 from service.ratelimit import RateLimiter
-from service.security import AccessControl, SecurityHeaders
+from service.responses import ErrorCode, error
+from service.security import AccessControl, header
 from service.settings import Settings
+
+logger = logging.getLogger("service.access")
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
 
 
 def build_limiter(settings: Settings) -> RateLimiter | None:
@@ -28,11 +36,8 @@ def build_middleware(settings: Settings, metrics: Metrics, limiter: RateLimiter 
     if settings.server.trusted_proxies:
         # first, so that the log, the limits and the handlers all see the client a trusted proxy names
         stack.append(Middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.server.trusted_proxies)))
-    # nosniff on everything, including the 500 the request log sends for an unhandled error
-    stack.append(Middleware(SecurityHeaders))
-    # the request id and the access line cover every answer below, 401 and 429 included
-    stack.append(Middleware(RequestLog, access_log=settings.logging.access_log))
-    stack.append(Middleware(RequestMetrics, metrics=metrics))
+    # the request id, nosniff, the metrics and the access line cover every answer below, 401 and 429 included
+    stack.append(Middleware(RequestBookkeeping, metrics=metrics, access_log=settings.logging.access_log))
     cors = settings.cors
     if cors.allowed_origins:
         # before access control: browsers send preflights without the Authorization header
@@ -51,3 +56,54 @@ def build_middleware(settings: Settings, metrics: Metrics, limiter: RateLimiter 
         authenticator = Authenticator(tokens) if tokens else None
         stack.append(Middleware(AccessControl, authenticator=authenticator, limiter=limiter))
     return stack
+
+
+class RequestBookkeeping:
+    """Pure ASGI middleware for what every request gets: its id (the client's `X-Request-ID` when sane, echoed
+    back), `X-Content-Type-Options: nosniff`, the request metrics, the access line, and the last resort for an
+    unhandled error (the 500 envelope, logged once with its stack trace, which never reaches the body).
+
+    One layer rather than one per concern: each layer costs every request a coroutine and a wrapped `send`,
+    and a 304 costs only ~35 us in all through uvicorn."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, access_log: bool = True) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = accept_request_id(header(scope, b"x-request-id"))
+        context = request_id_var.set(request_id)
+        added = (_NOSNIFF, (b"x-request-id", request_id.encode("latin-1")))
+        status = 0
+        sent = 0
+
+        async def send_and_see(message: Message) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                # a new list: a response may send a header list it keeps for the next request
+                message["headers"] = [*message.get("headers", ()), *added]
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_see)
+        except Exception:
+            logger.exception(
+                "unhandled error on %s %s", scope["method"], loggable_target(scope), extra={"request_id": request_id}
+            )
+            if status:
+                raise  # the response has begun: all that is left is to drop the connection
+            await error(ErrorCode.INTERNAL)(scope, receive, send_and_see)
+        finally:
+            request_id_var.reset(context)
+            seconds = time.perf_counter() - started
+            self.metrics.observe_request(route_template(scope), scope["method"], status or 500, seconds)
+            if self.access_log:
+                write_access_line(scope, status, sent, seconds, request_id)

@@ -257,12 +257,19 @@ class Refresher:
 
     # -- what requests ask for -------------------------------------------------------------------------
 
-    async def current(self) -> tuple[Snapshot, bool]:
-        """The snapshot to serve and whether it came from a live scan. Raises RefreshFailed."""
+    def fresh(self) -> Snapshot | None:
+        """The snapshot, counted as served, when the cache is on and it is fresh; else None (`current()` scans)."""
         snapshot = self.snapshot
         if self._settings.cache_enabled and snapshot is not None and snapshot.is_fresh(self._settings.cache_ttl):
             self.counters.served_from_snapshot += 1
-            return snapshot, False
+            return snapshot
+        return None
+
+    async def current(self) -> tuple[Snapshot, bool]:
+        """The snapshot to serve and whether it came from a live scan. Raises RefreshFailed."""
+        fresh = self.fresh()
+        if fresh is not None:
+            return fresh, False
         failure = self._failure
         if failure is not None and time.monotonic() - failure[0] < _FAILURE_HOLD_SECONDS:
             raise failure[1]

@@ -1,12 +1,11 @@
-"""Who may call and how often, as pure ASGI middleware in front of the routes: bearer tokens, per-client rate
-limits, and the headers every response carries. Probes (`/healthz`, `/readyz`) pass untouched."""
+"""Who may call and how often, as pure ASGI middleware in front of the routes: bearer tokens and per-client
+rate limits. Probes (`/healthz`, `/readyz`) pass untouched."""
 
 from __future__ import annotations
 
 import math
 
-from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.auth import Authenticator
 from service.ratelimit import RateLimiter
@@ -58,25 +57,6 @@ class AccessControl:
             await error(ErrorCode.UNAUTHORIZED, headers={"WWW-Authenticate": challenge})(scope, receive, send)
             return
         await self.app(scope, receive, send)
-
-
-class SecurityHeaders:
-    """Adds `X-Content-Type-Options: nosniff` to every response, errors included."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                MutableHeaders(scope=message).setdefault("X-Content-Type-Options", "nosniff")
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from service.body import RenderedBody, render_body
 from service.responses import ok_body_prefix
@@ -20,6 +20,10 @@ class Snapshot:
     body: RenderedBody  # the whole success envelope, rendered once, in chunks
     etag: str  # strong: equal bodies have equal tags; a compressed variant adds its encoding (`variant_etag`)
     stats: ScanStats
+    # response headers by (status, encoding, max-age), made on first use (service.delivery)
+    answer_headers: dict[tuple[int, str | None, int], list[tuple[bytes, bytes]]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def age(self, now_monotonic: float | None = None) -> float:
         return (time.monotonic() if now_monotonic is None else now_monotonic) - self.built_monotonic

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import os
@@ -25,6 +26,7 @@ from service.access_log import (
     configure_logging,
     loggable_target,
     request_id_var,
+    write_access_line,
 )
 from service.app import create_app
 from service.embedded import free_port
@@ -244,3 +246,76 @@ def test_the_procfile_service_logs_json_once_per_request_and_trusts_no_proxy_by_
     assert not any(line["logger"] == "uvicorn.access" for line in lines)
     assert any(line["logger"] == "uvicorn.error" for line in lines)  # uvicorn's own lines, in our format
     assert token not in stderr and "wrong-0123456789" not in stderr
+
+
+def _scope(path: str = RUNNING, query: bytes = b"", client: str = "10.0.0.7") -> dict[str, Any]:
+    return {
+        "type": "http",
+        "method": "GET",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "headers": [(b"user-agent", b"dash/2.0")],
+        "client": (client, 5000),
+    }
+
+
+@pytest.mark.usefixtures("restore_logging")
+@pytest.mark.parametrize("form", ["plain", "json"])
+def test_access_lines_written_directly_are_the_lines_a_record_would_make(form: str) -> None:
+    stream = io.StringIO()
+    configure_logging(settings_from_mapping({"logging": {"format": form}}), stream)
+    scope = _scope(query=b"token=s3cret&clientId=a%0A")
+    write_access_line(scope, 304, 0, 0.0004567, "id-1")  # the handler alone on the root: written directly
+    other = logging.NullHandler()
+    logging.getLogger().addHandler(other)  # someone else listens: a record, formatted by the same handler
+    try:
+        write_access_line(scope, 304, 0, 0.0004567, "id-1")
+    finally:
+        logging.getLogger().removeHandler(other)
+    direct, recorded = stream.getvalue().splitlines()
+    time_of = (lambda line: line[:24]) if form == "plain" else (lambda line: orjson.loads(line)["time"])
+    assert direct.replace(time_of(direct), "T") == recorded.replace(time_of(recorded), "T")
+    assert "s3cret" not in direct and "\n" not in direct
+    if form == "json":
+        fields = orjson.loads(direct)
+        assert (fields["client"], fields["user_agent"], fields["status"]) == ("10.0.0.7", "dash/2.0", 304)
+        assert fields["path"] == f"{RUNNING}?token=***&clientId=a%0A"
+    else:
+        assert direct.endswith(
+            f'INFO service.access: 10.0.0.7 "GET {RUNNING}?token=***&clientId=a%0A" 304 0.46ms 0B request_id=id-1'
+        )
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("restore_logging")
+async def test_access_lines_go_out_together_and_in_order_with_other_lines() -> None:
+    stream = io.StringIO()
+    configure_logging(settings_from_mapping({}), stream)
+    for number in range(3):
+        write_access_line(_scope(f"/a{number}"), 200, 10, 0.001, f"id-{number}")
+    assert stream.getvalue() == ""  # waiting for the end of the loop iteration
+    logging.getLogger("service.refresher").warning("a record flushes the lines before it")
+    write_access_line(_scope("/after"), 200, 10, 0.001, "id-after")
+    lines = stream.getvalue().splitlines()
+    assert [line.split('"')[1] for line in lines[:3]] == ["GET /a0", "GET /a1", "GET /a2"]
+    assert lines[3].endswith("a record flushes the lines before it")
+    assert len(lines) == 4
+    await asyncio.sleep(0.1)
+    assert stream.getvalue().splitlines()[4].endswith("request_id=id-after")
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_our_access_line_switches_uvicorn_s_off_entirely() -> None:
+    configure_logging(settings_from_mapping({}), io.StringIO())
+    # uvicorn formats its line's arguments whenever the logger has a handler up its chain, even when disabled
+    assert not logging.getLogger("uvicorn.access").hasHandlers()
+    configure_logging(settings_from_mapping({"logging": {"access_log": False}}), io.StringIO())
+    assert logging.getLogger("uvicorn.access").hasHandlers()
+    assert not logging.getLogger("uvicorn.access").disabled
+
+
+def test_new_request_ids_are_distinct_uuids() -> None:
+    ids = {accept_request_id(None) for _ in range(10_000)}
+    assert len(ids) == 10_000
+    assert all(UUID.fullmatch(value) for value in ids)

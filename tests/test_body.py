@@ -113,10 +113,10 @@ async def test_body_response_sends_chunks_with_exact_length_and_no_body_for_head
     body = RenderedBody([b"abc", b"defg", b"h"])
 
     async def endpoint(request: Request) -> Response:
-        return BodyResponse(body, [(b"content-type", b"application/json")])
+        return BodyResponse(body.chunks, [(b"content-type", b"application/json"), (b"content-length", b"8")])
 
     async def not_modified(request: Request) -> Response:
-        return BodyResponse(None, [(b"etag", b'"x"')], status_code=304)
+        return BodyResponse((), [(b"etag", b'"x"')], status_code=304)
 
     app = Starlette(routes=[Route("/", endpoint, methods=["GET"]), Route("/304", not_modified, methods=["GET"])])
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:

@@ -7,11 +7,12 @@ import gzip
 import time
 
 import fakeredis
+import httpx
 import orjson
 import pytest
 
 from service.app import create_app
-from service.delivery import cache_control, etag_matches
+from service.delivery import cache_control, etag_matches, ready_answer
 from service.scanner import ScanStats
 from service.snapshot import build_snapshot
 from tests.conftest import make_settings, running_app
@@ -112,3 +113,63 @@ async def test_etag_matching() -> None:
     assert not etag_matches(snapshot, '"abcd-6"')
     assert not etag_matches(snapshot, None)
     assert not etag_matches(snapshot, "")
+
+
+async def test_a_poll_and_a_query_that_changes_nothing_get_the_same_answer() -> None:
+    # polls take the endpoint's short way (no Request object); a query string takes the query API's way
+    client = await seeded()
+    async with running_app(create_app(make_settings(refresh_interval=30), redis=client)) as http:
+        first = await http.get(RUNNING)
+        cases: list[dict[str, str]] = [
+            {},
+            {"Accept-Encoding": "gzip"},
+            {"If-None-Match": first.headers["etag"]},
+            {"If-None-Match": first.headers["etag"], "Accept-Encoding": "gzip"},
+        ]
+        for headers in cases:
+            poll = await http.get(RUNNING, headers=headers)
+            query = await http.get(f"{RUNNING}?unknownParameter=1", headers=headers)
+            head = await http.head(RUNNING, headers=headers)
+            assert poll.status_code == query.status_code == head.status_code, headers
+            assert poll.content == query.content and head.content == b"", headers
+            for response in (query, head):
+                assert _comparable(response.headers) == _comparable(poll.headers), headers
+                assert response.headers["cache-control"].startswith("max-age="), headers
+
+
+def _comparable(headers: httpx.Headers) -> list[tuple[str, str]]:
+    # a new id per request; max-age counts down by whole seconds, and a second may end between two requests
+    return [(k, v) for k, v in headers.multi_items() if k not in ("x-request-id", "cache-control")]
+
+
+async def test_answers_carry_exact_lengths_and_are_the_request_s_own_headers() -> None:
+    client = await seeded()
+    app = create_app(make_settings(refresh_interval=30), redis=client)
+    async with running_app(app):
+        snapshot = app.state.refresher.snapshot
+        await snapshot.body.encoded("gzip")
+        ask = {"live": False, "refresh_interval": 30, "if_none_match": None}
+        plain = ready_answer(snapshot, **ask, accept_encoding=None)
+        packed = ready_answer(snapshot, **ask, accept_encoding="gzip")
+        assert plain is not None and packed is not None
+        for answer in (plain, packed):
+            assert dict(answer.headers)[b"content-length"] == b"%d" % sum(len(chunk) for chunk in answer.chunks)
+        assert dict(packed.headers)[b"content-encoding"] == b"gzip"
+        not_modified = ready_answer(snapshot, **{**ask, "if_none_match": snapshot.etag}, accept_encoding=None)
+        assert not_modified is not None and not_modified.chunks == ()
+        assert b"content-length" not in dict(not_modified.headers)
+        plain.headers.append((b"x-added-by", b"middleware"))  # what CORS or our bookkeeping may do
+        again = ready_answer(snapshot, **ask, accept_encoding=None)
+        assert again is not None and (b"x-added-by", b"middleware") not in again.headers
+
+
+async def test_a_compressed_variant_not_yet_made_is_not_ready() -> None:
+    client = await seeded()
+    app = create_app(make_settings(refresh_interval=30), redis=client)
+    async with running_app(app):
+        snapshot = app.state.refresher.snapshot
+        ask = {"live": False, "refresh_interval": 30, "if_none_match": None, "accept_encoding": "gzip"}
+        assert ready_answer(snapshot, **ask) is None
+        assert ready_answer(snapshot, **{**ask, "if_none_match": snapshot.etag}) is not None  # a 304 needs nothing
+        await snapshot.body.encoded("gzip")
+        assert ready_answer(snapshot, **ask) is not None

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service import refresher as refresher_module
 from service.app import create_app
+from service.metrics import _RequestCollector
 from service.settings import settings_from_mapping
 from service.simulator import Simulator, build_workload
 from tests.conftest import make_settings, running_app
@@ -267,3 +268,15 @@ async def test_promtool_accepts_the_live_output(redis_url: str) -> None:
     checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert checked.stdout.strip() == "" and checked.stderr.strip() == "", checked.stdout + checked.stderr
+
+
+def test_request_durations_fall_in_the_buckets_prometheus_reads_as_le() -> None:
+    collector = _RequestCollector()
+    for seconds in (0.0005, 0.0004, 0.001, 0.0011, 20.0):
+        collector.observe("/r", "GET", 200, seconds)
+    requests, duration = collector.collect()
+    assert [(s.name, s.value) for s in requests.samples] == [("running_tasks_http_requests_total", 5)]
+    buckets = {s.labels["le"]: s.value for s in duration.samples if s.name.endswith("_bucket")}
+    assert (buckets["0.0005"], buckets["0.001"], buckets["0.0025"], buckets["10.0"], buckets["+Inf"]) == (2, 3, 4, 4, 5)
+    total = next(s.value for s in duration.samples if s.name.endswith("_sum"))
+    assert total == pytest.approx(20.003)
