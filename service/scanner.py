@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from service.redis_source import WRONG_TYPE, Fetched, KnownExpiry, RedisSource
+from service.redis_source import MISSING, WRONG_TYPE, KeyMeta, RedisSource
 from service.settings import RunningTasksSettings
 from service.tasks import MalformedValue, StoredTask, decode_value, task_id_prefix
 
@@ -26,7 +26,7 @@ class ScanStats:
     started_ms: int = 0
     duration_ms: float = 0.0
     pages: int = 0  # SCAN replies
-    fetches: int = 0  # value round trips
+    fetches: int = 0  # batches of keys handed to the workers
     keys_scanned: int = 0  # distinct keys SCAN returned
     duplicates: int = 0  # keys SCAN returned again within the same scan
     values_fetched: int = 0  # values present: read, or known unchanged without reading them (values_reused)
@@ -50,8 +50,8 @@ class Observation(NamedTuple):
 
     task: StoredTask
     fingerprint: int  # hash of the raw value: unchanged value, unchanged task
-    pttl: int  # ms left on the key when it was read; -1 without expiry
-    seen_ms: int  # wall-clock time the value was read
+    pttl: int  # ms left on the key when it was scanned; -1 without expiry
+    seen_ms: int  # wall-clock time the key was scanned
 
 
 # What the scanner remembers of a value it decoded: the task if running, its status if finished,
@@ -59,6 +59,8 @@ class Observation(NamedTuple):
 _Decoded = StoredTask | str | None
 _Memory = tuple[int, int, int, _Decoded]
 PageSink = Callable[[list[Observation]], None]
+# what the producer hands a worker: the service's clock when the keys were scanned, the keys as SCAN saw them
+_Batch = tuple[int, list[KeyMeta]]
 
 
 async def _release(memory: dict[bytes, _Memory]) -> None:
@@ -104,10 +106,10 @@ class Scanner:
         # scan is not read again. Every `full_read_every`-th scan reads them all anyway, so that a
         # writer that keeps the TTL (SET KEEPTTL, SETRANGE) is noticed within a bounded time.
         full_read = self._scans % self._settings.full_read_every == 0 or not self._decoded
-        known = None if full_read else self._known_expiry
+        reuse = None if full_read else self._decoded
         try:
             async with asyncio.timeout(self._settings.max_scan_time / 1000):
-                await self._run(stats, decoded, sink, known)
+                await self._run(stats, decoded, sink, reuse)
         except TimeoutError as exc:
             raise ScanTimeout(f"scan exceeded max_scan_time ({self._settings.max_scan_time} ms)") from exc
         # Only a complete scan replaces the memory: keys that are gone are forgotten.
@@ -116,32 +118,29 @@ class Scanner:
         stats.duration_ms = round((time.perf_counter() - started) * 1000, 3)
         return stats
 
-    def _known_expiry(self, key: bytes) -> int:
-        memory = self._decoded.get(key)
-        return 0 if memory is None else memory[1]
-
     async def _run(
-        self, stats: ScanStats, decoded: dict[bytes, _Memory], sink: PageSink, known: KnownExpiry | None
+        self, stats: ScanStats, decoded: dict[bytes, _Memory], sink: PageSink, reuse: dict[bytes, _Memory] | None
     ) -> None:
         workers = self._settings.worker_count
-        queue: asyncio.Queue[list[bytes] | None] = asyncio.Queue(maxsize=workers * 2)
+        queue: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=workers * 2)
         try:
             async with asyncio.TaskGroup() as group:
                 for _ in range(workers):
-                    group.create_task(self._worker(queue, stats, decoded, sink, known))
+                    group.create_task(self._worker(queue, stats, decoded, sink, reuse))
                 await self._produce(queue, stats)
                 for _ in range(workers):
                     await queue.put(None)
         except BaseExceptionGroup as failed:  # a worker failed: the others are cancelled; report its error
             raise failed.exceptions[0] from None
 
-    async def _produce(self, queue: asyncio.Queue[list[bytes] | None], stats: ScanStats) -> None:
+    async def _produce(self, queue: asyncio.Queue[_Batch | None], stats: ScanStats) -> None:
         batch = self._settings.scan_batch_size
         seen: set[bytes] = set()
-        pending: list[bytes] = []
-        async for keys in self._source.scan_pages(self._settings.key_pattern, batch):
+        pending: list[KeyMeta] = []
+        async for page in self._source.scan_pages(self._settings.key_pattern, batch):
             stats.pages += 1
-            for key in keys:
+            for meta in page.metas():
+                key = meta.key
                 if key in seen:
                     stats.duplicates += 1
                     continue
@@ -150,34 +149,46 @@ class Scanner:
                 if key == self._prefix:
                     stats.empty_id += 1
                     continue
-                pending.append(key)
-            # SCAN pages with MATCH are often short: fetch full batches, fewer round trips
+                pending.append(meta)
+            # SCAN pages with MATCH are often short: hand the workers full batches
             while len(pending) >= batch:
-                await queue.put(pending[:batch])
+                await queue.put((self._clock(), pending[:batch]))
                 del pending[:batch]
         if pending:
-            await queue.put(pending)
+            await queue.put((self._clock(), pending))
 
     async def _worker(
         self,
-        queue: asyncio.Queue[list[bytes] | None],
+        queue: asyncio.Queue[_Batch | None],
         stats: ScanStats,
         decoded: dict[bytes, _Memory],
         sink: PageSink,
-        known: KnownExpiry | None,
+        reuse: dict[bytes, _Memory] | None,
     ) -> None:
-        while (keys := await queue.get()) is not None:
-            fetched = await self._source.fetch(keys, known)
+        while (batch := await queue.get()) is not None:
+            seen_ms, metas = batch
+            # A value whose expiry is the one it had in the last scan is not read: its memory is reused.
+            plan: list[tuple[KeyMeta, _Memory | None]] = []
+            wanted: list[KeyMeta] = []
+            for meta in metas:
+                memory = reuse.get(meta.key) if reuse is not None and meta.expire_at > 0 else None
+                if memory is not None and memory[1] == meta.expire_at:
+                    plan.append((meta, memory))
+                else:
+                    plan.append((meta, None))
+                    if meta.expire_at not in (MISSING, WRONG_TYPE):
+                        wanted.append(meta)
+            values = dict(zip([meta.key for meta in wanted], await self._source.read(wanted), strict=True))
             stats.fetches += 1
-            seen_ms = self._clock()
             finished: list[Observation] | None = None if self._finished_sink is None else []
-            sink(list(self._decode_page(fetched, seen_ms, stats, decoded, finished)))
+            sink(list(self._decode_page(plan, values, seen_ms, stats, decoded, finished)))
             if finished and self._finished_sink is not None:
                 self._finished_sink(finished)
 
     def _decode_page(
         self,
-        page: Iterable[Fetched],
+        plan: Iterable[tuple[KeyMeta, _Memory | None]],
+        values: dict[bytes, bytes | None],
         seen_ms: int,
         stats: ScanStats,
         decoded: dict[bytes, _Memory],
@@ -185,18 +196,18 @@ class Scanner:
     ) -> Iterable[Observation]:
         plen = len(self._prefix)
         previous = self._decoded
-        for fetched in page:
-            key, value, pttl = fetched.key, fetched.value, fetched.pttl
-            if fetched.unchanged:
-                memory = decoded[key] = previous[key]
+        for meta, reused in plan:
+            key, pttl = meta.key, meta.pttl
+            if reused is not None:
+                decoded[key] = reused
                 stats.values_fetched += 1
                 stats.values_reused += 1
-                fingerprint, entry = memory[0], memory[3]
-            elif value is None:
-                if pttl == WRONG_TYPE:
+                fingerprint, entry = reused[0], reused[3]
+            elif (value := values.get(key)) is None:
+                if meta.expire_at == WRONG_TYPE:
                     stats.wrong_type += 1
                     stats.malformed += 1
-                else:
+                else:  # gone before SCAN looked at it, or before the value was read
                     stats.expired += 1
                 continue
             else:
@@ -213,10 +224,10 @@ class Scanner:
                     entry = known[3]
                     # The same memory object when nothing moved: a full read then leaves no new objects for the
                     # cyclic collector, whose first pass after the scan walked 100,000 fresh tuples (40 ms).
-                    if known[1] == fetched.expire_at:
+                    if known[1] == meta.expire_at:
                         decoded[key] = known
                     else:
-                        decoded[key] = (fingerprint, fetched.expire_at, fetched.size, entry)
+                        decoded[key] = (fingerprint, meta.expire_at, meta.size, entry)
                 else:
                     stored = self._decode(task_id, value)
                     stats.decoded += 1
@@ -227,7 +238,7 @@ class Scanner:
                         # a task that just finished always has a changed value, so it is reported from here, once
                         if finished is not None:
                             finished.append(Observation(stored, fingerprint, pttl, seen_ms))
-                    decoded[key] = (fingerprint, fetched.expire_at, fetched.size, entry)
+                    decoded[key] = (fingerprint, meta.expire_at, meta.size, entry)
             if entry is None:
                 stats.malformed += 1
             elif isinstance(entry, str):

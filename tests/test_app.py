@@ -115,10 +115,11 @@ async def test_concurrent_requests_share_one_live_scan() -> None:
     class SlowScan(fakeredis.FakeAsyncRedis):
         scans = 0
 
-        async def scan(self, *args: Any, **kwargs: Any) -> Any:
-            SlowScan.scans += 1
+        async def evalsha(self, *args: Any, **kwargs: Any) -> Any:
             await asyncio.sleep(0.05)
-            return await super().scan(*args, **kwargs)
+            reply = await super().evalsha(*args, **kwargs)  # a first NoScriptError (script not loaded) not counted
+            SlowScan.scans += 1
+            return reply
 
     client = SlowScan()
     await seed(client)
@@ -153,7 +154,7 @@ async def test_etag_and_not_modified() -> None:
 class Broken(fakeredis.FakeAsyncRedis):
     error: Exception = RuntimeError("boom: secret detail")
 
-    async def scan(self, *args: Any, **kwargs: Any) -> Any:
+    async def evalsha(self, *args: Any, **kwargs: Any) -> Any:
         raise self.error
 
 
@@ -179,9 +180,9 @@ async def test_errors_use_the_envelope(error: Exception, status: int, message: s
 
 async def test_scan_budget_exceeded_is_504() -> None:
     class Slow(fakeredis.FakeAsyncRedis):
-        async def scan(self, *args: Any, **kwargs: Any) -> Any:
+        async def evalsha(self, *args: Any, **kwargs: Any) -> Any:
             await asyncio.sleep(1)
-            return await super().scan(*args, **kwargs)
+            return await super().evalsha(*args, **kwargs)
 
     async with running_app(create_app(make_settings(max_scan_time=50, cache_enabled=False), redis=Slow())) as http:
         response = await http.get(RUNNING)

@@ -20,7 +20,7 @@ from service.history import (
     select_finished,
 )
 from service.query import Paging, QueryError
-from service.redis_source import Fetched, KnownExpiry, RedisSource
+from service.redis_source import KeyMeta, RedisSource
 from service.scanner import Scanner
 from service.tasks import StoredTask, format_time
 from service.tracker import Departure, TaskView, Tracker
@@ -288,10 +288,10 @@ async def test_transitions_feed_the_history(redis_url: str) -> None:
 class FailingSource(RedisSource):
     fail = False
 
-    async def fetch(self, keys: list[bytes], known: KnownExpiry | None = None) -> list[Fetched]:
+    async def read(self, metas: list[KeyMeta]) -> list[bytes | None]:
         if self.fail:
             raise ConnectionError("lost mid-scan")
-        return await super().fetch(keys, known)
+        return await super().read(metas)
 
 
 @pytest.mark.real_redis

@@ -158,10 +158,10 @@ async def test_failures_and_live_scans_are_counted(monkeypatch: pytest.MonkeyPat
     class Failing(fakeredis.FakeAsyncRedis):
         error: Exception | None = None
 
-        async def scan(self, *args: Any, **kwargs: Any) -> Any:
+        async def evalsha(self, *args: Any, **kwargs: Any) -> Any:
             if self.error is not None:
                 raise self.error
-            return await super().scan(*args, **kwargs)
+            return await super().evalsha(*args, **kwargs)
 
     client = Failing()
     await client.set("request:id:a", producer_value(10), ex=3600)

@@ -26,12 +26,12 @@ class Switchable(fakeredis.FakeAsyncRedis):
     error: Exception | None = None
     delay = 0.0
 
-    async def scan(self, *args: Any, **kwargs: Any) -> Any:
+    async def evalsha(self, *args: Any, **kwargs: Any) -> Any:
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.error is not None:
             raise self.error
-        return await super().scan(*args, **kwargs)
+        return await super().evalsha(*args, **kwargs)
 
 
 def refresher_for(client: fakeredis.FakeAsyncRedis) -> Refresher:

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from service.embedded import RedisServerProcess
-from service.redis_source import MISSING, NO_EXPIRY, WRONG_TYPE, Fetched, KnownExpiry, RedisSource
+from service.redis_source import MISSING, NO_EXPIRY, WRONG_TYPE, KeyMeta, RedisSource, ScanPage
 from service.scanner import Observation, Scanner, ScanStats, ScanTimeout
 from tests.conftest import make_settings
 
@@ -123,13 +123,24 @@ def test_unchanged_values_are_not_decoded_again() -> None:
     asyncio.run(main())
 
 
+async def scanned(source: RedisSource, keys: list[bytes]) -> list[KeyMeta]:
+    """`keys` as a full scan of the source sees them; a key no page has is MISSING (gone since SCAN)."""
+    found = {meta.key: meta async for page in source.scan_pages("request:id:*", 1000) for meta in page.metas()}
+    return [found.get(key, KeyMeta(key, MISSING, 0, MISSING)) for key in keys]
+
+
 class DuplicatingSource(RedisSource):
     """SCAN may return a key more than once in one iteration; this one always does."""
 
-    async def scan_pages(self, pattern: str, count: int) -> AsyncIterator[list[bytes]]:
-        async for keys in super().scan_pages(pattern, count):
-            yield keys + keys[:2]
-            yield keys[:1]
+    async def scan_pages(self, pattern: str, count: int) -> AsyncIterator[ScanPage]:
+        async for page in super().scan_pages(pattern, count):
+            yield ScanPage(
+                page.now_ms,
+                page.keys + page.keys[:2],
+                page.expire_ats + page.expire_ats[:2],
+                page.sizes + page.sizes[:2],
+            )
+            yield ScanPage(page.now_ms, page.keys[:1], page.expire_ats[:1], page.sizes[:1])
 
 
 def test_keys_returned_twice_count_once() -> None:
@@ -174,12 +185,12 @@ def test_scan_while_the_keyspace_grows_reports_each_task_once(redis_url: str) ->
 class ExpiringSource(RedisSource):
     """Deletes every other key of each page right after SCAN returned it: keys that expire before the fetch."""
 
-    async def scan_pages(self, pattern: str, count: int) -> AsyncIterator[list[bytes]]:
-        async for keys in super().scan_pages(pattern, count):
-            doomed = keys[::2]
+    async def scan_pages(self, pattern: str, count: int) -> AsyncIterator[ScanPage]:
+        async for page in super().scan_pages(pattern, count):
+            doomed = page.keys[::2]
             if doomed:
                 await self.client.delete(*doomed)
-            yield keys
+            yield page
 
 
 @pytest.mark.real_redis
@@ -204,18 +215,18 @@ def test_many_pages_go_through_the_worker_pool(redis_url: str) -> None:
         fetch_started_before_scan_ended = False
         scan_done = False
 
-        async def scan_pages(self, pattern: str, count: int) -> AsyncIterator[list[bytes]]:
-            async for keys in super().scan_pages(pattern, count):
-                yield keys
+        async def scan_pages(self, pattern: str, count: int) -> AsyncIterator[ScanPage]:
+            async for page in super().scan_pages(pattern, count):
+                yield page
             Recording.scan_done = True
 
-        async def fetch(self, keys: list[bytes], known: KnownExpiry | None = None) -> list[Fetched]:
+        async def read(self, metas: list[KeyMeta]) -> list[bytes | None]:
             Recording.in_flight += 1
             Recording.peak = max(Recording.peak, Recording.in_flight)
             Recording.fetch_started_before_scan_ended |= not Recording.scan_done
             try:
                 await asyncio.sleep(0.005)  # a slower network: fetches must overlap
-                return await super().fetch(keys, known)
+                return await super().read(metas)
             finally:
                 Recording.in_flight -= 1
 
@@ -256,41 +267,66 @@ def test_fetches_are_bounded_in_bytes(redis_url: str) -> None:
 
             source._command = recording  # type: ignore[method-assign]
             keys = [f"request:id:t{i}".encode() for i in range(20)]
-            fetched = await source.fetch(keys)
-        assert [f.key for f in fetched] == keys
-        assert [f.value for f in fetched] == [huge if i == 7 else big for i in range(20)]
-        assert [f.size for f in fetched] == [len(f.value or b"") for f in fetched]
+            metas = await scanned(source, keys)
+            values = await source.read(metas)
+        assert values == [huge if i == 7 else big for i in range(20)]
+        assert [meta.size for meta in metas] == [len(v or b"") for v in values]  # SCAN's page tells the sizes
         # no read over the bound but the one value that is larger on its own; two 100 KB values per read
         assert sorted(reads) == sorted([len(huge)] + [2 * len(big)] * 9 + [len(big)])
-        assert all(3_590_000 < f.pttl <= 3_600_000 for f in fetched)
+        assert all(3_590_000 < meta.pttl <= 3_600_000 for meta in metas)
 
     asyncio.run(main())
 
 
 @pytest.mark.real_redis
-def test_fetch_skips_the_values_the_caller_has(redis_url: str) -> None:
+def test_scan_pages_tell_each_key_s_expiry_and_length(redis_url: str) -> None:
     async def main() -> None:
         async with aioredis.Redis.from_url(redis_url) as client:
             await client.set("request:id:ttl", value(1), ex=3600)
             await client.set("request:id:no-ttl", value(2))
             await client.hset("request:id:hash", "process", "processing")
+            await client.set("other:key", b"x")
             source = RedisSource(client, fetch_max_bytes=1024)
-            keys = [b"request:id:ttl", b"request:id:no-ttl", b"request:id:hash", b"request:id:gone"]
-            first = await source.fetch(keys)
-            expiry = {f.key: f.expire_at for f in first}
-            second = await source.fetch(keys, expiry.__getitem__)
+            metas = await scanned(source, [b"request:id:ttl", b"request:id:no-ttl", b"request:id:hash"])
+            assert await source.read([]) == []  # nothing wanted: no command
+        ttl, no_ttl, wrong = metas
+        assert (ttl.size, no_ttl.size) == (len(value(1)), len(value(2)))
+        assert ttl.expire_at > 0 and 3_590_000 < ttl.pttl <= 3_600_000
+        assert (no_ttl.expire_at, no_ttl.pttl) == (NO_EXPIRY, NO_EXPIRY)
+        assert (wrong.expire_at, wrong.size, wrong.pttl) == (WRONG_TYPE, 0, WRONG_TYPE)
+
+    asyncio.run(main())
+
+
+class ReadRecording(RedisSource):
+    read_keys: list[bytes] = []
+
+    async def read(self, metas: list[KeyMeta]) -> list[bytes | None]:
+        ReadRecording.read_keys += [meta.key for meta in metas]
+        return await super().read(metas)
+
+
+@pytest.mark.real_redis
+def test_only_values_whose_expiry_moved_are_read_again(redis_url: str) -> None:
+    async def main() -> None:
+        async with aioredis.Redis.from_url(redis_url) as client:
+            await client.set("request:id:ttl", value(1), ex=3600)
+            await client.set("request:id:ttl-2", value(4), ex=3600)
+            await client.set("request:id:no-ttl", value(2))
+            await client.hset("request:id:hash", "process", "processing")
+            scanner = scanner_for(client, ReadRecording)
+            first, _ = await run_scan(scanner)
+            assert sorted(ReadRecording.read_keys) == [b"request:id:no-ttl", b"request:id:ttl", b"request:id:ttl-2"]
+            ReadRecording.read_keys = []
+            second, seen = await run_scan(scanner)
+            assert ReadRecording.read_keys == [b"request:id:no-ttl"]  # without an expiry: always read
+            assert (second.values_reused, second.wrong_type, second.matched) == (2, 1, 3)
+            ReadRecording.read_keys = []
             await client.set("request:id:ttl", value(3), ex=3600)  # a producer rewrite moves the expiry
-            third = await source.fetch(keys, expiry.__getitem__)
-        assert [(f.value, f.pttl, f.unchanged) for f in first[2:]] == [
-            (None, WRONG_TYPE, False),
-            (None, MISSING, False),
-        ]
-        assert first[1].expire_at == NO_EXPIRY and first[0].expire_at > 0
-        assert (second[0].unchanged, second[0].value, second[0].expire_at) == (True, None, first[0].expire_at)
-        assert 3_590_000 < second[0].pttl <= 3_600_000
-        assert (second[1].unchanged, second[1].value) == (False, value(2))  # without an expiry: always read
-        assert (third[0].unchanged, third[0].value, third[0].size) == (False, value(3), len(value(3)))
-        assert third[0].expire_at >= first[0].expire_at
+            third, seen = await run_scan(scanner)
+        assert sorted(ReadRecording.read_keys) == [b"request:id:no-ttl", b"request:id:ttl"]
+        assert {o.task.task_id: o.task.total_progress for o in seen} == {"ttl": 3, "ttl-2": 4, "no-ttl": 2}
+        assert first.wrong_type == third.wrong_type == 1
 
     asyncio.run(main())
 
@@ -356,9 +392,9 @@ def test_a_hung_redis_times_out(own_redis_server: RedisServerProcess) -> None:
 @pytest.mark.real_redis
 def test_redis_dying_mid_scan_fails_the_scan(own_redis_server: RedisServerProcess) -> None:
     class Dying(RedisSource):
-        async def fetch(self, keys: list[bytes], known: KnownExpiry | None = None) -> list[Fetched]:
+        async def read(self, metas: list[KeyMeta]) -> list[bytes | None]:
             own_redis_server.kill()
-            return await super().fetch(keys, known)
+            return await super().read(metas)
 
     async def main() -> None:
         async with aioredis.Redis.from_url(own_redis_server.url, socket_timeout=1) as client:
@@ -422,9 +458,9 @@ def test_fetch_loads_its_script_again_after_a_script_flush(redis_url: str) -> No
         async with aioredis.Redis.from_url(redis_url) as client:
             await client.set("request:id:a", value(5), ex=3600)
             source = RedisSource(client, fetch_max_bytes=1024)
-            assert (await source.fetch([b"request:id:a"]))[0].value == value(5)
+            assert await source.read(await scanned(source, [b"request:id:a"])) == [value(5)]
             await client.script_flush()  # as after a Redis restart
-            assert (await source.fetch([b"request:id:a"]))[0].value == value(5)
+            assert await source.read(await scanned(source, [b"request:id:a"])) == [value(5)]
 
     asyncio.run(main())
 
