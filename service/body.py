@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, TypeVar
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -23,6 +24,7 @@ _SMALL_BODY = 1024 * 1024
 _LEVEL_SMALL, _LEVEL_LARGE = 6, 1
 
 ENCODINGS = ("gzip",)
+T = TypeVar("T")
 _CHUNKS_PER_YIELD = 8
 
 
@@ -84,36 +86,78 @@ def _gzip(chunks: tuple[bytes, ...], length: int) -> RenderedBody:
     return RenderedBody(out)
 
 
-async def render_body(prefix: bytes, items: Iterable[Sequence[bytes]], separator: bytes, suffix: bytes) -> RenderedBody:
-    """`prefix + separator.join(b"".join(item) for item in items) + suffix` as chunks, yielding to the event loop
-    between chunks. A piece of OWN_CHUNK_BYTES or more is a chunk of its own, by reference, never copied."""
-    chunks: list[bytes] = []
-    pending: list[bytes] = [prefix]
-    size = len(prefix)
-    first = True
-    for item in items:
-        if not first:
-            pending.append(separator)
-            size += len(separator)
-        first = False
-        for piece in item:
-            if len(piece) >= OWN_CHUNK_BYTES:
-                chunks.append(b"".join(pending))
-                chunks.append(piece)
-                pending, size = [], 0
-            else:
-                pending.append(piece)
-                size += len(piece)
-        if size >= CHUNK_BYTES:
-            chunks.append(b"".join(pending))
-            pending, size = [], 0
+class Segment(NamedTuple):
+    """A run of items as rendered into a body, kept so that the next body can take it as it is."""
+
+    items: tuple[object, ...]  # compared by identity: an item is a new object whenever its rendering changes
+    chunks: tuple[bytes, ...]  # the items' parts, each item after the separator
+
+
+async def render_body(
+    prefix: bytes,
+    items: Sequence[T],
+    parts: Callable[[T], Sequence[bytes]],
+    separator: bytes,
+    suffix: bytes,
+    *,
+    ends_segment: Callable[[T], bool] = lambda item: False,
+    previous: Sequence[Segment] = (),
+) -> tuple[RenderedBody, tuple[Segment, ...]]:
+    """`prefix + separator.join(b"".join(parts(item)) for item in items) + suffix` in chunks, and its segments.
+
+    Items are cut into segments after each item `ends_segment` names (a rule of the item itself, so that the
+    cuts stay where they were when other items change) or at CHUNK_BYTES. A segment of `previous` holding the
+    very same items is taken as it is, by reference: a refresh in which a few tasks changed renders and copies
+    a few segments, not the whole body. A part of OWN_CHUNK_BYTES or more is a chunk of its own, by reference.
+    The event loop gets a turn after every CHUNK_BYTES rendered (and every few thousand items)."""
+    reusable = {id(segment.items[0]): segment for segment in previous}  # `previous` keeps its items alive
+    segments: list[Segment] = []
+    run: list[T] = []
+    run_parts: list[Sequence[bytes]] = []
+    run_bytes = rendered = 0
+    for index, item in enumerate(items):
+        item_parts = parts(item)
+        run.append(item)
+        run_parts.append(item_parts)
+        run_bytes += sum(map(len, item_parts))
+        if ends_segment(item) or run_bytes >= CHUNK_BYTES:
+            segment = _segment(run, run_parts, reusable, separator)
+            if segment is not reusable.get(id(run[0])):
+                rendered += run_bytes
+            segments.append(segment)
+            run, run_parts, run_bytes = [], [], 0
+        if rendered >= CHUNK_BYTES or index % 4096 == 4095:
+            rendered = 0
             await asyncio.sleep(0)
-    pending.append(suffix)
-    chunks.append(b"".join(pending))
+    if run:
+        segments.append(_segment(run, run_parts, reusable, separator))
+    chunks = [prefix, *(chunk for segment in segments for chunk in segment.chunks), suffix]
+    if segments:
+        chunks[1] = chunks[1][len(separator) :]  # nothing before the first item
     chunks = [chunk for chunk in chunks if chunk]
     if len(chunks) > 1 and sum(len(chunk) for chunk in chunks) <= ONE_CHUNK_BYTES:
         chunks = [b"".join(chunks)]  # one send per request; the copy of a small body costs nothing
-    return RenderedBody(chunks)
+    return RenderedBody(chunks), tuple(segments)
+
+
+def _segment(run: list[T], run_parts: list[Sequence[bytes]], reusable: dict[int, Segment], separator: bytes) -> Segment:
+    old = reusable.get(id(run[0]))
+    if old is not None and len(old.items) == len(run) and all(a is b for a, b in zip(old.items, run, strict=True)):
+        return old
+    chunks: list[bytes] = []
+    pending: list[bytes] = []
+    for item_parts in run_parts:
+        pending.append(separator)
+        for piece in item_parts:
+            if len(piece) >= OWN_CHUNK_BYTES:
+                chunks.append(b"".join(pending))
+                chunks.append(piece)
+                pending = []
+            else:
+                pending.append(piece)
+    if pending:
+        chunks.append(b"".join(pending))
+    return Segment(tuple(run), tuple(chunk for chunk in chunks if chunk))
 
 
 def choose_encoding(accept_encoding: str | None) -> str | None:

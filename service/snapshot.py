@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from service.body import RenderedBody, render_body
+from service.body import RenderedBody, Segment, render_body
 from service.responses import ok_body_prefix
 from service.scanner import ScanStats
 from service.tracker import TaskView
@@ -20,6 +20,7 @@ class Snapshot:
     body: RenderedBody  # the whole success envelope, rendered once, in chunks
     etag: str  # strong: equal bodies have equal tags; a compressed variant adds its encoding (`variant_etag`)
     stats: ScanStats
+    segments: tuple[Segment, ...] = field(default=(), compare=False, repr=False)  # how `body` was cut, for the next
     # response headers by (status, encoding, max-age), made on first use (service.delivery)
     answer_headers: dict[tuple[int, str | None, int], list[tuple[bytes, bytes]]] = field(
         default_factory=dict, compare=False, repr=False
@@ -44,16 +45,30 @@ async def build_snapshot(
     previous: Snapshot | None,
     etag_prefix: str,
 ) -> Snapshot:
-    """A snapshot of `tasks`; the body and ETag of `previous` are kept when the tasks rendered are the same.
+    """A snapshot of `tasks`; the body and ETag of `previous` are kept when the tasks rendered are the same, and
+    the segments of its body that hold the same tasks are taken as they are.
 
-    The body is joined in chunks with a yield to the event loop between two: a body of hundreds of megabytes
-    never blocks the requests served meanwhile."""
+    The body is rendered with a yield to the event loop now and then: a body of hundreds of megabytes never
+    blocks the requests served meanwhile."""
     if previous is not None and _same_tasks(previous.tasks, tasks):
-        body, etag = previous.body, previous.etag
+        body, etag, segments = previous.body, previous.etag, previous.segments
     else:
-        body = await render_body(ok_body_prefix(len(tasks)), (t.parts() for t in tasks), b",", b"]}}")
+        body, segments = await render_body(
+            ok_body_prefix(len(tasks)),
+            tasks,
+            TaskView.parts,
+            b",",
+            b"]}}",
+            ends_segment=_ends_segment,
+            previous=() if previous is None else previous.segments,
+        )
         etag = f'"{etag_prefix}-{generation}"'
-    return Snapshot(generation, built_ms, time.monotonic(), tuple(tasks), body, etag, stats)
+    return Snapshot(generation, built_ms, time.monotonic(), tuple(tasks), body, etag, stats, segments)
+
+
+def _ends_segment(view: TaskView) -> bool:
+    # One task in 16 ends a segment, by its id: the cuts stay put while other tasks change, come and go.
+    return hash(view.task_id) & 15 == 0
 
 
 def _same_tasks(old: tuple[TaskView, ...], new: list[TaskView]) -> bool:

@@ -27,9 +27,18 @@ def items(count: int, size: int) -> list[tuple[bytes, bytes, bytes]]:
     return [(b'{"i":%d,"d":"' % i, b"x" * size, b'"}') for i in range(count)]
 
 
+def same(item: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    return item
+
+
+async def render(prefix: bytes, parts: list[tuple[bytes, ...]], separator: bytes, suffix: bytes) -> RenderedBody:
+    body, _ = await render_body(prefix, parts, same, separator, suffix)
+    return body
+
+
 async def test_render_body_is_the_joined_items_in_bounded_chunks() -> None:
     parts = items(3000, 500)
-    body = await render_body(b"[", parts, b",", b"]")
+    body = await render(b"[", parts, b",", b"]")
     assert bytes(body) == b"[" + b",".join(b"".join(p) for p in parts) + b"]"
     assert len(body) == len(bytes(body))
     assert len(body.chunks) > 1
@@ -39,7 +48,7 @@ async def test_render_body_is_the_joined_items_in_bounded_chunks() -> None:
 async def test_large_pieces_are_chunks_of_their_own_by_reference() -> None:
     big = b"y" * OWN_CHUNK_BYTES
     parts = [(b'{"a":', big, b"}"), *items(4000, 300), (b'{"b":', b"1", b"}")]  # over ONE_CHUNK_BYTES in all
-    body = await render_body(b"[", parts, b",", b"]")
+    body = await render(b"[", parts, b",", b"]")
     assert bytes(body).startswith(b'[{"a":' + big + b'},{"i":0,')
     assert bytes(body).endswith(b',{"b":1}]')
     assert any(chunk is big for chunk in body.chunks)  # not copied into a joined chunk
@@ -47,7 +56,7 @@ async def test_large_pieces_are_chunks_of_their_own_by_reference() -> None:
 
 async def test_a_small_body_is_one_chunk() -> None:
     big = b"y" * OWN_CHUNK_BYTES
-    body = await render_body(b"[", [(b'{"a":', big, b"}"), (b'{"b":', b"1", b"}")], b",", b"]")
+    body = await render(b"[", [(b'{"a":', big, b"}"), (b'{"b":', b"1", b"}")], b",", b"]")
     assert body.chunks == (b'[{"a":' + big + b'},{"b":1}]',)
 
 
@@ -61,18 +70,18 @@ async def test_render_body_yields_to_the_event_loop() -> None:
             await asyncio.sleep(0)
 
     counter = asyncio.ensure_future(count())
-    await render_body(b"[", items(2000, 1000), b",", b"]")  # ~2 MB: several chunks
+    await render(b"[", items(2000, 1000), b",", b"]")  # ~2 MB: several chunks
     counter.cancel()
     assert ticks >= 5
 
 
 async def test_empty_list() -> None:
-    body = await render_body(b"[", [], b",", b"]")
+    body = await render(b"[", [], b",", b"]")
     assert (bytes(body), body.chunks) == (b"[]", (b"[]",))
 
 
 async def test_gzip_variant_is_made_once_and_shared() -> None:
-    body = await render_body(b"[", items(2000, 300), b",", b"]")
+    body = await render(b"[", items(2000, 300), b",", b"]")
     assert not body.is_encoded("gzip")
     first, second = await asyncio.gather(body.encoded("gzip"), body.encoded("gzip"))
     assert first is second is await body.encoded("gzip")
@@ -127,3 +136,37 @@ async def test_body_response_sends_chunks_with_exact_length_and_no_body_for_head
     assert (head.content, head.headers["content-length"]) == (b"", "8")
     assert (unchanged.status_code, unchanged.content, unchanged.headers["etag"]) == (304, b"", '"x"')
     assert "content-length" not in unchanged.headers
+
+
+class Item:
+    def __init__(self, number: int, size: int) -> None:
+        self.number = number
+        self.pieces = (b'{"i":%d,"d":"' % number, b"x" * size, b'"}')
+
+    def parts(self) -> tuple[bytes, ...]:
+        return self.pieces
+
+
+async def test_segments_holding_the_same_items_are_taken_as_they_are() -> None:
+    items_ = [Item(i, 2000) for i in range(2000)]  # ~4 MB
+    every_tenth = lambda item: item.number % 10 == 9  # noqa: E731
+    first, segments = await render_body(b"[", items_, Item.parts, b",", b"]", ends_segment=every_tenth)
+    assert all(len(segment.items) == 10 for segment in segments)
+    changed = list(items_)
+    changed[55] = Item(55, 10)  # one item re-rendered, one removed, one added
+    del changed[1203]
+    changed.insert(1500, Item(9990, 100))
+    second, again = await render_body(
+        b"[", changed, Item.parts, b",", b"]", ends_segment=every_tenth, previous=segments
+    )
+    assert bytes(second) == b"[" + b",".join(b"".join(item.parts()) for item in changed) + b"]"
+    reused = len({id(segment) for segment in again} & {id(segment) for segment in segments})
+    assert reused == len(again) - 3  # only the three segments that changed were rendered again
+    kept = {id(chunk) for segment in segments for chunk in segment.chunks}
+    assert sum(1 for chunk in second.chunks if id(chunk) in kept) >= len(second.chunks) - 6  # by reference
+
+
+async def test_segment_cuts_bound_the_chunks_without_any_item_ending_one() -> None:
+    body, segments = await render_body(b"[", [Item(i, 1000) for i in range(3000)], Item.parts, b",", b"]")
+    assert all(sum(len(chunk) for chunk in segment.chunks) < CHUNK_BYTES + 2000 for segment in segments)
+    assert len(segments) > 1
