@@ -25,7 +25,7 @@ _LEVEL_SMALL, _LEVEL_LARGE = 6, 1
 
 ENCODINGS = ("gzip",)
 T = TypeVar("T")
-_CHUNKS_PER_YIELD = 8
+_BYTES_PER_YIELD = 2 * 1024 * 1024  # a response gives the event loop a turn after sending this much
 
 
 class RenderedBody:
@@ -207,9 +207,12 @@ async def send_chunks(
     if last < 0:
         await send({"type": "http.response.body", "body": b""})
         return
+    unyielded = 0
     for index, chunk in enumerate(chunks):
         await send({"type": "http.response.body", "body": chunk, "more_body": index < last})
-        if index % _CHUNKS_PER_YIELD == _CHUNKS_PER_YIELD - 1:
+        unyielded += len(chunk)
+        if unyielded >= _BYTES_PER_YIELD:
             # A send that the transport buffers (or drops: the client is gone) returns without yielding;
             # a body of a thousand chunks would otherwise hold the event loop from the first to the last.
+            unyielded = 0
             await asyncio.sleep(0)
