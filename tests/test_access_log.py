@@ -319,3 +319,20 @@ def test_new_request_ids_are_distinct_uuids() -> None:
     ids = {accept_request_id(None) for _ in range(10_000)}
     assert len(ids) == 10_000
     assert all(UUID.fullmatch(value) for value in ids)
+
+
+def test_a_forked_worker_starts_a_series_of_its_own() -> None:
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: what a uvicorn worker would hand out
+        try:
+            os.write(writer, accept_request_id(None).encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    os.waitpid(pid, 0)
+    child = os.read(reader, 64).decode()
+    os.close(reader)
+    parent = accept_request_id(None)
+    assert UUID.fullmatch(child) and UUID.fullmatch(parent)
+    assert child[:24] != parent[:24]  # another random prefix, not the parent's next number

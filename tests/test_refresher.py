@@ -9,6 +9,7 @@ import weakref
 from typing import Any
 
 import fakeredis
+import orjson
 import pytest
 import redis.exceptions
 
@@ -127,3 +128,24 @@ def test_cyclic_garbage_is_not_frozen_for_good(monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(refresher_module, "_THAW_EVERY", 3)
     asyncio.run(main())
+
+
+async def test_a_refresh_copies_only_the_body_segments_whose_tasks_changed() -> None:
+    client = fakeredis.FakeAsyncRedis()
+    files = [{"path": f"src/pkg/file{i}.go", "status": "completed", "operate": "add"} for i in range(150)]
+    for i in range(400):  # ~10 kB a task, ~4 MB in all: many chunks
+        value = orjson.dumps({"process": "processing", "totalProgress": i % 100, "fileList": files})
+        await client.set(f"request:id:t{i:03d}", value, ex=3600)
+    refresher = refresher_for(client)
+    first = await refresher.refresh()
+    await client.set(
+        "request:id:t123", orjson.dumps({"process": "processing", "totalProgress": 99, "fileList": files}), ex=3600
+    )
+    second = await refresher.refresh()
+    assert second.body is not first.body
+    assert orjson.loads(bytes(second.body))["data"]["totalTasks"] == 400
+    assert {t["taskId"]: t["totalProgress"] for t in orjson.loads(bytes(second.body))["data"]["tasks"]}["t123"] == 99
+    kept = {id(chunk) for chunk in first.body.chunks}
+    shared = [chunk for chunk in second.body.chunks if id(chunk) in kept]
+    assert len(second.body.chunks) > 4
+    assert sum(map(len, shared)) > second.body.length * 0.5  # most of the body is the first one's, by reference
