@@ -25,7 +25,7 @@ from service.query_service import QueryService
 from service.redis_source import RedisSource, create_client
 from service.refresher import Refresher, RefreshFailed
 from service.responses import ErrorCode, error
-from service.routes import routes
+from service.routes import EXCEPTION_HANDLERS, routes
 from service.scanner import Scanner
 from service.settings import Settings, SettingsError, load_settings
 from service.tracker import Tracker
@@ -102,7 +102,7 @@ def create_app(
         routes=routes,
         middleware=build_middleware(settings, metrics, limiter),
         lifespan=lifespan,
-        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error, **EXCEPTION_HANDLERS},
     )
     app.state.settings = settings
     app.state.source = pipeline.source

@@ -74,25 +74,15 @@ class RunningList:
         refresher: Refresher = state.refresher
         snapshot, live = refresher.fresh(), False
         if snapshot is None:  # stale, missing, or the cache is off: a live scan
-            try:
-                snapshot, live = await refresher.current()
-            except RefreshFailed as failure:
-                await error(failure.code)(scope, receive, send)
-                return
+            snapshot, live = await refresher.current()
         answer = _ready(scope, state, snapshot, live) or await _whole_snapshot(scope, state, snapshot, live)
         await send_chunks(scope, send, *answer)
 
     @staticmethod
     async def _query(request: Request, state: State) -> Response:
         queries: QueryService = state.queries
-        try:
-            query = queries.parse_running(request.query_params.multi_items())
-        except QueryError as exc:
-            return _bad_request(exc)
-        try:
-            snapshot, live = await state.refresher.current()
-        except RefreshFailed as failure:
-            return error(failure.code)
+        query = queries.parse_running(request.query_params.multi_items())
+        snapshot, live = await state.refresher.current()
         if query.is_default:  # parameters that change nothing (page=1 without pageSize, unknown ones)
             answer = await _whole_snapshot(request.scope, state, snapshot, live)
             return BodyResponse(answer.chunks, answer.headers, answer.status)
@@ -124,14 +114,8 @@ async def _whole_snapshot(scope: Scope, state: State, snapshot: Snapshot, live: 
 
 async def running_task(request: Request) -> Response:
     queries = _queries(request)
-    try:
-        projection = queries.parse_task(_params(request))
-    except QueryError as exc:
-        return _bad_request(exc)
-    try:
-        snapshot, live = await _refresher(request).current()
-    except RefreshFailed as failure:
-        return error(failure.code)
+    projection = queries.parse_task(_params(request))
+    snapshot, live = await _refresher(request).current()
     task_id = request.path_params["task_id"]
     rendered = queries.task(snapshot, task_id, projection)
     if rendered is None:
@@ -141,22 +125,13 @@ async def running_task(request: Request) -> Response:
 
 async def finished_tasks(request: Request) -> Response:
     queries = _queries(request)
-    try:
-        query = queries.parse_finished(_params(request))
-    except QueryError as exc:
-        return _bad_request(exc)
-    try:  # the history is as fresh as the snapshot: the same scan feeds both
-        snapshot, live = await _refresher(request).current()
-    except RefreshFailed as failure:
-        return error(failure.code)
+    query = queries.parse_finished(_params(request))
+    snapshot, live = await _refresher(request).current()  # the history is as fresh as the snapshot: one scan feeds both
     return _send(request, queries.finished(query), snapshot, live)
 
 
 async def task_stats(request: Request) -> Response:
-    try:
-        snapshot, live = await _refresher(request).current()
-    except RefreshFailed as failure:
-        return error(failure.code)
+    snapshot, live = await _refresher(request).current()
     return _send(request, _queries(request).stats(snapshot), snapshot, live)
 
 
@@ -175,8 +150,21 @@ def _send(request: Request, rendered: Rendered, snapshot: Snapshot, live: bool) 
     return Response(rendered.body, media_type="application/json", headers=headers)
 
 
-def _bad_request(exc: QueryError) -> Response:
+# The handlers leave two failures to these: a refused query parameter (400, naming it) and a scan that could not
+# give a snapshot (503/504/500, as RefreshFailed says).
+
+
+async def _bad_request(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, QueryError)
     return error(ErrorCode.BAD_REQUEST, f"{ErrorCode.BAD_REQUEST.message}: {exc}", data=exc.as_data())
+
+
+async def _refresh_failed(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RefreshFailed)
+    return error(exc.code)
+
+
+EXCEPTION_HANDLERS = {QueryError: _bad_request, RefreshFailed: _refresh_failed}
 
 
 async def cache_stats(request: Request) -> Response:
