@@ -198,13 +198,15 @@ def test_configure_logging_sends_everything_through_one_format() -> None:
 
 
 @pytest.mark.usefixtures("restore_logging")
-def test_configure_logging_plain_and_uvicorn_access_kept_when_ours_is_off() -> None:
+def test_configure_logging_plain_and_no_access_line_at_all_when_ours_is_off() -> None:
     stream = io.StringIO()
     configure_logging(settings_from_mapping({"logging": {"access_log": False}}), stream)
     logging.getLogger("service.refresher").debug("not at info level")
-    logging.getLogger("uvicorn.access").info("uvicorn's own access line")
-    assert stream.getvalue().splitlines()[0].endswith("INFO uvicorn.access: uvicorn's own access line")
-    assert len(stream.getvalue().splitlines()) == 1
+    logging.getLogger("uvicorn.access").info("uvicorn's own access line")  # not written instead of ours
+    logging.getLogger("uvicorn.error").info("Started server process")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1
+    assert lines[0].endswith("INFO uvicorn.error: Started server process")
 
 
 @pytest.mark.real_redis
@@ -306,13 +308,13 @@ async def test_access_lines_go_out_together_and_in_order_with_other_lines() -> N
 
 
 @pytest.mark.usefixtures("restore_logging")
-def test_our_access_line_switches_uvicorn_s_off_entirely() -> None:
+def test_uvicorn_s_access_logger_is_off_entirely_with_ours_on_or_off() -> None:
     configure_logging(settings_from_mapping({}), io.StringIO())
     # uvicorn formats its line's arguments whenever the logger has a handler up its chain, even when disabled
     assert not logging.getLogger("uvicorn.access").hasHandlers()
     configure_logging(settings_from_mapping({"logging": {"access_log": False}}), io.StringIO())
-    assert logging.getLogger("uvicorn.access").hasHandlers()
-    assert not logging.getLogger("uvicorn.access").disabled
+    assert not logging.getLogger("uvicorn.access").hasHandlers()
+    assert logging.getLogger("uvicorn.access").disabled
 
 
 def test_new_request_ids_are_distinct_uuids() -> None:
