@@ -100,7 +100,7 @@ def create_app(
         metrics.add_gauge("rate_limit_clients", "Clients whose rate-limit bucket is remembered.", lambda: len(limiter))
     app = Starlette(
         routes=routes,
-        middleware=build_middleware(settings, metrics, limiter),
+        middleware=build_middleware(settings, metrics, limiter, refresher),
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error, **EXCEPTION_HANDLERS},
     )

@@ -14,7 +14,9 @@ from service.access_log import REQUEST_ID_HEADER, accept_request_id, loggable_ta
 from service.auth import Authenticator
 from service.metrics import Metrics, route_template
 from service.ratelimit import RateLimiter
+from service.refresher import Refresher
 from service.responses import ErrorCode, error
+from service.routes import PollShortcut
 from service.security import AccessControl, header
 from service.settings import Settings
 
@@ -30,7 +32,9 @@ def build_limiter(settings: Settings) -> RateLimiter | None:
     return RateLimiter(limits.requests_per_second, limits.burst, limits.max_clients)
 
 
-def build_middleware(settings: Settings, metrics: Metrics, limiter: RateLimiter | None) -> list[Middleware]:
+def build_middleware(
+    settings: Settings, metrics: Metrics, limiter: RateLimiter | None, refresher: Refresher
+) -> list[Middleware]:
     """Every middleware is pure ASGI (none buffers a response), listed outermost first."""
     stack: list[Middleware] = []
     if settings.server.trusted_proxies:
@@ -55,6 +59,10 @@ def build_middleware(settings: Settings, metrics: Metrics, limiter: RateLimiter 
     if tokens or limiter is not None:
         authenticator = Authenticator(tokens) if tokens else None
         stack.append(Middleware(AccessControl, authenticator=authenticator, limiter=limiter))
+    # last: a poll of a fresh snapshot has passed every check above and needs nothing below
+    stack.append(
+        Middleware(PollShortcut, refresher=refresher, refresh_interval=settings.running_tasks.refresh_interval)
+    )
     return stack
 
 

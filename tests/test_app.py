@@ -264,6 +264,26 @@ async def test_the_job_starts_and_stops_with_the_lifespan() -> None:
     assert refresher.counters.refreshes_ok == refreshes  # nothing runs after shutdown
 
 
+async def test_the_lifespan_protocol_passes_through_every_middleware() -> None:
+    # what uvicorn does: a middleware that expected an HTTP scope would make it think lifespan is unsupported
+    client = fakeredis.FakeAsyncRedis()
+    await seed(client)
+    app = create_app(make_settings(), redis=client)
+    incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent: list[str] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message["type"])
+        if message["type"] == "lifespan.startup.complete":
+            assert app.state.refresher.snapshot is not None  # the first snapshot is there before any request
+
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
 async def test_health_and_readiness() -> None:
     client = fakeredis.FakeAsyncRedis()
     app = create_app(make_settings(), redis=client)

@@ -5,14 +5,17 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import time
+from typing import Any
 
 import fakeredis
 import httpx
 import orjson
 import pytest
+from starlette.types import Message, Receive, Scope, Send
 
 from service.app import create_app
 from service.delivery import cache_control, etag_matches, ready_answer
+from service.routes import PollShortcut
 from service.scanner import ScanStats
 from service.snapshot import build_snapshot
 from tests.conftest import make_settings, running_app
@@ -173,3 +176,52 @@ async def test_a_compressed_variant_not_yet_made_is_not_ready() -> None:
         assert ready_answer(snapshot, **{**ask, "if_none_match": snapshot.etag}) is not None  # a 304 needs nothing
         await snapshot.body.encoded("gzip")
         assert ready_answer(snapshot, **ask) is not None
+
+
+async def test_polls_of_a_fresh_snapshot_are_answered_before_routing() -> None:
+    client = await seeded()
+    app = create_app(make_settings(refresh_interval=30), redis=client)
+    passed_on: list[str] = []
+
+    async def routes(scope: Scope, receive: Receive, send: Send) -> None:
+        passed_on.append(f"{scope['type']} {scope.get('method')} {scope.get('path')}?{scope.get('query_string')!r}")
+
+    async with running_app(app) as http:
+        refresher = app.state.refresher
+        shortcut = PollShortcut(routes, refresher=refresher, refresh_interval=30)
+        etag = (await http.get(RUNNING)).headers["etag"]
+
+        async def call(method: str = "GET", path: str = RUNNING, **scope: Any) -> list[Message]:
+            sent: list[Message] = []
+
+            async def send(message: Message) -> None:
+                sent.append(message)
+
+            async def receive() -> Message:
+                return {"type": "http.request", "body": b""}
+
+            headers = scope.pop("headers", [])
+            full = {"type": "http", "method": method, "path": path, "query_string": b"", "headers": headers, **scope}
+            await shortcut(full, receive, send)
+            return sent
+
+        answered = [
+            await call(),
+            await call("HEAD"),
+            await call(headers=[(b"if-none-match", etag.encode())]),
+            await call(headers=[(b"accept-encoding", b"gzip")]),  # its variant is made on this first demand
+        ]
+        assert [messages[0]["status"] for messages in answered] == [200, 200, 304, 200]
+        assert dict(answered[3][0]["headers"])[b"content-encoding"] == b"gzip"
+        assert answered[1][1:] == [{"type": "http.response.body", "body": b""}]  # HEAD: no body
+        assert passed_on == []
+
+        await call(query_string=b"pageSize=5")
+        await call("POST")
+        await call(path=RUNNING + "/t1")
+        await call(root_path="/prefix", path="/prefix" + RUNNING)  # the router knows what the path means there
+        await shortcut({"type": "lifespan"}, None, None)  # type: ignore[arg-type]
+        refresher.snapshot = dataclasses.replace(refresher.snapshot, built_monotonic=-1000.0)  # stale: a live scan
+        await call()
+        assert len(passed_on) == 6
+        assert passed_on[-2:] == ["lifespan None None?None", f"http GET {RUNNING}?b''"]
