@@ -257,11 +257,13 @@ class Refresher:
 
     # -- what requests ask for -------------------------------------------------------------------------
 
-    def fresh(self) -> Snapshot | None:
-        """The snapshot, counted as served, when the cache is on and it is fresh; else None (`current()` scans)."""
+    def fresh(self, *, count: bool = True) -> Snapshot | None:
+        """The snapshot, counted as served unless `count` is false, when the cache is on and it is fresh; else
+        None (`current()` scans)."""
         snapshot = self.snapshot
         if self._settings.cache_enabled and snapshot is not None and snapshot.is_fresh(self._settings.cache_ttl):
-            self.counters.served_from_snapshot += 1
+            if count:
+                self.counters.served_from_snapshot += 1
             return snapshot
         return None
 

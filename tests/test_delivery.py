@@ -15,8 +15,9 @@ from starlette.types import Message, Receive, Scope, Send
 
 from service.app import create_app
 from service.delivery import cache_control, etag_matches, ready_answer
-from service.routes import PollShortcut
+from service.routes import Polls, PollShortcut
 from service.scanner import ScanStats
+from service.settings import settings_from_mapping
 from service.snapshot import build_snapshot
 from tests.conftest import make_settings, running_app
 
@@ -118,10 +119,18 @@ async def test_etag_matching() -> None:
     assert not etag_matches(snapshot, "")
 
 
-async def test_a_poll_and_a_query_that_changes_nothing_get_the_same_answer() -> None:
-    # polls take the endpoint's short way (no Request object); a query string takes the query API's way
+@pytest.mark.parametrize("rate_limit", [20, 0], ids=["checks-between", "nothing-between"])
+async def test_a_poll_and_a_query_that_changes_nothing_get_the_same_answer(rate_limit: int) -> None:
+    # Polls are answered before routing (by PollShortcut, or by the bookkeeping layer itself when no check
+    # stands between it and the routes); a query string takes the query API's way.
     client = await seeded()
-    async with running_app(create_app(make_settings(refresh_interval=30), redis=client)) as http:
+    settings = settings_from_mapping(
+        {"running_tasks": {"refresh_interval": 30}, "rate_limit": {"requests_per_second": rate_limit}}
+    )
+    app = create_app(settings, redis=client)
+    bookkeeping = app.user_middleware[0]
+    assert (bookkeeping.kwargs["polls"] is None) == bool(rate_limit)  # it answers polls itself when it can
+    async with running_app(app) as http:
         first = await http.get(RUNNING)
         cases: list[dict[str, str]] = [
             {},
@@ -138,6 +147,11 @@ async def test_a_poll_and_a_query_that_changes_nothing_get_the_same_answer() -> 
             for response in (query, head):
                 assert _comparable(response.headers) == _comparable(poll.headers), headers
                 assert response.headers["cache-control"].startswith("max-age="), headers
+        counters = app.state.refresher.counters
+        assert counters.served_from_snapshot == 1 + 3 * len(cases)  # each request counted once
+        assert counters.not_modified == 3 * 2
+        metrics = (await http.get("/metrics")).text
+        assert f'route="{RUNNING}",status="304"' in metrics and 'route="unmatched"' not in metrics
 
 
 def _comparable(headers: httpx.Headers) -> list[tuple[str, str]]:
@@ -188,7 +202,7 @@ async def test_polls_of_a_fresh_snapshot_are_answered_before_routing() -> None:
 
     async with running_app(app) as http:
         refresher = app.state.refresher
-        shortcut = PollShortcut(routes, refresher=refresher, refresh_interval=30)
+        shortcut = PollShortcut(routes, polls=Polls(refresher, 30))
         etag = (await http.get(RUNNING)).headers["etag"]
 
         async def call(method: str = "GET", path: str = RUNNING, **scope: Any) -> list[Message]:
