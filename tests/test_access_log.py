@@ -291,6 +291,31 @@ def test_access_lines_written_directly_are_the_lines_a_record_would_make(form: s
 
 @pytest.mark.anyio
 @pytest.mark.usefixtures("restore_logging")
+async def test_repeated_requests_share_their_words_and_any_difference_shows() -> None:
+    stream = io.StringIO()
+    configure_logging(settings_from_mapping({"logging": {"format": "json"}}), stream)
+    other_agent = {**_scope(), "headers": [(b"user-agent", b"curl/8.0")]}
+    scopes = [_scope(), _scope(), _scope(client="10.0.0.8"), other_agent, _scope(query=b"pageSize=5"), _scope("/x")]
+    for number, scope in enumerate(scopes):
+        write_access_line(scope, 200, 10, 0.0012345, f"id-{number}")
+    assert stream.getvalue() == ""  # kept until the write (within 50 ms, or before another line)
+    logging.getLogger("service.refresher").warning("flush")
+    lines = [orjson.loads(line) for line in stream.getvalue().splitlines()[:-1]]
+    seen = [(line["client"], line["user_agent"], line["path"], line["request_id"]) for line in lines]
+    assert seen == [
+        ("10.0.0.7", "dash/2.0", RUNNING, "id-0"),
+        ("10.0.0.7", "dash/2.0", RUNNING, "id-1"),
+        ("10.0.0.8", "dash/2.0", RUNNING, "id-2"),
+        ("10.0.0.7", "curl/8.0", RUNNING, "id-3"),
+        ("10.0.0.7", "dash/2.0", f"{RUNNING}?pageSize=5", "id-4"),
+        ("10.0.0.7", "dash/2.0", "/x", "id-5"),
+    ]
+    assert {line["duration_ms"] for line in lines} == {1.234}  # the JSON field: to the microsecond
+    assert lines[0]["message"].endswith(" 200 1.23ms 10B request_id=id-0")
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("restore_logging")
 async def test_access_lines_go_out_together_and_in_order_with_other_lines() -> None:
     stream = io.StringIO()
     configure_logging(settings_from_mapping({}), stream)
