@@ -6,11 +6,13 @@ import asyncio
 import io
 import logging
 import os
+import random
 import re
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from service.access_log import (
     PlainFormatter,
     accept_request_id,
     configure_logging,
+    format_time,
     loggable_target,
     request_id_var,
     write_access_line,
@@ -129,6 +132,17 @@ def test_plain_format() -> None:
         request_id_var.reset(token)
     assert other == "2026-11-28T00:00:00.123Z WARNING service.test: something happened request_id=r2"
     assert PlainFormatter().format(_record("outside a request")).endswith("outside a request")
+
+
+def test_log_times_are_datetime_s_to_the_millisecond() -> None:
+    # the milliseconds are rounded to the microsecond first, as datetime does: a float's .123 may be .1229999
+    rng = random.Random(7)
+    times = [1795824000.123, 1795824000.9999996, 1795824000.0004999, 1795824000.0]
+    times += [rng.uniform(1.7e9, 1.9e9) for _ in range(20_000)]
+    times += [round(rng.uniform(1.7e9, 1.9e9), 3) for _ in range(20_000)]
+    for created in times:
+        expected = datetime.fromtimestamp(created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        assert format_time(created) == expected, created
 
 
 def test_json_format() -> None:
