@@ -31,12 +31,13 @@ _BYTES_PER_YIELD = 2 * 1024 * 1024  # a response gives the event loop a turn aft
 class RenderedBody:
     """Immutable bytes in chunks; `encoded()` gives the compressed variants, each made once, single-flight."""
 
-    __slots__ = ("_encoded", "chunks", "length")
+    __slots__ = ("_encoded", "_made", "chunks", "length")
 
     def __init__(self, chunks: Sequence[bytes]) -> None:
         self.chunks = tuple(chunks)
         self.length = sum(len(chunk) for chunk in self.chunks)
         self._encoded: dict[str, asyncio.Future[RenderedBody]] = {}
+        self._made: dict[str, RenderedBody] = {}  # the variants made: what every compressed poll looks up
 
     def __len__(self) -> int:
         return self.length
@@ -49,10 +50,7 @@ class RenderedBody:
 
     def encoded_now(self, encoding: str) -> RenderedBody | None:
         """The variant compressed with `encoding` if it is made, without waiting; else None."""
-        future = self._encoded.get(encoding)
-        if future is None or not future.done() or future.cancelled() or future.exception() is not None:
-            return None
-        return future.result()
+        return self._made.get(encoding)
 
     async def encoded(self, encoding: str) -> RenderedBody:
         """This body compressed with `encoding` (one of ENCODINGS): made in a thread on first demand, then kept."""
@@ -64,7 +62,8 @@ class RenderedBody:
             future = asyncio.ensure_future(asyncio.to_thread(_gzip, self.chunks, self.length))
             self._encoded[encoding] = future
         # shield: a request that goes away must not cancel the work others wait for
-        return await asyncio.shield(future)
+        made = self._made[encoding] = await asyncio.shield(future)
+        return made
 
 
 def _gzip(chunks: tuple[bytes, ...], length: int) -> RenderedBody:
@@ -204,8 +203,8 @@ async def send_chunks(
     if scope["method"] == "HEAD":
         chunks = ()
     last = len(chunks) - 1
-    if last < 0:
-        await send({"type": "http.response.body", "body": b""})
+    if last <= 0:  # nearly every answer: no body (304, HEAD) or one chunk (up to ONE_CHUNK_BYTES)
+        await send({"type": "http.response.body", "body": chunks[0] if chunks else b""})
         return
     unyielded = 0
     for index, chunk in enumerate(chunks):

@@ -92,6 +92,19 @@ async def test_gzip_variant_is_made_once_and_shared() -> None:
         await body.encoded("compress")
 
 
+async def test_a_variant_whose_first_requester_went_away_is_ready_for_the_next() -> None:
+    body = await render(b"[", items(2000, 300), b",", b"]")
+    first = asyncio.ensure_future(body.encoded("gzip"))
+    await asyncio.sleep(0)  # the compression has started in its thread
+    first.cancel()  # the client that asked first is gone; the work goes on for the others
+    while not body._encoded["gzip"].done():
+        await asyncio.sleep(0.001)
+    assert body.encoded_now("gzip") is None  # done, but nobody took it yet: the next request does
+    made = await body.encoded("gzip")
+    assert body.encoded_now("gzip") is made  # and from then on every poll finds it without waiting
+    assert gzip.decompress(bytes(made)) == bytes(body)
+
+
 async def test_large_bodies_are_compressed_at_the_fast_level() -> None:
     body = RenderedBody([bytes(range(256)) * 8192])  # 2 MiB: over the small-body limit
     packed = bytes(await body.encoded("gzip"))
