@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import platform
 import statistics
@@ -36,7 +37,7 @@ from bench.processes import (
     service_env,
     start_redis_probe,
 )
-from bench.served import BARE_PATHS
+from bench.served import BARE_PATHS, SAME_HEADERS_PATHS
 from bench.table import Row, render_json, render_markdown, render_text
 
 RUNNING_PATH = "/codebase-embedder/api/v1/tasks/running"
@@ -155,13 +156,18 @@ def refresh_rows(loads: workload.Workloads, mode: Mode, placement: str) -> list[
 # -- 2, 3, 6. reads, conditional and compressed reads, memory ----------------------------------------------------
 
 
-def _bare(body: bytes, gzipped: bytes, directory: Path, name: str) -> Server:
-    plain, packed = directory / f"{name}.json", directory / f"{name}.json.gz"
+def _bare(
+    body: bytes, gzipped: bytes, directory: Path, name: str, sent: dict[str, dict[str, str]] | None = None
+) -> Server:
+    """The bare app serving these bytes; with `sent` (case -> the service's headers), also with those headers."""
+    plain, packed, headers = directory / f"{name}.json", directory / f"{name}.json.gz", directory / f"{name}.headers"
     plain.write_bytes(body)
     packed.write_bytes(gzipped)
-    return Server(
-        "bench.served:bare_app", {"BENCH_BODY": str(plain), "BENCH_BODY_GZIP": str(packed)}, BARE_PATHS["gzip"]
-    )
+    env = {"BENCH_BODY": str(plain), "BENCH_BODY_GZIP": str(packed)}
+    if sent is not None:
+        headers.write_text(json.dumps({case: list(items.items()) for case, items in sent.items()}))
+        env["BENCH_HEADERS"] = str(headers)
+    return Server("bench.served:bare_app", env, BARE_PATHS["gzip"])
 
 
 def _ratio_row(section: str, figure: str, ours: float, base: float, note: str = "") -> Row:
@@ -180,6 +186,31 @@ def _compare(mode: Mode, ours: tuple[str, dict[str, str]], base: tuple[str, dict
     return tuple(sorted(side, key=lambda load: load.rps)[len(side) // 2] for side in runs)  # type: ignore[return-value]
 
 
+def _same_headers_rows(mode: Mode, url: str, etag: str, bare: Server, label: str) -> list[Row]:
+    """The small answers again, against a bare endpoint sending the very bytes the service sent, headers
+    included (its ETag, cache headers, request id...): what the service's own work costs, apart from the cost
+    of the headers it must send."""
+    rows = []
+    cases = (
+        ("2", "cached read", {}, "identity"),
+        ("3", "304 Not Modified", {"If-None-Match": etag}, "not_modified"),
+        ("3", "gzip read", {"Accept-Encoding": "gzip"}, "gzip"),
+    )
+    for section, figure, headers, case in cases:
+        base_headers = {k: v for k, v in headers.items() if k == "Accept-Encoding"}
+        ours, base = _compare(mode, (url, headers), (bare.url(SAME_HEADERS_PATHS[case]), base_headers))
+        rows.append(
+            _ratio_row(
+                section,
+                f"{figure}, {label}, vs bare with the same headers",
+                ours.rps,
+                base.rps,
+                "baseline: a bare endpoint sending the same status, headers and body as the service",
+            )
+        )
+    return rows
+
+
 def read_rows(loads: workload.Workloads, mode: Mode, directory: Path) -> list[Row]:
     rows: list[Row] = []
     memory: Row | None = None
@@ -196,7 +227,10 @@ def read_rows(loads: workload.Workloads, mode: Mode, directory: Path) -> list[Ro
             etag = headers["etag"]
             _, gz_headers, gzipped = svc.get(RUNNING_PATH, {"Accept-Encoding": "gzip"})
             assert gz_headers.get("content-encoding") == "gzip"
-            with _bare(body, gzipped, directory, f"db{db}") as bare:
+            not_modified_status, not_modified_headers, _ = svc.get(RUNNING_PATH, {"If-None-Match": etag})
+            assert not_modified_status == 304, not_modified_status
+            sent = {"identity": headers, "gzip": gz_headers, "not_modified": not_modified_headers}
+            with _bare(body, gzipped, directory, f"db{db}", sent) as bare:
                 url = svc.url(RUNNING_PATH)
                 ours, base = _compare(mode, (url, {}), (bare.url(BARE_PATHS["identity"]), {}))
                 size = f"body {len(body):,} bytes; {ours.requests:,} vs {base.requests:,} requests by {ours.tool}"
@@ -223,6 +257,8 @@ def read_rows(loads: workload.Workloads, mode: Mode, directory: Path) -> list[Ro
                         "compressed once per snapshot",
                     )
                 )
+                if db == workload.SMALL_DB:
+                    rows += _same_headers_rows(mode, url, etag, bare, label)
             if db == workload.FULL_DB:
                 loaded = svc.rss_bytes()
                 values = loads.full.running_value_bytes

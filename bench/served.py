@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
@@ -23,6 +24,11 @@ from service.settings import load_settings
 # The watch wakes up this often; how late it wakes is how long the loop was busy with something else.
 _TICK = 0.002
 BARE_PATHS = {"identity": "/bare", "gzip": "/bare-gzip", "not_modified": "/bare-304"}
+# The same answers with the very headers the service sent (its ETag, cache headers, request id and the rest)
+SAME_HEADERS_PATHS = {case: f"{path}-same-headers" for case, path in BARE_PATHS.items()}
+# Headers the server or Starlette add to every response by themselves, and those of the connection (the bench's
+# urllib asked the service to close it)
+_ADDED_BY_THE_SERVER = frozenset({"date", "server", "content-length", "connection", "keep-alive", "transfer-encoding"})
 
 
 class LoopWatch:
@@ -121,10 +127,13 @@ def service_app() -> Starlette:
 
 
 def bare_app() -> Starlette:
-    """Returns $BENCH_BODY (and $BENCH_BODY_GZIP, gzip-encoded) as they are; a bare 304 at /bare-304."""
+    """Returns $BENCH_BODY (and $BENCH_BODY_GZIP, gzip-encoded) as they are; a bare 304 at /bare-304. With
+    $BENCH_HEADERS (a JSON file: case -> the service's response headers), the same three answers also at
+    SAME_HEADERS_PATHS, each with the headers the service sent for it: the same bytes on the wire."""
     body = Path(os.environ["BENCH_BODY"]).read_bytes()
     gzip_path = os.environ.get("BENCH_BODY_GZIP")
     gzipped = Path(gzip_path).read_bytes() if gzip_path else b""
+    routes = [_same_headers_route(case, sent, body, gzipped) for case, sent in _same_headers().items()]
 
     async def identity(request: Request) -> Response:
         return Response(body, media_type="application/json")
@@ -140,5 +149,26 @@ def bare_app() -> Starlette:
             Route(BARE_PATHS["identity"], identity, methods=["GET"]),
             Route(BARE_PATHS["gzip"], gzip, methods=["GET"]),
             Route(BARE_PATHS["not_modified"], not_modified, methods=["GET"]),
+            *routes,
         ]
     )
+
+
+def _same_headers() -> dict[str, list[tuple[str, str]]]:
+    path = os.environ.get("BENCH_HEADERS")
+    return (
+        {case: [tuple(h) for h in headers] for case, headers in json.loads(Path(path).read_text()).items()}
+        if path
+        else {}
+    )
+
+
+def _same_headers_route(case: str, sent: list[tuple[str, str]], body: bytes, gzipped: bytes) -> Route:
+    headers = {name: value for name, value in sent if name.lower() not in _ADDED_BY_THE_SERVER}
+    content = {"identity": body, "gzip": gzipped, "not_modified": b""}[case]
+    status = 304 if case == "not_modified" else 200
+
+    async def endpoint(request: Request) -> Response:
+        return Response(content, status_code=status, headers=headers)
+
+    return Route(SAME_HEADERS_PATHS[case], endpoint, methods=["GET"])
