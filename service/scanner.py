@@ -59,8 +59,14 @@ class Observation(NamedTuple):
 _Decoded = StoredTask | str | None
 _Memory = tuple[int, int, int, _Decoded]
 PageSink = Callable[[list[Observation]], None]
-# what the producer hands a worker: the service's clock when the keys were scanned, the keys as SCAN saw them
-_Batch = tuple[int, list[KeyMeta]]
+# A key as the producer hands it on, with its memory from the last scan when the value need not be read again
+_Planned = tuple[KeyMeta, "_Memory | None"]
+# What the producer hands a worker: the service's clock when the keys were scanned, the keys, and those of
+# them whose values must be read
+_Batch = tuple[int, list[_Planned], list[KeyMeta]]
+# Keys a worker gets at most, in units of scan_batch_size, when few of them need reading: the values to read
+# are gathered from up to this many pages' worth of keys into one fetch.
+_KEYS_PER_FETCH = 8
 
 
 async def _release(memory: dict[bytes, _Memory]) -> None:
@@ -126,21 +132,29 @@ class Scanner:
         try:
             async with asyncio.TaskGroup() as group:
                 for _ in range(workers):
-                    group.create_task(self._worker(queue, stats, decoded, sink, reuse))
-                await self._produce(queue, stats)
+                    group.create_task(self._worker(queue, stats, decoded, sink))
+                await self._produce(queue, stats, reuse)
                 for _ in range(workers):
                     await queue.put(None)
         except BaseExceptionGroup as failed:  # a worker failed: the others are cancelled; report its error
             raise failed.exceptions[0] from None
 
-    async def _produce(self, queue: asyncio.Queue[_Batch | None], stats: ScanStats) -> None:
+    async def _produce(
+        self, queue: asyncio.Queue[_Batch | None], stats: ScanStats, reuse: dict[bytes, _Memory] | None
+    ) -> None:
+        """SCAN, and hand the workers batches: `scan_batch_size` values to read, or up to _KEYS_PER_FETCH times
+        as many keys when most are unchanged. A value whose expiry is the one it had in the last scan is not
+        read: its memory is reused. After a refresh in which a few tasks changed here and there, their values
+        are read in a few full fetches, not in one small round trip per page."""
         batch = self._settings.scan_batch_size
+        most = batch * _KEYS_PER_FETCH
         seen: set[bytes] = set()
-        pending: list[KeyMeta] = []
+        plan: list[_Planned] = []
+        wanted: list[KeyMeta] = []
         async for page in self._source.scan_pages(self._settings.key_pattern, batch):
             stats.pages += 1
             for meta in page.metas():
-                key = meta.key
+                key, expire_at, _, _ = meta  # unpacked: cheaper than a named tuple's attributes, per key
                 if key in seen:
                     stats.duplicates += 1
                     continue
@@ -149,29 +163,6 @@ class Scanner:
                 if key == self._prefix:
                     stats.empty_id += 1
                     continue
-                pending.append(meta)
-            # SCAN pages with MATCH are often short: hand the workers full batches
-            while len(pending) >= batch:
-                await queue.put((self._clock(), pending[:batch]))
-                del pending[:batch]
-        if pending:
-            await queue.put((self._clock(), pending))
-
-    async def _worker(
-        self,
-        queue: asyncio.Queue[_Batch | None],
-        stats: ScanStats,
-        decoded: dict[bytes, _Memory],
-        sink: PageSink,
-        reuse: dict[bytes, _Memory] | None,
-    ) -> None:
-        while (batch := await queue.get()) is not None:
-            seen_ms, metas = batch
-            # A value whose expiry is the one it had in the last scan is not read: its memory is reused.
-            plan: list[tuple[KeyMeta, _Memory | None]] = []
-            wanted: list[KeyMeta] = []
-            for meta in metas:
-                key, expire_at, _, _ = meta  # unpacked: cheaper than a named tuple's attributes, per key
                 memory = reuse.get(key) if reuse is not None and expire_at > 0 else None
                 if memory is not None and memory[1] == expire_at:
                     plan.append((meta, memory))
@@ -179,6 +170,21 @@ class Scanner:
                     plan.append((meta, None))
                     if expire_at != MISSING and expire_at != WRONG_TYPE:
                         wanted.append(meta)
+                if len(wanted) >= batch or len(plan) >= most:
+                    await queue.put((self._clock(), plan, wanted))
+                    plan, wanted = [], []
+        if plan:
+            await queue.put((self._clock(), plan, wanted))
+
+    async def _worker(
+        self,
+        queue: asyncio.Queue[_Batch | None],
+        stats: ScanStats,
+        decoded: dict[bytes, _Memory],
+        sink: PageSink,
+    ) -> None:
+        while (batch := await queue.get()) is not None:
+            seen_ms, plan, wanted = batch
             values = dict(zip([meta.key for meta in wanted], await self._source.read(wanted), strict=True))
             stats.fetches += 1
             finished: list[Observation] | None = None if self._finished_sink is None else []

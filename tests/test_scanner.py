@@ -331,6 +331,44 @@ def test_only_values_whose_expiry_moved_are_read_again(redis_url: str) -> None:
     asyncio.run(main())
 
 
+class ReadCalls(RedisSource):
+    calls: list[int] = []  # keys per read call that asked for any
+
+    async def read(self, metas: list[KeyMeta]) -> list[bytes | None]:
+        if metas:
+            ReadCalls.calls.append(len(metas))
+        return await super().read(metas)
+
+
+@pytest.mark.real_redis
+def test_values_to_read_again_are_gathered_into_full_fetches(redis_url: str) -> None:
+    # 2,000 keys scanned 10 at a time; 30 of them rewritten, spread over the keyspace: a few fetches of up to
+    # 10 values (from up to 80 keys each), not one small fetch per page
+    async def main() -> None:
+        async with aioredis.Redis.from_url(redis_url) as client:
+            async with client.pipeline(transaction=False) as pipe:
+                for i in range(2000):
+                    pipe.set(f"request:id:t{i}", value(i % 100), ex=3600)
+                await pipe.execute()
+            scanner = scanner_for(client, ReadCalls, scan_batch_size=10)
+            ReadCalls.calls = []
+            cold, _ = await run_scan(scanner)
+            assert sum(ReadCalls.calls) == 2000 and max(ReadCalls.calls) <= 10  # cold: every value, by the batch
+            ReadCalls.calls = []
+            warm, _ = await run_scan(scanner)
+            assert ReadCalls.calls == [] and warm.values_reused == 2000 and warm.fetches <= 2000 // 80 + 1
+            for i in range(0, 2000, 67):
+                await client.set(f"request:id:t{i}", value(7, "running"), ex=3600)
+            ReadCalls.calls = []
+            changed, seen = await run_scan(scanner)
+        assert sum(ReadCalls.calls) == 30 and max(ReadCalls.calls) <= 10
+        assert len(ReadCalls.calls) <= 2000 // 80 + 1  # a fetch per 80 keys at most, not one per page (200)
+        assert (changed.decoded, changed.values_reused, changed.matched) == (30, 1970, 2000)
+        assert sorted(int(o.task.task_id[1:]) for o in seen if o.task.process == "running") == list(range(0, 2000, 67))
+
+    asyncio.run(main())
+
+
 def test_values_are_read_again_every_full_read_every_scans() -> None:
     async def main() -> None:
         client = fakeredis.FakeAsyncRedis()
