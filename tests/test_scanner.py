@@ -343,7 +343,7 @@ class ReadCalls(RedisSource):
 @pytest.mark.real_redis
 def test_values_to_read_again_are_gathered_into_full_fetches(redis_url: str) -> None:
     # 2,000 keys scanned 10 at a time; 30 of them rewritten, spread over the keyspace: a few fetches of up to
-    # 10 values (from up to 80 keys each), not one small fetch per page
+    # 10 values (from up to 40 keys each), not one small fetch per page
     async def main() -> None:
         async with aioredis.Redis.from_url(redis_url) as client:
             async with client.pipeline(transaction=False) as pipe:
@@ -356,13 +356,13 @@ def test_values_to_read_again_are_gathered_into_full_fetches(redis_url: str) -> 
             assert sum(ReadCalls.calls) == 2000 and max(ReadCalls.calls) <= 10  # cold: every value, by the batch
             ReadCalls.calls = []
             warm, _ = await run_scan(scanner)
-            assert ReadCalls.calls == [] and warm.values_reused == 2000 and warm.fetches <= 2000 // 80 + 1
+            assert ReadCalls.calls == [] and warm.values_reused == 2000 and warm.fetches <= 2000 // 40 + 1
             for i in range(0, 2000, 67):
                 await client.set(f"request:id:t{i}", value(7, "running"), ex=3600)
             ReadCalls.calls = []
             changed, seen = await run_scan(scanner)
         assert sum(ReadCalls.calls) == 30 and max(ReadCalls.calls) <= 10
-        assert len(ReadCalls.calls) <= 2000 // 80 + 1  # a fetch per 80 keys at most, not one per page (200)
+        assert len(ReadCalls.calls) <= 2000 // 40 + 1  # a fetch per 40 keys at most, not one per page (200)
         assert (changed.decoded, changed.values_reused, changed.matched) == (30, 1970, 2000)
         assert sorted(int(o.task.task_id[1:]) for o in seen if o.task.process == "running") == list(range(0, 2000, 67))
 
