@@ -98,8 +98,9 @@ class RunningList:
 class Polls:
     """Polls of the running list (GET or HEAD, no query string) while the snapshot is fresh, answered with what
     the snapshot prepared, with no Request, Response or routing: a poll cannot fail in a way Starlette's
-    exception layer would handle, and its route is known. Through uvicorn a whole 304 costs ~40 us, and those
-    layers were a sixth of it. `RunningList` gives a poll the same answer by the routes."""
+    exception layer would handle, and its route is known. Answered here, a 304 through uvicorn took 44 us of
+    server CPU instead of 72 (a bare Starlette 304: 40). `RunningList` gives a poll the same answer by the
+    routes."""
 
     def __init__(self, refresher: Refresher, refresh_interval: float) -> None:
         self._refresher = refresher
