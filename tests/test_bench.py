@@ -49,3 +49,20 @@ def test_quick_mode_prints_one_table_with_every_figure(redis_server: object, tmp
     assert markdown.count("\n| ") == len(rows) + 1  # the header row and one row per figure
     for row in rows:
         assert row["figure"] in result.stdout
+
+
+def test_read_cpu_prints_each_case_with_its_rate_and_cpu(redis_server: object) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.read_cpu", "--rounds", "1", "--seconds", "1", "--variant", "quiet=X:1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {line[:40].strip(): line[40:].split() for line in result.stdout.splitlines()[2:]}
+    cases = [f"{kind}, {side}" for kind in ("304", "gzip") for side in ("bare", "bare with the same headers")]
+    cases += [f"{kind}, {name}" for kind in ("304", "gzip") for name in ("service", "quiet")]
+    assert sorted(rows) == sorted(cases)
+    for rps, cpu in rows.values():
+        assert float(rps.replace(",", "")) > 0 and float(cpu) > 0  # measured, not asserted against a number
