@@ -299,11 +299,20 @@ def test_scan_pages_tell_each_key_s_expiry_and_length(redis_url: str) -> None:
 
 
 class ReadRecording(RedisSource):
-    read_keys: list[bytes] = []
+    calls: list[list[bytes]] = []  # the keys of each read that asked for any
 
     async def read(self, metas: list[KeyMeta]) -> list[bytes | None]:
-        ReadRecording.read_keys += [meta.key for meta in metas]
+        if metas:
+            ReadRecording.calls.append([meta.key for meta in metas])
         return await super().read(metas)
+
+    @staticmethod
+    def keys() -> list[bytes]:
+        return [key for call in ReadRecording.calls for key in call]
+
+    @staticmethod
+    def sizes() -> list[int]:
+        return [len(call) for call in ReadRecording.calls]
 
 
 @pytest.mark.real_redis
@@ -315,29 +324,21 @@ def test_only_values_whose_expiry_moved_are_read_again(redis_url: str) -> None:
             await client.set("request:id:no-ttl", value(2))
             await client.hset("request:id:hash", "process", "processing")
             scanner = scanner_for(client, ReadRecording)
+            ReadRecording.calls = []
             first, _ = await run_scan(scanner)
-            assert sorted(ReadRecording.read_keys) == [b"request:id:no-ttl", b"request:id:ttl", b"request:id:ttl-2"]
-            ReadRecording.read_keys = []
+            assert sorted(ReadRecording.keys()) == [b"request:id:no-ttl", b"request:id:ttl", b"request:id:ttl-2"]
+            ReadRecording.calls = []
             second, seen = await run_scan(scanner)
-            assert ReadRecording.read_keys == [b"request:id:no-ttl"]  # without an expiry: always read
+            assert ReadRecording.keys() == [b"request:id:no-ttl"]  # without an expiry: always read
             assert (second.values_reused, second.wrong_type, second.matched) == (2, 1, 3)
-            ReadRecording.read_keys = []
+            ReadRecording.calls = []
             await client.set("request:id:ttl", value(3), ex=3600)  # a producer rewrite moves the expiry
             third, seen = await run_scan(scanner)
-        assert sorted(ReadRecording.read_keys) == [b"request:id:no-ttl", b"request:id:ttl"]
+        assert sorted(ReadRecording.keys()) == [b"request:id:no-ttl", b"request:id:ttl"]
         assert {o.task.task_id: o.task.total_progress for o in seen} == {"ttl": 3, "ttl-2": 4, "no-ttl": 2}
         assert first.wrong_type == third.wrong_type == 1
 
     asyncio.run(main())
-
-
-class ReadCalls(RedisSource):
-    calls: list[int] = []  # keys per read call that asked for any
-
-    async def read(self, metas: list[KeyMeta]) -> list[bytes | None]:
-        if metas:
-            ReadCalls.calls.append(len(metas))
-        return await super().read(metas)
 
 
 @pytest.mark.real_redis
@@ -350,19 +351,21 @@ def test_values_to_read_again_are_gathered_into_full_fetches(redis_url: str) -> 
                 for i in range(2000):
                     pipe.set(f"request:id:t{i}", value(i % 100), ex=3600)
                 await pipe.execute()
-            scanner = scanner_for(client, ReadCalls, scan_batch_size=10)
-            ReadCalls.calls = []
+            scanner = scanner_for(client, ReadRecording, scan_batch_size=10)
+            ReadRecording.calls = []
             cold, _ = await run_scan(scanner)
-            assert sum(ReadCalls.calls) == 2000 and max(ReadCalls.calls) <= 10  # cold: every value, by the batch
-            ReadCalls.calls = []
+            assert (
+                sum(ReadRecording.sizes()) == 2000 and max(ReadRecording.sizes()) <= 10
+            )  # cold: every value, by the batch
+            ReadRecording.calls = []
             warm, _ = await run_scan(scanner)
-            assert ReadCalls.calls == [] and warm.values_reused == 2000 and warm.fetches <= 2000 // 40 + 1
+            assert ReadRecording.calls == [] and warm.values_reused == 2000 and warm.fetches <= 2000 // 40 + 1
             for i in range(0, 2000, 67):
                 await client.set(f"request:id:t{i}", value(7, "running"), ex=3600)
-            ReadCalls.calls = []
+            ReadRecording.calls = []
             changed, seen = await run_scan(scanner)
-        assert sum(ReadCalls.calls) == 30 and max(ReadCalls.calls) <= 10
-        assert len(ReadCalls.calls) <= 2000 // 40 + 1  # a fetch per 40 keys at most, not one per page (200)
+        assert sum(ReadRecording.sizes()) == 30 and max(ReadRecording.sizes()) <= 10
+        assert len(ReadRecording.calls) <= 2000 // 40 + 1  # a fetch per 40 keys at most, not one per page (200)
         assert (changed.decoded, changed.values_reused, changed.matched) == (30, 1970, 2000)
         assert sorted(int(o.task.task_id[1:]) for o in seen if o.task.process == "running") == list(range(0, 2000, 67))
 
