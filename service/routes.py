@@ -77,10 +77,7 @@ class RunningList:
         snapshot, live = refresher.fresh(), False
         if snapshot is None:  # stale, missing, or the cache is off: a live scan
             snapshot, live = await refresher.current()
-        answer = _ready(scope, refresher, interval, snapshot, live) or await _whole_snapshot(
-            scope, refresher, interval, snapshot, live
-        )
-        await send_chunks(scope, send, *answer)
+        await send_chunks(scope, send, *await _whole_snapshot(scope, refresher, interval, snapshot, live))
 
     @staticmethod
     async def _query(request: Request, state: State) -> Response:
