@@ -4,7 +4,7 @@ fetches that skip unchanged values and are bounded in bytes."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
@@ -135,15 +135,46 @@ class RedisSource:
     async def ping(self) -> bool:
         return bool(await self.client.ping())
 
-    async def scan_pages(self, pattern: str, count: int) -> AsyncIterator[ScanPage]:
-        """Each SCAN page with each key's expiry time and length, in one round trip per page."""
-        cursor, match, batch = b"0", pattern.encode(), b"%d" % count
-        while True:
-            reply = await self._scan_call(cursor, match, batch)
-            cursor = reply[0]
-            yield ScanPage(int(reply[1]), reply[2::3], reply[3::3], reply[4::3])
-            if cursor == b"0":
-                return
+    async def scan_pages(self, pattern: str, count: int) -> AsyncGenerator[ScanPage, None]:
+        """Each SCAN page with each key's expiry time and length, in one round trip per page.
+
+        The first call goes through the client (which loads the script into a Redis that lacks it); the next ones
+        go over one connection of the pool, each sent before the page before it is handed on, so that Redis
+        walks the next page while this process handles the last: one call in flight at most, never a pipeline.
+        Close the iterator (`aclosing`) when leaving it early: that drops the connection of a call in flight."""
+        match, batch = pattern.encode(), b"%d" % count
+        reply = await self._scan_call(b"0", match, batch)
+        pool = self.client.connection_pool
+        connection: Any = None
+        in_flight = False
+        try:
+            while True:
+                cursor = reply[0]
+                if cursor != b"0":
+                    if connection is None:
+                        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+                    await self._send_scan(connection, cursor, match, batch)
+                    in_flight = True
+                yield ScanPage(int(reply[1]), reply[2::3], reply[3::3], reply[4::3])
+                if not in_flight:
+                    return
+                try:
+                    reply = await connection.read_response()
+                except redis.exceptions.NoScriptError:  # the scripts were flushed since the first page
+                    await self.client.script_load(_SCAN_LUA)
+                    await self._send_scan(connection, cursor, match, batch)
+                    reply = await connection.read_response()
+                in_flight = False
+        finally:
+            if connection is not None:
+                if in_flight:  # left early, or failed: a reply that nobody will read must not reach the next user
+                    await connection.disconnect()
+                await pool.release(connection)
+
+    async def _send_scan(self, connection: Any, cursor: bytes, match: bytes, batch: bytes) -> None:
+        # returns once the call is written: the client sends through a task of its own, awaited
+        packed = _pack((b"EVALSHA", self._scan_sha.encode(), b"0", cursor, match, batch))
+        await connection.send_packed_command(packed, check_health=False)
 
     async def read(self, metas: list[KeyMeta]) -> list[bytes | None]:
         """The values of the keys of `metas`, in order (None: expired since SCAN, or of another type by now).

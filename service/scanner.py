@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -153,28 +154,29 @@ class Scanner:
         seen: set[bytes] = set()
         plan: list[_Planned] = []
         wanted: list[KeyMeta] = []
-        async for page in self._source.scan_pages(self._settings.key_pattern, batch):
-            stats.pages += 1
-            for meta in page.metas():
-                key, expire_at, _, _ = meta  # unpacked: cheaper than a named tuple's attributes, per key
-                if key in seen:
-                    stats.duplicates += 1
-                    continue
-                seen.add(key)
-                stats.keys_scanned += 1
-                if key == self._prefix:
-                    stats.empty_id += 1
-                    continue
-                memory = reuse.get(key) if reuse is not None and expire_at > 0 else None
-                if memory is not None and memory[1] == expire_at:
-                    plan.append((meta, memory))
-                else:
-                    plan.append((meta, None))
-                    if expire_at != MISSING and expire_at != WRONG_TYPE:
-                        wanted.append(meta)
-                if len(wanted) >= batch or len(plan) >= most:
-                    await queue.put((self._clock(), plan, wanted))
-                    plan, wanted = [], []
+        async with aclosing(self._source.scan_pages(self._settings.key_pattern, batch)) as pages:
+            async for page in pages:
+                stats.pages += 1
+                for meta in page.metas():
+                    key, expire_at, _, _ = meta  # unpacked: cheaper than a named tuple's attributes, per key
+                    if key in seen:
+                        stats.duplicates += 1
+                        continue
+                    seen.add(key)
+                    stats.keys_scanned += 1
+                    if key == self._prefix:
+                        stats.empty_id += 1
+                        continue
+                    memory = reuse.get(key) if reuse is not None and expire_at > 0 else None
+                    if memory is not None and memory[1] == expire_at:
+                        plan.append((meta, memory))
+                    else:
+                        plan.append((meta, None))
+                        if expire_at != MISSING and expire_at != WRONG_TYPE:
+                            wanted.append(meta)
+                    if len(wanted) >= batch or len(plan) >= most:
+                        await queue.put((self._clock(), plan, wanted))
+                        plan, wanted = [], []
         if plan:
             await queue.put((self._clock(), plan, wanted))
 

@@ -4,6 +4,7 @@ import asyncio
 import shutil
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import fakeredis
@@ -502,6 +503,77 @@ def test_fetch_loads_its_script_again_after_a_script_flush(redis_url: str) -> No
             assert await source.read(await scanned(source, [b"request:id:a"])) == [value(5)]
             await client.script_flush()  # as after a Redis restart
             assert await source.read(await scanned(source, [b"request:id:a"])) == [value(5)]
+
+    asyncio.run(main())
+
+
+async def evalsha_calls(client: aioredis.Redis) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def fill(client: aioredis.Redis, count: int) -> None:
+    async with client.pipeline(transaction=False) as pipe:
+        for i in range(count):
+            pipe.set(f"request:id:t{i}", value(i % 100), ex=3600)
+        await pipe.execute()
+
+
+@pytest.mark.real_redis
+def test_the_next_page_is_asked_for_before_a_page_is_handed_on(redis_url: str) -> None:
+    # Redis walks page n+1 while page n is handled: when a page is handed on, its successor's call is already
+    # sent (and, after a pause, answered), and never more than that one.
+    async def main() -> None:
+        async with aioredis.Redis.from_url(redis_url) as client, aioredis.Redis.from_url(redis_url) as watcher:
+            await fill(client, 1500)
+            source = RedisSource(client, fetch_max_bytes=1024)
+            await watcher.config_resetstat()
+            handed, calls_seen, keys = 0, [], set()
+            async with aclosing(source.scan_pages("request:id:*", 100)) as pages:
+                async for page in pages:
+                    handed += 1
+                    keys.update(page.keys)
+                    await asyncio.sleep(0.02)
+                    calls_seen.append(await evalsha_calls(watcher))
+        assert handed > 5 and len(keys) == 1500
+        assert calls_seen[:-1] == [n + 1 for n in range(1, handed)]  # one call ahead ...
+        assert calls_seen[-1] == handed  # ... and none after the last page (cursor 0)
+
+    asyncio.run(main())
+
+
+@pytest.mark.real_redis
+def test_leaving_the_pages_early_leaves_no_reply_behind(redis_url: str) -> None:
+    async def main() -> None:
+        async with aioredis.Redis.from_url(redis_url, max_connections=1) as client:
+            await fill(client, 1000)
+            source = RedisSource(client, fetch_max_bytes=1024)
+            async with aclosing(source.scan_pages("request:id:*", 50)) as pages:
+                async for _ in pages:
+                    break  # the second page's call is in flight here
+            # one connection in the pool: had the unread reply stayed on it, these would read it
+            assert await client.ping() is True
+            assert await client.get("request:id:t7") == value(7)
+            metas = await scanned(source, [b"request:id:t%d" % i for i in range(1000)])
+            assert all(meta.expire_at > 0 for meta in metas)  # a whole scan again, every key found
+
+    asyncio.run(main())
+
+
+@pytest.mark.real_redis
+def test_a_script_flush_between_pages_does_not_lose_a_page(redis_url: str) -> None:
+    async def main() -> None:
+        async with aioredis.Redis.from_url(redis_url) as client:
+            await fill(client, 1000)
+            source = RedisSource(client, fetch_max_bytes=1024)
+            keys: set[bytes] = set()
+            pages = 0
+            async for page in source.scan_pages("request:id:*", 50):
+                pages += 1
+                keys.update(page.keys)
+                if pages in (1, 3):
+                    await client.script_flush()  # as after a failover; the call in flight already ran
+        assert pages > 4 and len(keys) == 1000
 
     asyncio.run(main())
 
