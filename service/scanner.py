@@ -27,7 +27,7 @@ class ScanStats:
     started_ms: int = 0
     duration_ms: float = 0.0
     pages: int = 0  # SCAN replies
-    fetches: int = 0  # batches of keys handed to the workers
+    fetches: int = 0  # batches of values the workers read
     keys_scanned: int = 0  # distinct keys SCAN returned
     duplicates: int = 0  # keys SCAN returned again within the same scan
     values_fetched: int = 0  # values present: read, or known unchanged without reading them (values_reused)
@@ -60,16 +60,9 @@ class Observation(NamedTuple):
 _Decoded = StoredTask | str | None
 _Memory = tuple[int, int, int, _Decoded]
 PageSink = Callable[[list[Observation]], None]
-# A key as the producer hands it on, with its memory from the last scan when the value need not be read again
-_Planned = tuple[KeyMeta, "_Memory | None"]
-# What the producer hands a worker: the service's clock when the keys were scanned, the keys, and those of
-# them whose values must be read
-_Batch = tuple[int, list[_Planned], list[KeyMeta]]
-# Keys a worker gets at most, in units of scan_batch_size, when few of them need reading: the values to read
-# are gathered from up to this many pages' worth of keys into one fetch. 8 made more event-loop steps of
-# 10-20 ms while refreshes ran back to back (30 against 13 over the bench's responsiveness run) for no
-# measurable gain over 4.
-_KEYS_PER_FETCH = 4
+# What the producer hands a worker: keys whose values must be read, each with the service's clock when its page
+# was scanned
+_Batch = list[tuple[KeyMeta, int]]
 
 
 async def _release(memory: dict[bytes, _Memory]) -> None:
@@ -136,49 +129,72 @@ class Scanner:
             async with asyncio.TaskGroup() as group:
                 for _ in range(workers):
                     group.create_task(self._worker(queue, stats, decoded, sink))
-                await self._produce(queue, stats, reuse)
+                await self._produce(queue, stats, decoded, sink, reuse)
                 for _ in range(workers):
                     await queue.put(None)
         except BaseExceptionGroup as failed:  # a worker failed: the others are cancelled; report its error
             raise failed.exceptions[0] from None
 
     async def _produce(
-        self, queue: asyncio.Queue[_Batch | None], stats: ScanStats, reuse: dict[bytes, _Memory] | None
+        self,
+        queue: asyncio.Queue[_Batch | None],
+        stats: ScanStats,
+        decoded: dict[bytes, _Memory],
+        sink: PageSink,
+        reuse: dict[bytes, _Memory] | None,
     ) -> None:
-        """SCAN, and hand the workers batches: `scan_batch_size` values to read, or up to _KEYS_PER_FETCH times
-        as many keys when most are unchanged. A value whose expiry is the one it had in the last scan is not
-        read: its memory is reused. After a refresh in which a few tasks changed here and there, their values
-        are read in a few full fetches, not in one small round trip per page."""
+        """SCAN; settle here every key whose value need not be read, and hand the others to the workers.
+
+        A value with the expiry it had in the last scan is the one remembered: its memory is reused and its
+        running task goes to `sink` with the page. Keys gone or of another type are counted. The values to read
+        go to the workers in fetches of `scan_batch_size`, gathered across pages: after a refresh in which a few
+        tasks changed here and there, they are read in a few full fetches, not in a small one per page. A page's
+        work is done between two SCAN replies, while Redis walks the next page (`scan_pages` asks for it first):
+        a warm refresh takes about as long as the chain of SCAN calls itself."""
         batch = self._settings.scan_batch_size
-        most = batch * _KEYS_PER_FETCH
+        prefix = self._prefix
         seen: set[bytes] = set()
-        plan: list[_Planned] = []
-        wanted: list[KeyMeta] = []
+        wanted: _Batch = []
         async with aclosing(self._source.scan_pages(self._settings.key_pattern, batch)) as pages:
             async for page in pages:
                 stats.pages += 1
+                seen_ms = self._clock()
+                running: list[Observation] = []
                 for meta in page.metas():
-                    key, expire_at, _, _ = meta  # unpacked: cheaper than a named tuple's attributes, per key
+                    key, expire_at, _, pttl = meta  # unpacked: cheaper than a named tuple's attributes, per key
                     if key in seen:
                         stats.duplicates += 1
                         continue
                     seen.add(key)
                     stats.keys_scanned += 1
-                    if key == self._prefix:
+                    if key == prefix:
                         stats.empty_id += 1
-                        continue
-                    memory = reuse.get(key) if reuse is not None and expire_at > 0 else None
-                    if memory is not None and memory[1] == expire_at:
-                        plan.append((meta, memory))
+                    elif expire_at == MISSING:  # expired or deleted between SCAN and its lookups
+                        stats.expired += 1
+                    elif expire_at == WRONG_TYPE:
+                        stats.wrong_type += 1
+                        stats.malformed += 1
+                    elif reuse is None or expire_at < 0 or (memory := reuse.get(key)) is None or memory[1] != expire_at:
+                        wanted.append((meta, seen_ms))
+                        if len(wanted) >= batch:
+                            await queue.put(wanted)
+                            wanted = []
                     else:
-                        plan.append((meta, None))
-                        if expire_at != MISSING and expire_at != WRONG_TYPE:
-                            wanted.append(meta)
-                    if len(wanted) >= batch or len(plan) >= most:
-                        await queue.put((self._clock(), plan, wanted))
-                        plan, wanted = [], []
-        if plan:
-            await queue.put((self._clock(), plan, wanted))
+                        decoded[key] = memory
+                        stats.values_fetched += 1
+                        stats.values_reused += 1
+                        entry = memory[3]
+                        if entry is None:
+                            stats.malformed += 1
+                        elif isinstance(entry, str):
+                            stats.finished += 1
+                        else:
+                            stats.matched += 1
+                            running.append(Observation(entry, memory[0], pttl, seen_ms))
+                if running:
+                    sink(running)
+        if wanted:
+            await queue.put(wanted)
 
     async def _worker(
         self,
@@ -188,72 +204,53 @@ class Scanner:
         sink: PageSink,
     ) -> None:
         while (batch := await queue.get()) is not None:
-            seen_ms, plan, wanted = batch
-            values = dict(zip([meta.key for meta in wanted], await self._source.read(wanted), strict=True))
+            values = await self._source.read([meta for meta, _ in batch])
             stats.fetches += 1
             finished: list[Observation] | None = None if self._finished_sink is None else []
-            sink(list(self._decode_page(plan, values, seen_ms, stats, decoded, finished)))
+            sink(list(self._decode_fetched(batch, values, stats, decoded, finished)))
             if finished and self._finished_sink is not None:
                 self._finished_sink(finished)
-            if not wanted:
-                # Nothing was read, so nothing was awaited: without a turn here a worker would take batch after
-                # batch off a full queue in one step of the event loop (up to 160 pages' worth of keys).
-                await asyncio.sleep(0)
 
-    def _decode_page(
+    def _decode_fetched(
         self,
-        plan: Iterable[tuple[KeyMeta, _Memory | None]],
-        values: dict[bytes, bytes | None],
-        seen_ms: int,
+        batch: _Batch,
+        values: list[bytes | None],
         stats: ScanStats,
         decoded: dict[bytes, _Memory],
         finished: list[Observation] | None,
     ) -> Iterable[Observation]:
         plen = len(self._prefix)
         previous = self._decoded
-        for meta, reused in plan:
+        for (meta, seen_ms), value in zip(batch, values, strict=True):
             key, expire_at, size, pttl = meta
-            if reused is not None:
-                decoded[key] = reused
-                stats.values_fetched += 1
-                stats.values_reused += 1
-                fingerprint, entry = reused[0], reused[3]
-            elif (value := values.get(key)) is None:
-                if expire_at == WRONG_TYPE:
-                    stats.wrong_type += 1
-                    stats.malformed += 1
-                else:  # gone before SCAN looked at it, or before the value was read
-                    stats.expired += 1
+            if value is None:  # gone since SCAN looked at it, or replaced by a key of another type
+                stats.expired += 1
                 continue
+            stats.values_fetched += 1
+            stats.bytes_fetched += len(value)
+            try:
+                task_id = key[plen:].decode()
+            except UnicodeDecodeError:
+                stats.malformed += 1
+                continue
+            fingerprint = hash(value)
+            known = previous.get(key)
+            if known is not None and known[0] == fingerprint:
+                entry = known[3]
+                # The same memory object when nothing moved: a full read then leaves no new objects for the
+                # cyclic collector, whose first pass after the scan walked 100,000 fresh tuples (40 ms).
+                decoded[key] = known if known[1] == expire_at else (fingerprint, expire_at, size, entry)
             else:
-                stats.values_fetched += 1
-                stats.bytes_fetched += len(value)
-                try:
-                    task_id = key[plen:].decode()
-                except UnicodeDecodeError:
-                    stats.malformed += 1
-                    continue
-                fingerprint = hash(value)
-                known = previous.get(key)
-                if known is not None and known[0] == fingerprint:
-                    entry = known[3]
-                    # The same memory object when nothing moved: a full read then leaves no new objects for the
-                    # cyclic collector, whose first pass after the scan walked 100,000 fresh tuples (40 ms).
-                    if known[1] == expire_at:
-                        decoded[key] = known
-                    else:
-                        decoded[key] = (fingerprint, expire_at, size, entry)
+                stored = self._decode(task_id, value)
+                stats.decoded += 1
+                if stored is None or stored.process in self._running:
+                    entry = stored
                 else:
-                    stored = self._decode(task_id, value)
-                    stats.decoded += 1
-                    if stored is None or stored.process in self._running:
-                        entry = stored
-                    else:
-                        entry = stored.process
-                        # a task that just finished always has a changed value, so it is reported from here, once
-                        if finished is not None:
-                            finished.append(Observation(stored, fingerprint, pttl, seen_ms))
-                    decoded[key] = (fingerprint, expire_at, size, entry)
+                    entry = stored.process
+                    # a task that just finished always has a changed value, so it is reported from here, once
+                    if finished is not None:
+                        finished.append(Observation(stored, fingerprint, pttl, seen_ms))
+                decoded[key] = (fingerprint, expire_at, size, entry)
             if entry is None:
                 stats.malformed += 1
             elif isinstance(entry, str):

@@ -124,6 +124,41 @@ def test_unchanged_values_are_not_decoded_again() -> None:
     asyncio.run(main())
 
 
+class PageRecording(RedisSource):
+    pages: list[list[bytes]] = []
+
+    async def scan_pages(self, pattern: str, count: int) -> AsyncIterator[ScanPage]:
+        async for page in super().scan_pages(pattern, count):
+            PageRecording.pages.append(page.keys)
+            yield page
+
+
+def test_each_task_carries_the_time_its_page_was_scanned() -> None:
+    # Values to read are gathered across pages into one fetch; each task still carries its own page's time, from
+    # which its write time is derived (the TTL), not the time of the fetch.
+    async def main() -> None:
+        client = fakeredis.FakeAsyncRedis()
+        for i in range(40):
+            await client.set(f"request:id:t{i}", value(i), ex=3600)
+        ticks = iter(range(1_000_000, 10_000_000, 1000))
+        rt = make_settings(scan_batch_size=4).running_tasks
+        scanner = Scanner(PageRecording(client, fetch_max_bytes=rt.fetch_max_bytes), rt, clock=lambda: next(ticks))
+        for rewrite in (False, True):
+            if rewrite:
+                for i in (3, 17, 29):  # read again, in one fetch, from pages far apart
+                    await client.set(f"request:id:t{i}", value(i + 1), ex=3600)
+            PageRecording.pages = []
+            before = next(ticks)
+            stats, seen = await run_scan(scanner)
+            page_time = {key: before + 2000 + 1000 * n for n, keys in enumerate(PageRecording.pages) for key in keys}
+            assert len(seen) == 40 and len(PageRecording.pages) > 5
+            assert {o.seen_ms for o in seen} == set(page_time.values())
+            assert all(o.seen_ms == page_time[f"request:id:{o.task.task_id}".encode()] for o in seen)
+        assert stats.decoded == 3 and stats.fetches == 1
+
+    asyncio.run(main())
+
+
 async def scanned(source: RedisSource, keys: list[bytes]) -> list[KeyMeta]:
     """`keys` as a full scan of the source sees them; a key no page has is MISSING (gone since SCAN)."""
     found = {meta.key: meta async for page in source.scan_pages("request:id:*", 1000) for meta in page.metas()}
