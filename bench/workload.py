@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -80,6 +82,24 @@ async def touch_running(url: str, ids: frozenset[str], fraction: float, seed: in
                     if value is not None:
                         pipe.set(key, _bump(value), ex=key_ttl)  # a rewrite resets the TTL, as the producer's SET EX
                 await pipe.execute()
+    return len(chosen)
+
+
+async def rewrite_running(
+    client: aioredis.Redis, ids: Sequence[str], fraction: float, seed: int, seconds: float, key_ttl: int = 3600
+) -> int:
+    """Rewrite `fraction` of the running tasks over `seconds` as the embedder does: for one task at a time, GET,
+    modify, SET EX (no batches, no pipelines: those would hold Redis far longer than any of its writes do)."""
+    chosen = random.Random(seed).sample(ids, round(len(ids) * fraction))
+    started = time.monotonic()
+    for index, task_id in enumerate(chosen):
+        key = f"request:id:{task_id}"
+        value = await client.get(key)
+        if isinstance(value, bytes):
+            await client.set(key, _bump(value), ex=key_ttl)
+        ahead = started + seconds * (index + 1) / len(chosen) - time.monotonic()
+        if ahead > 0:
+            await asyncio.sleep(ahead)
     return len(chosen)
 
 
