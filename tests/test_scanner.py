@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -120,6 +121,38 @@ def test_unchanged_values_are_not_decoded_again() -> None:
         assert second.decoded == 1  # only the value that changed
         check_stats(second, EXPECTED_MIXED)  # unchanged malformed values still count as malformed
         assert {o.task.task_id: o.task.total_progress for o in seen}["run-1"] == 20
+
+    asyncio.run(main())
+
+
+def test_a_worker_gives_the_loop_a_turn_between_slices_of_a_large_fetch(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Values decoded in one step are bounded in bytes: a fetch of large values does not hold the event loop.
+    import service.scanner as scanner_module
+
+    async def main() -> None:
+        client = fakeredis.FakeAsyncRedis()
+        for i in range(20):
+            await client.set(f"request:id:t{i}", value(i, files=40), ex=3600)
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0)
+                ticks += 1
+
+        steps: list[tuple[int, int]] = []  # (loop turns so far, tasks handed over in the step)
+        monkeypatch.setattr(scanner_module, "_DECODE_BYTES_PER_STEP", 3 * len(value(0, files=40)))
+        scanner = scanner_for(client, scan_batch_size=20, worker_count=1)
+        background = asyncio.create_task(ticker())
+        try:
+            stats = await scanner.scan(lambda page: steps.append((ticks, len(page))))
+        finally:
+            background.cancel()
+        assert stats.matched == 20 and stats.fetches == 1
+        assert [n for _, n in steps] == [3] * 6 + [2]  # 3 values a step, the last 2
+        turns = [t for t, _ in steps]
+        assert all(later > earlier for earlier, later in itertools.pairwise(turns))  # the loop ran between steps
 
     asyncio.run(main())
 
