@@ -68,6 +68,18 @@ _Batch = list[tuple[KeyMeta, int]]
 _DECODE_BYTES_PER_STEP = 512 * 1024
 
 
+def _counted(entry: _Decoded, stats: ScanStats) -> StoredTask | None:
+    """Count what a value turned out to be; the task when it is a running one."""
+    if entry is None:
+        stats.malformed += 1
+    elif isinstance(entry, str):
+        stats.finished += 1
+    else:
+        stats.matched += 1
+        return entry
+    return None
+
+
 async def _release(memory: dict[bytes, _Memory]) -> None:
     # Dropping a memory of 100,000 keys at once holds the event loop for ~20 ms: drop it in slices.
     while memory:
@@ -186,14 +198,8 @@ class Scanner:
                         decoded[key] = memory
                         stats.values_fetched += 1
                         stats.values_reused += 1
-                        entry = memory[3]
-                        if entry is None:
-                            stats.malformed += 1
-                        elif isinstance(entry, str):
-                            stats.finished += 1
-                        else:
-                            stats.matched += 1
-                            running.append(Observation(entry, memory[0], pttl, seen_ms))
+                        if (task := _counted(memory[3], stats)) is not None:
+                            running.append(Observation(task, memory[0], pttl, seen_ms))
                 if running:
                     sink(running)
         if wanted:
@@ -264,13 +270,8 @@ class Scanner:
                     if finished is not None:
                         finished.append(Observation(stored, fingerprint, pttl, seen_ms))
                 decoded[key] = (fingerprint, expire_at, size, entry)
-            if entry is None:
-                stats.malformed += 1
-            elif isinstance(entry, str):
-                stats.finished += 1
-            else:
-                stats.matched += 1
-                yield Observation(entry, fingerprint, pttl, seen_ms)
+            if (task := _counted(entry, stats)) is not None:
+                yield Observation(task, fingerprint, pttl, seen_ms)
 
     def _decode(self, task_id: str, value: bytes) -> StoredTask | None:
         try:
