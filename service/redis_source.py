@@ -172,7 +172,8 @@ class RedisSource:
                 await pool.release(connection)
 
     async def _send_scan(self, connection: Any, cursor: bytes, match: bytes, batch: bytes) -> None:
-        # returns once the call is written: the client sends through a task of its own, awaited
+        # send_packed_command returns once the call is written to the socket (which client.evalsha does only two
+        # loop turns after it is started: too late to overlap anything)
         packed = _pack((b"EVALSHA", self._scan_sha.encode(), b"0", cursor, match, batch))
         await connection.send_packed_command(packed, check_health=False)
 
