@@ -66,3 +66,20 @@ def test_read_cpu_prints_each_case_with_its_rate_and_cpu(redis_server: object) -
     assert sorted(rows) == sorted(cases)
     for rps, cpu in rows.values():
         assert float(rps.replace(",", "")) > 0 and float(cpu) > 0  # measured, not asserted against a number
+
+
+@pytest.mark.parametrize(
+    ("ratio", "target", "shown"),
+    [
+        (0.8953, "at least 0.9", "0.895"),  # not "0.90" beside "NO"
+        (0.9312, "at least 0.9", "0.93"),
+        (1.5004, "at most 1.5", "1.5004"),
+        (1.4996, "at most 1.5", "1.50"),  # met, and shown so
+        (2.999, "below 3", "2.999"),
+    ],
+)
+def test_a_ratio_is_never_shown_on_the_wrong_side_of_its_target(ratio: float, target: str, shown: str) -> None:
+    from bench.__main__ import _AT_LEAST_0_9, _AT_MOST_1_5, _BELOW_3, _shown
+
+    met = {"at least 0.9": _AT_LEAST_0_9, "at most 1.5": _AT_MOST_1_5, "below 3": _BELOW_3}[target]
+    assert _shown(ratio, met) == shown
