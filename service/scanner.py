@@ -215,20 +215,18 @@ class Scanner:
         while (batch := await queue.get()) is not None:
             values = await self._source.read([meta for meta, _ in batch])
             stats.fetches += 1
-            start = 0
-            while start < len(batch):
+            start = size = 0
+            for end, value in enumerate(values, 1):  # slices of up to _DECODE_BYTES_PER_STEP (at least one value)
+                size += len(value or b"")
+                if size < _DECODE_BYTES_PER_STEP and end < len(values):
+                    continue
                 if start:
-                    await asyncio.sleep(0)
-                # values up to _DECODE_BYTES_PER_STEP in one step (at least one value)
-                end, size = start + 1, len(values[start] or b"")
-                while end < len(batch) and size < _DECODE_BYTES_PER_STEP:
-                    size += len(values[end] or b"")
-                    end += 1
+                    await asyncio.sleep(0)  # a turn for the loop between two slices
                 finished: list[Observation] | None = None if self._finished_sink is None else []
                 sink(list(self._decode_fetched(batch[start:end], values[start:end], stats, decoded, finished)))
                 if finished and self._finished_sink is not None:
                     self._finished_sink(finished)
-                start = end
+                start, size = end, 0
 
     def _decode_fetched(
         self,
