@@ -9,6 +9,7 @@ import bisect
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+import msgspec
 import orjson
 
 from service.scanner import Observation
@@ -19,8 +20,7 @@ from service.tasks import StoredTask, format_time
 _TTL_JITTER_MS = 1000
 
 
-@dataclass(frozen=True, slots=True)
-class TaskView:
+class TaskView(msgspec.Struct, frozen=True, gc=False):
     """One running task as served: its fields, and its JSON rendered once, when it changed."""
 
     task_id: str
