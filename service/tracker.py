@@ -139,13 +139,15 @@ class Tracker:
         # 10-17 ms with 60,000 tasks.
         self._unseen: dict[str, _State] = {}
         self._scan = 0
-        self._finished: dict[str, Observation] = {}  # tracked tasks this scan read in a finished status
+        # tracked tasks read in a finished status since the last complete scan (failed ones included)
+        self._finished: dict[str, Observation] = {}
 
     def begin_scan(self) -> None:
         self._merge_added()  # an earlier scan that failed may have left some
         self._scan += 1
         self._unseen = self._states.copy()
-        self._finished = {}  # what a failed scan saw is seen again: its values were not remembered as decoded
+        # `_finished` is kept: a failed scan's decoded values are remembered, so the next scan does not report
+        # them again; end_scan of a complete scan uses and clears it
 
     def observe(self, observations: Iterable[Observation]) -> None:
         """Take in one page of running tasks as soon as it is decoded."""

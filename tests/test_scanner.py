@@ -485,6 +485,57 @@ def test_scan_over_budget_is_abandoned(own_redis_server: RedisServerProcess) -> 
 
 
 @pytest.mark.real_redis
+@pytest.mark.parametrize("failure", ["timeout", "connection lost"])
+def test_a_failed_scan_keeps_what_it_decoded_for_the_next_one(redis_url: str, failure: str) -> None:
+    # A first scan that needs longer than max_scan_time must not start from nothing at every attempt.
+    class FailsOnThirdRead(RedisSource):
+        reads = 0
+
+        async def read(self, metas: list[KeyMeta]) -> list[bytes | None]:
+            FailsOnThirdRead.reads += 1
+            if FailsOnThirdRead.reads == 3:
+                if failure == "timeout":
+                    await asyncio.Event().wait()  # never answers: the scan's budget runs out
+                raise redis.exceptions.ConnectionError("lost mid-scan")
+            return await super().read(metas)
+
+    async def main() -> None:
+        async with aioredis.Redis.from_url(redis_url) as client:
+            for i in range(300):
+                await client.set(f"request:id:t{i:03d}", value(i % 100), ex=3600)
+            scanner = scanner_for(client, FailsOnThirdRead, scan_batch_size=50, worker_count=1, max_scan_time=1000)
+            expected = ScanTimeout if failure == "timeout" else redis.exceptions.ConnectionError
+            with pytest.raises(expected):
+                await run_scan(scanner)
+            stats, seen = await run_scan(scanner)
+            assert (stats.values_reused, stats.decoded, stats.matched) == (100, 200, 300)
+            assert sorted(o.task.task_id for o in seen) == [f"t{i:03d}" for i in range(300)]
+
+    asyncio.run(main())
+
+
+def test_the_budget_holds_when_a_cancellation_is_lost_on_the_way() -> None:
+    # On Python 3.11, redis-py's send (asyncio.wait_for) can swallow the cancellation of asyncio.timeout
+    # (CPython gh-86296): the scan must still stop at its next page.
+    class LosesCancellations(RedisSource):
+        async def scan_pages(self, pattern: str, count: int) -> AsyncIterator[ScanPage]:
+            for i in range(1000):
+                try:
+                    await asyncio.sleep(0.005)
+                except asyncio.CancelledError:
+                    pass  # lost, as wait_for loses it when the call it wraps has just finished
+                yield ScanPage(0, [b"request:id:t%d" % i], [MISSING], [0])
+
+    async def main() -> None:
+        scanner = scanner_for(fakeredis.FakeAsyncRedis(), LosesCancellations, max_scan_time=100)
+        with pytest.raises(ScanTimeout):
+            await run_scan(scanner)
+        assert scanner.current is not None and scanner.current.pages < 1000
+
+    asyncio.run(main())
+
+
+@pytest.mark.real_redis
 def test_a_hung_redis_times_out(own_redis_server: RedisServerProcess) -> None:
     async def main() -> None:
         async with aioredis.Redis.from_url(own_redis_server.url, socket_timeout=0.2) as client:

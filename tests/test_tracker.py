@@ -234,16 +234,18 @@ def test_departures_say_why_a_task_left() -> None:
     assert gone.end_ms == gone.last_seen_ms == T0 + 2000
 
 
-def test_a_failed_scan_forgets_what_it_saw_finish() -> None:
+def test_what_a_failed_scan_saw_finish_is_kept_for_the_next_complete_scan() -> None:
     tracker = Tracker(producer_key_ttl=0)
     got = departures_of(tracker)
     scan(tracker, obs(task("a", 50), T0))
     tracker.begin_scan()  # this scan fails after reading "a" finished: end_scan is never called
     tracker.observe_finished([obs(task("a", 100, process="failed"), T0 + 1000)])
     assert got == []
-    tracker.begin_scan()  # the next scan does not read it finished again (say, the key was then deleted)
+    tracker.begin_scan()  # the next scan does not decode that value again (the scanner remembers it)
     assert tracker.end_scan() == ["a"]
-    assert got[0].final is None
+    assert got[0].final is not None and got[0].final.process == "failed"
+    scan(tracker)  # and a complete scan clears it
+    assert len(got) == 1
 
 
 def test_a_task_that_reappears_is_a_new_run() -> None:
