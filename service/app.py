@@ -81,11 +81,16 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if rt.cache_enabled:
-            # The first snapshot before the first request; a Redis that is down only delays it to the job.
+            # The first snapshot before the first request; a Redis that is down, or a first scan over its budget,
+            # only delays it to the job (which goes on from what the failed scan decoded).
             try:
                 await refresher.refresh("startup")
             except RefreshFailed as failure:
-                logger.warning("no snapshot at startup (%s); serving errors until Redis answers", failure.detail)
+                logger.warning(
+                    "no snapshot at startup (%s); serving errors until a refresh succeeds (every %g s)",
+                    failure.detail,
+                    rt.refresh_interval,
+                )
             refresher.start()
         try:
             yield
