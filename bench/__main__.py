@@ -313,10 +313,11 @@ def read_rows(loads: workload.Workloads, mode: Mode, directory: Path) -> list[Ro
         if db == workload.FULL_DB:
             with Server("bench.served:service_app", service_env(loads.url(db)), "/readyz") as svc:
                 etag = svc.get(RUNNING_PATH, {"If-None-Match": '"none"'})[1]["etag"]
+                before = svc.get_json("/bench/loop")
                 busy = closed_loop(
                     svc.url(RUNNING_PATH), mode.load_seconds * mode.rounds, headers={"If-None-Match": etag}
                 )
-                last = svc.get_json("/bench/loop")["last"] or {}
+                after = svc.get_json("/bench/loop")
                 changed = svc.get(RUNNING_PATH, {"If-None-Match": etag})[0] != 304
             rows.append(
                 Row(
@@ -327,13 +328,26 @@ def read_rows(loads: workload.Workloads, mode: Mode, directory: Path) -> list[Ro
                     "—",
                     "—",
                     None,
-                    f"the default interval: refreshes ({last.get('durationMs', 0):,.0f} ms each) share "
-                    "the service's core with the reads"
+                    "the default interval: refreshes share the service's core with the reads; during the row: "
+                    + _refreshes(before, after)
                     + ("; the snapshot changed during the row: the later answers were 200s" if changed else ""),
                 )
             )
     assert memory is not None
     return [*rows, memory]
+
+
+def _refreshes(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """What the service's refresh job did between two looks at /bench/loop, failures included: a refresh over
+    max_scan_time is abandoned, and a row measured meanwhile must say so."""
+    done, failed = after["refreshes"] - before["refreshes"], after["failed"] - before["failed"]
+    last = after["last"] or {}
+    text = f"{done} refreshes done"
+    if failed:
+        text += f", {failed} failed"
+    if last.get("error"):
+        return f"{text}; the last failed after {last.get('durationMs', 0):,.0f} ms: {last['error']}"
+    return f"{text}; the last took {last.get('durationMs', 0):,.0f} ms, {last.get('decoded', 0):,} decoded"
 
 
 # -- 4, 5. responsive during back-to-back refreshes, gentle on Redis ------------------------------------------
@@ -388,7 +402,7 @@ def steady_rows(loads: workload.Workloads, mode: Mode) -> list[Row]:
     with Server("bench.served:service_app", env, "/readyz") as svc, _producer(url, loads.full.running_ids, 0.01):
         _say("steady load: 200 req/s during back-to-back refreshes")
         svc.get_json("/bench/loop")  # reset the watch
-        before = svc.get_json("/bench/loop")["refreshes"]
+        before = svc.get_json("/bench/loop")
         steady = fixed_rate(svc.url(RUNNING_PATH), 200, seconds)
         loop = svc.get_json("/bench/loop")
         _say("redis probe: during back-to-back refreshes")
@@ -398,8 +412,6 @@ def steady_rows(loads: workload.Workloads, mode: Mode) -> list[Row]:
         busy_probe = _json(probe.communicate(timeout=seconds + 60)[0])
         server_side = _latencystats(url)
         after = svc.get_json("/bench/loop")
-        refreshes = after["refreshes"] - before
-        last = after["last"] or {}
     worst_cmd = max(((v, k) for k, v in server_side.items() if k != "config|resetstat"), default=(0.0, "—"))
     statuses = ", ".join(f"{n} x {s}" for s, n in sorted(steady["statuses"].items()))
     return [
@@ -411,8 +423,7 @@ def steady_rows(loads: workload.Workloads, mode: Mode) -> list[Row]:
             "—",
             "< 20 ms",
             loop["loop"]["max_ms"] < 20,
-            f"{refreshes} refreshes in {2 * seconds:.0f} s (last {last.get('durationMs', 0):,.0f} ms, "
-            f"{last.get('decoded', 0):,} decoded), 1 % of running tasks rewritten per second; "
+            f"in {2 * seconds:.0f} s: {_refreshes(before, after)}; 1 % of running tasks rewritten per second; "
             f"loop p99 lateness {loop['loop']['p99_ms']:.1f} ms",
         ),
         Row(

@@ -117,6 +117,7 @@ def service_app() -> Starlette:
             {
                 "loop": watch.take(),
                 "refreshes": refresher.counters.refreshes_ok,
+                "failed": refresher.counters.refreshes_failed,
                 "last": refresher.stats()["lastRefresh"],
             }
         )
