@@ -125,8 +125,8 @@ class Scanner:
         # writer that keeps the TTL (SET KEEPTTL, SETRANGE) is noticed within a bounded time.
         full_read = self._scans % self._settings.full_read_every == 0 or not self._decoded
         reuse = None if full_read else self._decoded
-        budget = asyncio.timeout(self._settings.max_scan_time / 1000)
-        self._deadline = budget.when() or 0.0
+        self._deadline = asyncio.get_running_loop().time() + self._settings.max_scan_time / 1000
+        budget = asyncio.timeout_at(self._deadline)
         try:
             async with budget:
                 await self._run(stats, decoded, sink, reuse)
