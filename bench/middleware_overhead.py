@@ -18,10 +18,10 @@ from typing import Any
 
 import fakeredis
 
-from service.access_log import configure_logging
-from service.app import create_app
+from service.devtools.simulator import Simulator
+from service.http.access_log import configure_logging
+from service.http.app import create_app
 from service.settings import settings_from_mapping
-from service.simulator import Simulator
 
 TOKEN = "bench-token-0123456789abcdef"
 RUNNING = "/codebase-embedder/api/v1/tasks/running"

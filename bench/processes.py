@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.embedded import free_port
+from service.devtools.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 # On a machine with two cores or more, the server under test gets one core and the load generators another, so

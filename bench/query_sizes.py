@@ -23,10 +23,10 @@ import httpx
 import redis.asyncio as aioredis
 import uvicorn
 
-from service.app import create_app
-from service.embedded import RedisServerProcess, free_port
+from service.devtools.embedded import RedisServerProcess, free_port
+from service.devtools.simulator import build_workload
+from service.http.app import create_app
 from service.settings import settings_from_mapping
-from service.simulator import build_workload
 
 RUNNING = "/codebase-embedder/api/v1/tasks/running"
 API = "/codebase-embedder/api/v1/tasks"

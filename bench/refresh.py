@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import redis
 
-from service.redis_source import RedisSource, create_client
-from service.refresher import Refresher
-from service.scanner import Scanner
+from service.domain.tracker import Tracker
 from service.settings import Settings, settings_from_mapping
-from service.tracker import Tracker
+from service.snapshot.refresher import Refresher
+from service.source.redis_source import RedisSource, create_client
+from service.source.scanner import Scanner
 
 RUNNING = frozenset(("pending", "processing", "running"))
 

@@ -17,8 +17,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.access_log import configure_logging
-from service.app import create_app
+from service.http.access_log import configure_logging
+from service.http.app import create_app
 from service.settings import load_settings
 
 # The watch wakes up this often; how late it wakes is how long the loop was busy with something else.

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from service.embedded import RedisServerProcess
-from service.simulator import WorkloadSummary, build_workload
+from service.devtools.embedded import RedisServerProcess
+from service.devtools.simulator import WorkloadSummary, build_workload
 
 KEY_PATTERN = "request:id:*"
 FULL_DB = 0  # the workload (or the quick mode's smaller one)

@@ -13,12 +13,12 @@ from collections.abc import Sequence
 import redis.asyncio as aioredis
 import uvicorn
 
-from service.refresher import RefreshFailed
-from service.responses import ErrorCode
-from service.scanner import ScanStats
+from service.domain.tasks import format_time
+from service.http.envelope import ErrorCode
 from service.settings import Settings, SettingsError, load_settings, redact_url
-from service.snapshot import Snapshot
-from service.tasks import format_time
+from service.snapshot.refresher import RefreshFailed
+from service.snapshot.snapshot import Snapshot
+from service.source.scanner import ScanStats
 
 logger = logging.getLogger("service.cli")
 
@@ -40,8 +40,8 @@ def _settings(args: argparse.Namespace, **running_tasks: object) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from service.access_log import configure_logging
-    from service.app import create_app
+    from service.http.access_log import configure_logging
+    from service.http.app import create_app
 
     settings = _settings(args)
     configure_logging(settings)
@@ -100,7 +100,7 @@ def _progress_line(stats: ScanStats, elapsed: float) -> str:
 
 
 async def _scan(args: argparse.Namespace, settings: Settings) -> Snapshot:
-    from service.app import build_pipeline
+    from service.http.app import build_pipeline
 
     client = aioredis.Redis.from_url(
         settings.redis.url,
@@ -153,7 +153,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 async def _simulate(args: argparse.Namespace) -> None:
-    from service.simulator import Simulator
+    from service.devtools.simulator import Simulator
 
     client = aioredis.Redis.from_url(args.redis_url)
     simulator = Simulator(args.seed, key_ttl=args.key_ttl, files=args.files)
@@ -188,7 +188,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from service.demo import run_demo
+    from service.devtools.demo import run_demo
 
     return run_demo(host=args.host, port=args.port, tasks=args.tasks, seed=args.seed, redis_kind=args.redis)
 

@@ -13,7 +13,7 @@ import pytest
 import redis
 from starlette.applications import Starlette
 
-from service.embedded import RedisServerProcess
+from service.devtools.embedded import RedisServerProcess
 from service.settings import Settings, settings_from_mapping
 
 

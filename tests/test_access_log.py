@@ -21,7 +21,8 @@ import httpx
 import orjson
 import pytest
 
-from service.access_log import (
+from service.devtools.embedded import free_port
+from service.http.access_log import (
     JsonFormatter,
     PlainFormatter,
     accept_request_id,
@@ -31,8 +32,7 @@ from service.access_log import (
     request_id_var,
     write_access_line,
 )
-from service.app import create_app
-from service.embedded import free_port
+from service.http.app import create_app
 from service.settings import settings_from_mapping
 from tests.conftest import running_app
 
@@ -198,14 +198,14 @@ def test_configure_logging_sends_everything_through_one_format() -> None:
     stream = io.StringIO()
     settings = settings_from_mapping({"logging": {"format": "json"}, "server": {"log_level": "debug"}})
     configure_logging(settings, stream)
-    logging.getLogger("service.refresher").debug("refresh %d done", 3)
+    logging.getLogger("service.snapshot.refresher").debug("refresh %d done", 3)
     logging.getLogger("uvicorn.error").info("Started server process")
     logging.getLogger("uvicorn.access").info("uvicorn's own access line")
     logging.getLogger("apscheduler").info("library chatter below warning")
     logging.getLogger("apscheduler").warning("library warning")
     lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
     assert [(d["logger"], d["message"]) for d in lines] == [
-        ("service.refresher", "refresh 3 done"),
+        ("service.snapshot.refresher", "refresh 3 done"),
         ("uvicorn.error", "Started server process"),
         ("apscheduler", "library warning"),
     ]
@@ -215,7 +215,7 @@ def test_configure_logging_sends_everything_through_one_format() -> None:
 def test_configure_logging_plain_and_no_access_line_at_all_when_ours_is_off() -> None:
     stream = io.StringIO()
     configure_logging(settings_from_mapping({"logging": {"access_log": False}}), stream)
-    logging.getLogger("service.refresher").debug("not at info level")
+    logging.getLogger("service.snapshot.refresher").debug("not at info level")
     logging.getLogger("uvicorn.access").info("uvicorn's own access line")  # not written instead of ours
     logging.getLogger("uvicorn.error").info("Started server process")
     lines = stream.getvalue().splitlines()
@@ -313,7 +313,7 @@ async def test_repeated_requests_share_their_words_and_any_difference_shows() ->
     for number, scope in enumerate(scopes):
         write_access_line(scope, 200, 10, 0.0012345, f"id-{number}")
     assert stream.getvalue() == ""  # kept until the write (within 50 ms, or before another line)
-    logging.getLogger("service.refresher").warning("flush")
+    logging.getLogger("service.snapshot.refresher").warning("flush")
     lines = [orjson.loads(line) for line in stream.getvalue().splitlines()[:-1]]
     seen = [(line["client"], line["user_agent"], line["path"], line["request_id"]) for line in lines]
     assert seen == [
@@ -336,7 +336,7 @@ async def test_access_lines_go_out_together_and_in_order_with_other_lines() -> N
     for number in range(3):
         write_access_line(_scope(f"/a{number}"), 200, 10, 0.001, f"id-{number}")
     assert stream.getvalue() == ""  # waiting for the end of the loop iteration
-    logging.getLogger("service.refresher").warning("a record flushes the lines before it")
+    logging.getLogger("service.snapshot.refresher").warning("a record flushes the lines before it")
     write_access_line(_scope("/after"), 200, 10, 0.001, "id-after")
     lines = stream.getvalue().splitlines()
     assert [line.split('"')[1] for line in lines[:3]] == ["GET /a0", "GET /a1", "GET /a2"]

@@ -12,7 +12,7 @@ import orjson
 import pytest
 import redis.exceptions
 
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import settings_from_mapping
 from tests.conftest import make_settings, running_app
 

@@ -6,8 +6,8 @@ import hmac
 
 import pytest
 
-from service import auth
-from service.auth import Authenticator, bearer_token
+from service.http import auth
+from service.http.auth import Authenticator, bearer_token
 
 TOKEN_A = "tok-A-0123456789abcdef"
 TOKEN_B = "tok-B-0123456789abcdef"

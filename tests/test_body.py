@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.body import (
+from service.snapshot.body import (
     CHUNK_BYTES,
     OWN_CHUNK_BYTES,
     BodyResponse,

@@ -18,9 +18,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from service.app import create_app
-from service.embedded import free_port
-from service.simulator import Simulator, build_workload
+from service.devtools.embedded import free_port
+from service.devtools.simulator import Simulator, build_workload
+from service.http.app import create_app
 from tests.conftest import make_settings, running_app
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,12 +13,12 @@ import orjson
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
-from service.app import create_app
-from service.delivery import cache_control, etag_matches, ready_answer
-from service.routes import Polls, PollShortcut
-from service.scanner import ScanStats
+from service.http.app import create_app
+from service.http.delivery import cache_control, etag_matches, ready_answer
+from service.http.routes import Polls, PollShortcut
 from service.settings import settings_from_mapping
-from service.snapshot import build_snapshot
+from service.snapshot.snapshot import build_snapshot
+from service.source.scanner import ScanStats
 from tests.conftest import make_settings, running_app
 
 RUNNING = "/codebase-embedder/api/v1/tasks/running"

@@ -15,8 +15,8 @@ import httpx
 import pytest
 import redis
 
-from service.app import create_app
-from service.embedded import RedisServerProcess, free_port
+from service.devtools.embedded import RedisServerProcess, free_port
+from service.http.app import create_app
 from tests.conftest import make_settings, running_app
 
 RUNNING = "/codebase-embedder/api/v1/tasks/running"

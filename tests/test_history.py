@@ -10,8 +10,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from service.app import create_app
-from service.history import (
+from service.domain.history import (
     FinishedQuery,
     History,
     outcome_of,
@@ -19,11 +18,12 @@ from service.history import (
     render_finished,
     select_finished,
 )
-from service.query import Paging, QueryError
-from service.redis_source import KeyMeta, RedisSource
-from service.scanner import Scanner
-from service.tasks import StoredTask, format_time
-from service.tracker import Departure, TaskView, Tracker
+from service.domain.tasks import StoredTask, format_time
+from service.domain.tracker import Departure, TaskView, Tracker
+from service.http.app import create_app
+from service.query.running import Paging, QueryError
+from service.source.redis_source import KeyMeta, RedisSource
+from service.source.scanner import Scanner
 from tests.conftest import make_settings, running_app
 
 T0 = 1_795_000_000_000

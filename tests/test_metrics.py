@@ -16,11 +16,11 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from prometheus_client.parser import text_string_to_metric_families
 
-from service import refresher as refresher_module
-from service.app import create_app
-from service.metrics import _RequestCollector
+from service.devtools.simulator import Simulator, build_workload
+from service.http.app import create_app
+from service.http.metrics import _RequestCollector
 from service.settings import settings_from_mapping
-from service.simulator import Simulator, build_workload
+from service.snapshot import refresher as refresher_module
 from tests.conftest import make_settings, running_app
 
 pytestmark = pytest.mark.anyio

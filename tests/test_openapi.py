@@ -23,15 +23,15 @@ from hypothesis import HealthCheck, settings
 from openapi_spec_validator import validate
 from starlette.routing import Route
 
-from service import security
-from service.app import create_app
-from service.embedded import RedisServerProcess, free_port
-from service.history import DEFAULT_FINISHED_PAGE_SIZE, OUTCOME_ALIASES, OUTCOMES
-from service.openapi import OPERATIONS, Access, build_document
-from service.query import BASE_FIELDS, DEFAULT_PAGE_SIZE, parse_instant
+from service.devtools.embedded import RedisServerProcess, free_port
+from service.devtools.simulator import SimTask, Simulator, build_workload
+from service.domain.history import DEFAULT_FINISHED_PAGE_SIZE, OUTCOME_ALIASES, OUTCOMES
+from service.domain.tasks import parse_time
+from service.http import security
+from service.http.app import create_app
+from service.http.openapi import OPERATIONS, Access, build_document
+from service.query.running import BASE_FIELDS, DEFAULT_PAGE_SIZE, parse_instant
 from service.settings import Settings, settings_from_mapping
-from service.simulator import SimTask, Simulator, build_workload
-from service.tasks import parse_time
 
 TOKEN = "fuzz-token-0123456789abcdef"
 FUZZ_SETTINGS: dict[str, Any] = {

@@ -7,7 +7,9 @@ from typing import Any
 import orjson
 import pytest
 
-from service.query import (
+from service.domain.tasks import format_time
+from service.domain.tracker import TaskView, render_head
+from service.query.running import (
     BASE_FIELDS,
     Paging,
     Projection,
@@ -20,8 +22,6 @@ from service.query import (
     render_task,
     select,
 )
-from service.tasks import format_time
-from service.tracker import TaskView, render_head
 
 T0 = 1_795_000_000_000
 STATUSES = ("pending", "processing", "running")

@@ -16,9 +16,9 @@ import pytest
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
 
-from service.app import create_app
-from service.simulator import build_workload
-from service.tasks import format_time, parse_time
+from service.devtools.simulator import build_workload
+from service.domain.tasks import format_time, parse_time
+from service.http.app import create_app
 from tests.conftest import make_settings, running_app
 from tests.test_app import Broken
 

@@ -4,11 +4,11 @@ import asyncio
 
 import orjson
 
-from service.history import History, parse_finished_query
-from service.query import Projection
-from service.query_service import QueryService
-from service.scanner import ScanStats
-from service.snapshot import Snapshot, build_snapshot
+from service.domain.history import History, parse_finished_query
+from service.query.answers import QueryService
+from service.query.running import Projection
+from service.snapshot.snapshot import Snapshot, build_snapshot
+from service.source.scanner import ScanStats
 from tests.conftest import make_settings
 from tests.test_history import departed
 from tests.test_query import T0, make_view, params, sample

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.ratelimit import RateLimiter
+from service.http.ratelimit import RateLimiter
 
 
 class Clock:

@@ -13,10 +13,10 @@ import orjson
 import pytest
 import redis.exceptions
 
-from service import refresher as refresher_module
-from service.app import build_pipeline, create_app
-from service.refresher import Refresher, RefreshRecord
-from service.responses import ErrorCode
+from service.http.app import build_pipeline, create_app
+from service.http.envelope import ErrorCode
+from service.snapshot import refresher as refresher_module
+from service.snapshot.refresher import Refresher, RefreshRecord
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.anyio
@@ -65,7 +65,7 @@ async def test_a_failing_listener_does_not_break_the_refresh(caplog: pytest.LogC
         raise RuntimeError("observer bug")
 
     refresher.listeners.append(broken)
-    with caplog.at_level(logging.ERROR, logger="service.refresher"):
+    with caplog.at_level(logging.ERROR, logger="service.snapshot.refresher"):
         snapshot = await refresher.refresh()
     assert len(snapshot.tasks) == 1
     assert refresher.snapshot is snapshot
@@ -87,7 +87,7 @@ async def test_scanning_is_true_only_while_a_scan_runs() -> None:
 async def test_persistent_failures_log_once_per_change_of_state(caplog: pytest.LogCaptureFixture) -> None:
     client = Switchable()
     refresher = refresher_for(client)
-    with caplog.at_level(logging.DEBUG, logger="service.refresher"):
+    with caplog.at_level(logging.DEBUG, logger="service.snapshot.refresher"):
         client.error = redis.exceptions.ResponseError("NOPERM this user has no permissions to run 'scan'")
         for _ in range(5):
             await refresher.run_job()

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from service.result_cache import Rendered, ResultCache, content_etag, derived_etag
+from service.query.result_cache import Rendered, ResultCache, content_etag, derived_etag
 
 
 def renderer(body: bytes, calls: list[bytes]) -> Rendered:

@@ -13,9 +13,9 @@ import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from service.embedded import RedisServerProcess
-from service.redis_source import MISSING, NO_EXPIRY, WRONG_TYPE, KeyMeta, RedisSource, ScanPage
-from service.scanner import Observation, Scanner, ScanStats, ScanTimeout
+from service.devtools.embedded import RedisServerProcess
+from service.source.redis_source import MISSING, NO_EXPIRY, WRONG_TYPE, KeyMeta, RedisSource, ScanPage
+from service.source.scanner import Observation, Scanner, ScanStats, ScanTimeout
 from tests.conftest import make_settings
 
 RUNNING = b'{"process":"processing","totalProgress":%d,"fileList":null}'
@@ -127,7 +127,7 @@ def test_unchanged_values_are_not_decoded_again() -> None:
 
 def test_a_worker_gives_the_loop_a_turn_between_slices_of_a_large_fetch(monkeypatch: pytest.MonkeyPatch) -> None:
     # Values decoded in one step are bounded in bytes: a fetch of large values does not hold the event loop.
-    import service.scanner as scanner_module
+    import service.source.scanner as scanner_module
 
     async def main() -> None:
         client = fakeredis.FakeAsyncRedis()
@@ -592,7 +592,7 @@ def test_finished_values_are_reported_once_when_decoded() -> None:
 
 
 def test_absurd_producer_times_do_not_break_a_refresh() -> None:
-    from service.app import create_app
+    from service.http.app import create_app
     from tests.conftest import running_app
 
     async def main() -> None:

@@ -14,9 +14,9 @@ import pytest
 import redis
 from starlette.applications import Starlette
 
-from service.access_log import JsonFormatter, PlainFormatter
-from service.app import create_app
-from service.embedded import RedisServerProcess
+from service.devtools.embedded import RedisServerProcess
+from service.http.access_log import JsonFormatter, PlainFormatter
+from service.http.app import create_app
 from service.settings import settings_from_mapping
 
 pytestmark = pytest.mark.anyio

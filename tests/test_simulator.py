@@ -18,7 +18,7 @@ from typing import Any
 import fakeredis
 import pytest
 
-from service.simulator import (
+from service.devtools.simulator import (
     KEY_PREFIX,
     SimTask,
     Simulator,
@@ -461,6 +461,6 @@ def test_run_survives_redis_errors(caplog: pytest.LogCaptureFixture) -> None:
         await Simulator(13).run(client, tasks=10, interval=0, stop=stop, clock=counting_clock(stop, 3))
         await client.aclose()
 
-    with caplog.at_level(logging.ERROR, logger="service.simulator"):
+    with caplog.at_level(logging.ERROR, logger="service.devtools.simulator"):
         asyncio.run(scenario())
     assert [r.message for r in caplog.records].count("simulator tick failed") == 3

@@ -6,12 +6,12 @@ import statistics
 
 import pytest
 
-from service.history import History
-from service.scanner import ScanStats
-from service.snapshot import build_snapshot
-from service.task_stats import percentile, task_stats, throughput
-from service.tasks import format_time
-from service.tracker import Departure, TaskView
+from service.domain.history import History
+from service.domain.tasks import format_time
+from service.domain.tracker import Departure, TaskView
+from service.query.stats import percentile, task_stats, throughput
+from service.snapshot.snapshot import build_snapshot
+from service.source.scanner import ScanStats
 from tests.test_history import departed
 
 T0 = 1_795_000_000_000

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.tasks import MAX_TIME_MS, MalformedValue, decode_value, format_time, parse_time, task_id_prefix
+from service.domain.tasks import MAX_TIME_MS, MalformedValue, decode_value, format_time, parse_time, task_id_prefix
 
 PRODUCER_VALUE = (
     b'{"process":"processing","totalProgress":40,"fileList":['

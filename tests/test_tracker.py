@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import orjson
 
-from service.scanner import Observation
-from service.tasks import StoredTask, format_time
-from service.tracker import Departure, Tracker, estimate_completion
+from service.domain.tasks import StoredTask, format_time
+from service.domain.tracker import Departure, Tracker, estimate_completion
+from service.source.scanner import Observation
 
 TTL = 3600
 T0 = 1_795_000_000_000

@@ -20,9 +20,9 @@ import orjson
 import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
 
-from service.tasks import format_time
+from service.domain.tasks import format_time
 
-logger = logging.getLogger("service.simulator")
+logger = logging.getLogger("service.devtools.simulator")
 
 _T = TypeVar("_T")
 

@@ -8,9 +8,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from service.history import OUTCOMES, History
-from service.snapshot import Snapshot
-from service.tasks import format_time
+from service.domain.history import OUTCOMES, History
+from service.domain.tasks import format_time
+from service.snapshot.snapshot import Snapshot
 
 WINDOWS_MINUTES = (5, 15, 60)
 PERCENTILES = (50, 90, 99)

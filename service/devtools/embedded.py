@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-logger = logging.getLogger("service.embedded")
+logger = logging.getLogger("service.devtools.embedded")
 
 
 class EmbeddedRedis(Protocol):

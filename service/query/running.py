@@ -15,8 +15,8 @@ from typing import TypeVar
 import msgspec
 import orjson
 
-from service.tasks import format_time
-from service.tracker import TaskView
+from service.domain.tasks import format_time
+from service.domain.tracker import TaskView
 
 MAX_PAGE = 10**9
 MAX_PAGE_SIZE = 1000

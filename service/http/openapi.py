@@ -15,8 +15,10 @@ from enum import Enum
 from typing import Any
 
 from service import __version__
-from service.history import DEFAULT_FINISHED_PAGE_SIZE, FINISHED_SORT_KEYS, OUTCOME_ALIASES, OUTCOMES
-from service.query import (
+from service.domain.history import DEFAULT_FINISHED_PAGE_SIZE, FINISHED_SORT_KEYS, OUTCOME_ALIASES, OUTCOMES
+from service.http.envelope import ErrorCode
+from service.http.routes import API_PREFIX
+from service.query.running import (
     DEFAULT_PAGE_SIZE,
     EPOCH_MS_MAX_DIGITS,
     FILE_LIST_MODES,
@@ -28,10 +30,8 @@ from service.query import (
     SORT_KEYS,
     TASK_FIELDS,
 )
-from service.responses import ErrorCode
-from service.routes import API_PREFIX
+from service.query.stats import PERCENTILES, WINDOWS_MINUTES
 from service.settings import Settings
-from service.task_stats import PERCENTILES, WINDOWS_MINUTES
 
 OPENAPI_VERSION = "3.1.0"
 JSON = "application/json"

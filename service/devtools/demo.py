@@ -12,11 +12,11 @@ import time
 import redis.asyncio as aioredis
 import uvicorn
 
-from service.app import create_app
-from service.embedded import EmbeddedRedis, start_embedded
-from service.routes import API_PREFIX
+from service.devtools.embedded import EmbeddedRedis, start_embedded
+from service.devtools.simulator import Simulator
+from service.http.app import create_app
+from service.http.routes import API_PREFIX
 from service.settings import settings_from_mapping
-from service.simulator import Simulator
 
 KEY_TTL = 600  # s: short, so that stalled demo tasks disappear within minutes
 

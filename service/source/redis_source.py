@@ -12,7 +12,7 @@ import redis.exceptions
 
 from service.settings import Settings
 
-logger = logging.getLogger("service.redis_source")
+logger = logging.getLogger("service.source.redis_source")
 
 # PEXPIRETIME never answers -3, so it marks a key of another Redis type (STRLEN raised WRONGTYPE).
 MISSING = -2

@@ -7,9 +7,9 @@ import math
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.auth import Authenticator
-from service.ratelimit import RateLimiter
-from service.responses import ErrorCode, error
+from service.http.auth import Authenticator
+from service.http.envelope import ErrorCode, error
+from service.http.ratelimit import RateLimiter
 
 # Orchestrators probe these; they must answer whatever the tokens and however often they are asked.
 PROBE_PATHS = frozenset({"/healthz", "/readyz"})

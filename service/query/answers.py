@@ -9,15 +9,24 @@ from typing import Any
 
 import orjson
 
-from service.history import FinishedQuery, History, parse_finished_query, render_finished
-from service.query import Params, Projection, Query, paginate, parse_projection, parse_query, render_page, render_task
-from service.query import select as select_running
-from service.result_cache import Rendered, ResultCache, content_etag, derived_etag
+from service.domain.history import FinishedQuery, History, parse_finished_query, render_finished
+from service.domain.tasks import format_time
+from service.domain.tracker import TaskView
+from service.query.result_cache import Rendered, ResultCache, content_etag, derived_etag
+from service.query.running import (
+    Params,
+    Projection,
+    Query,
+    paginate,
+    parse_projection,
+    parse_query,
+    render_page,
+    render_task,
+)
+from service.query.running import select as select_running
+from service.query.stats import task_stats
 from service.settings import RunningTasksSettings
-from service.snapshot import Snapshot
-from service.task_stats import task_stats
-from service.tasks import format_time
-from service.tracker import TaskView
+from service.snapshot.snapshot import Snapshot
 
 _OK_PREFIX = b'{"code":0,"message":"ok","success":true,"data":'
 

@@ -7,8 +7,8 @@ import math
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from service.body import choose_encoding
-from service.snapshot import Snapshot
+from service.snapshot.body import choose_encoding
+from service.snapshot.snapshot import Snapshot
 
 Header = tuple[bytes, bytes]
 _JSON = (b"content-type", b"application/json")

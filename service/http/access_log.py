@@ -21,7 +21,7 @@ from typing import IO, Any, NamedTuple
 import orjson
 from starlette.types import Scope
 
-from service.security import client_host, header
+from service.http.security import client_host, header
 from service.settings import Settings
 
 logger = logging.getLogger("service.access")

@@ -10,16 +10,22 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from service.access_log import REQUEST_ID_HEADER, accept_request_id, loggable_target, request_id_var, write_access_line
-from service.auth import Authenticator
-from service.body import send_chunks
-from service.metrics import Metrics, route_template
-from service.ratelimit import RateLimiter
-from service.refresher import Refresher
-from service.responses import ErrorCode, error
-from service.routes import Polls, PollShortcut
-from service.security import AccessControl, header
+from service.http.access_log import (
+    REQUEST_ID_HEADER,
+    accept_request_id,
+    loggable_target,
+    request_id_var,
+    write_access_line,
+)
+from service.http.auth import Authenticator
+from service.http.envelope import ErrorCode, error
+from service.http.metrics import Metrics, route_template
+from service.http.ratelimit import RateLimiter
+from service.http.routes import Polls, PollShortcut
+from service.http.security import AccessControl, header
 from service.settings import Settings
+from service.snapshot.body import send_chunks
+from service.snapshot.refresher import Refresher
 
 logger = logging.getLogger("service.access")
 _NOSNIFF = (b"x-content-type-options", b"nosniff")

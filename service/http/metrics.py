@@ -21,8 +21,8 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
 
 from service import __version__
-from service.refresher import Refresher, RefreshRecord
-from service.responses import ErrorCode
+from service.http.envelope import ErrorCode
+from service.snapshot.refresher import Refresher, RefreshRecord
 
 PREFIX = "running_tasks_"
 UNMATCHED = "unmatched"  # the route label of requests no route answers (404)

@@ -16,14 +16,14 @@ import redis.exceptions
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from service.responses import ErrorCode
-from service.scanner import Scanner, ScanTimeout
+from service.domain.tasks import format_time
+from service.domain.tracker import TaskView, Tracker
+from service.http.envelope import ErrorCode
 from service.settings import RunningTasksSettings
-from service.snapshot import Snapshot, build_snapshot
-from service.tasks import format_time
-from service.tracker import TaskView, Tracker
+from service.snapshot.snapshot import Snapshot, build_snapshot
+from service.source.scanner import Scanner, ScanTimeout
 
-logger = logging.getLogger("service.refresher")
+logger = logging.getLogger("service.snapshot.refresher")
 
 JOB_ID = "refresh-running-tasks"
 # While Redis keeps failing, requests that need a live scan get the last error for this long instead of each

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import msgspec
 import orjson
 
-from service.scanner import Observation
-from service.tasks import StoredTask, format_time
+from service.domain.tasks import StoredTask, format_time
+from service.source.scanner import Observation
 
 # Derived write times jitter by the latency between Redis and this process; a value read again unchanged
 # keeps its time unless the TTL shows a later write by more than this.

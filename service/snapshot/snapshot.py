@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from service.body import RenderedBody, Segment, render_body
-from service.responses import ok_body_prefix
-from service.scanner import ScanStats
-from service.tracker import TaskView
+from service.domain.tracker import TaskView
+from service.http.envelope import ok_body_prefix
+from service.snapshot.body import RenderedBody, Segment, render_body
+from service.source.scanner import ScanStats
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +21,7 @@ class Snapshot:
     etag: str  # strong: equal bodies have equal tags; a compressed variant adds its encoding (`variant_etag`)
     stats: ScanStats
     segments: tuple[Segment, ...] = field(default=(), compare=False, repr=False)  # how `body` was cut, for the next
-    # response headers by (status, encoding, max-age), made on first use (service.delivery)
+    # response headers by (status, encoding, max-age), made on first use (service.http.delivery)
     answer_headers: dict[tuple[int, str | None, int], list[tuple[bytes, bytes]]] = field(
         default_factory=dict, compare=False, repr=False
     )

@@ -11,11 +11,11 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from service.redis_source import MISSING, WRONG_TYPE, KeyMeta, RedisSource
+from service.domain.tasks import MalformedValue, StoredTask, decode_value, task_id_prefix
 from service.settings import RunningTasksSettings
-from service.tasks import MalformedValue, StoredTask, decode_value, task_id_prefix
+from service.source.redis_source import MISSING, WRONG_TYPE, KeyMeta, RedisSource
 
-logger = logging.getLogger("service.scanner")
+logger = logging.getLogger("service.source.scanner")
 
 
 class ScanTimeout(Exception):

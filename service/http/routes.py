@@ -11,19 +11,19 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.body import BodyResponse, send_chunks
-from service.delivery import Answer, cache_control, make_variant, ready_answer, tag_matches
-from service.metrics import Metrics
-from service.query import QueryError
-from service.query_service import QueryService
-from service.refresher import Refresher, RefreshFailed
-from service.responses import ErrorCode, error, ok
-from service.result_cache import Rendered
-from service.security import header
+from service.http.delivery import Answer, cache_control, make_variant, ready_answer, tag_matches
+from service.http.envelope import ErrorCode, error, ok
+from service.http.metrics import Metrics
+from service.http.security import header
+from service.query.answers import QueryService
+from service.query.result_cache import Rendered
+from service.query.running import QueryError
 from service.settings import Settings
-from service.snapshot import Snapshot
+from service.snapshot.body import BodyResponse, send_chunks
+from service.snapshot.refresher import Refresher, RefreshFailed
+from service.snapshot.snapshot import Snapshot
 
-logger = logging.getLogger("service.routes")
+logger = logging.getLogger("service.http.routes")
 
 API_PREFIX = "/codebase-embedder/api/v1/tasks"
 RUNNING_PATH = f"{API_PREFIX}/running"

@@ -14,7 +14,9 @@ from operator import attrgetter
 
 import orjson
 
-from service.query import (
+from service.domain.tasks import format_time
+from service.domain.tracker import Departure
+from service.query.running import (
     Paging,
     Params,
     QueryError,
@@ -26,8 +28,6 @@ from service.query import (
     parse_sort,
     render_list,
 )
-from service.tasks import format_time
-from service.tracker import Departure
 
 OUTCOMES = ("completed", "failed", "vanished", "other")
 # `complete` and `completed` are both the producer's "finished well"; either name filters on that outcome.

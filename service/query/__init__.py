@@ -1,0 +1,1 @@
+"""Queries of a snapshot and of the history: parse, select, project, render, cache."""
