@@ -13,11 +13,11 @@ from collections.abc import Sequence
 import redis.asyncio as aioredis
 import uvicorn
 
-from service.domain.tasks import format_time
-from service.http.envelope import ErrorCode
+from service.domain.times import format_time
 from service.settings import Settings, SettingsError, load_settings, redact_url
 from service.snapshot.refresher import RefreshFailed
 from service.snapshot.snapshot import Snapshot
+from service.source.failures import Failure
 from service.source.scanner import ScanStats
 
 logger = logging.getLogger("service.cli")
@@ -100,7 +100,7 @@ def _progress_line(stats: ScanStats, elapsed: float) -> str:
 
 
 async def _scan(args: argparse.Namespace, settings: Settings) -> Snapshot:
-    from service.http.app import build_pipeline
+    from service.snapshot.pipeline import build_pipeline
 
     client = aioredis.Redis.from_url(
         settings.redis.url,
@@ -137,9 +137,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
         snapshot = asyncio.run(_scan(args, settings))
     except RefreshFailed as failure:
         reason = {
-            ErrorCode.REDIS_UNAVAILABLE: "cannot reach Redis",
-            ErrorCode.TIMEOUT: "scan timed out",
-        }.get(failure.code, "scan failed")
+            Failure.REDIS_UNAVAILABLE: "cannot reach Redis",
+            Failure.TIMEOUT: "scan timed out",
+        }.get(failure.failure, "scan failed")
         print(f"error: {reason} at {redact_url(settings.redis.url)}: {failure.detail}", file=sys.stderr)
         return 1
     if args.json:

@@ -22,12 +22,12 @@ import orjson
 import pytest
 
 from service.devtools.embedded import free_port
+from service.domain.times import format_timestamp as format_time
 from service.http.access_log import (
     JsonFormatter,
     PlainFormatter,
     accept_request_id,
     configure_logging,
-    format_time,
     loggable_target,
     request_id_var,
     write_access_line,

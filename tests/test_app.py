@@ -92,7 +92,7 @@ async def test_stale_snapshot_is_replaced_by_a_live_scan() -> None:
         refresher.snapshot = dataclasses.replace(refresher.snapshot, built_monotonic=-1000.0)  # 'built long ago'
         body = (await http.get(RUNNING)).json()
         assert body["data"]["totalTasks"] == 3
-        assert refresher.counters.served_by_live_scan == 1
+        assert app.state.endpoints.delivery.counters.served_by_live_scan == 1
         assert refresher.snapshot.is_fresh(60)  # the live scan's result is the new snapshot
 
 

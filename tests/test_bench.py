@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.real_redis
+pytestmark = [pytest.mark.real_redis, pytest.mark.bench]
 
 
 def test_quick_mode_prints_one_table_with_every_figure(redis_server: object, tmp_path: Path) -> None:

@@ -7,18 +7,11 @@ import zlib
 import httpx
 import pytest
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
-from service.snapshot.body import (
-    CHUNK_BYTES,
-    OWN_CHUNK_BYTES,
-    BodyResponse,
-    RenderedBody,
-    choose_encoding,
-    render_body,
-)
+from service.http.delivery import choose_encoding, send_chunks
+from service.snapshot.body import CHUNK_BYTES, OWN_CHUNK_BYTES, RenderedBody, render_body
 
 pytestmark = pytest.mark.anyio
 
@@ -131,15 +124,18 @@ def test_choose_encoding(header: str | None, expected: str | None) -> None:
     assert choose_encoding(header) == expected
 
 
-async def test_body_response_sends_chunks_with_exact_length_and_no_body_for_head() -> None:
+async def test_send_chunks_sends_them_with_exact_length_and_no_body_for_head() -> None:
     body = RenderedBody([b"abc", b"defg", b"h"])
 
-    async def endpoint(request: Request) -> Response:
-        return BodyResponse(body.chunks, [(b"content-type", b"application/json"), (b"content-length", b"8")])
+    class Sends:  # an ASGI endpoint (a plain function would be taken for a request handler)
+        def __init__(self, status: int, headers: list[tuple[bytes, bytes]], chunks: tuple[bytes, ...]) -> None:
+            self.answer = (status, headers, chunks)
 
-    async def not_modified(request: Request) -> Response:
-        return BodyResponse((), [(b"etag", b'"x"')], status_code=304)
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            await send_chunks(scope, send, *self.answer)
 
+    endpoint = Sends(200, [(b"content-type", b"application/json"), (b"content-length", b"8")], body.chunks)
+    not_modified = Sends(304, [(b"etag", b'"x"')], ())
     app = Starlette(routes=[Route("/", endpoint, methods=["GET"]), Route("/304", not_modified, methods=["GET"])])
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
         got = await client.get("/")

@@ -6,22 +6,25 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import msgspec
 import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from service.domain.history import (
+from service.domain.history import History
+from service.domain.tasks import StoredTask
+from service.domain.times import format_time
+from service.domain.tracker import Departure, TaskView, Tracker
+from service.domain.vocabulary import outcome_of
+from service.http.app import create_app
+from service.query.finished import (
     FinishedQuery,
-    History,
-    outcome_of,
+    finished_record,
     parse_finished_query,
     render_finished,
     select_finished,
 )
-from service.domain.tasks import StoredTask, format_time
-from service.domain.tracker import Departure, TaskView, Tracker
-from service.http.app import create_app
-from service.query.running import Paging, QueryError
+from service.query.params import Paging, QueryError
 from service.source.redis_source import KeyMeta, RedisSource
 from service.source.scanner import Scanner
 from tests.conftest import make_settings, running_app
@@ -32,7 +35,7 @@ RUNNING = "/codebase-embedder/api/v1/tasks/running"
 
 
 def view(task_id: str, start_ms: int = T0, client_id: str = "", progress: int = 40) -> TaskView:
-    return TaskView(task_id, client_id, "processing", progress, start_ms, start_ms, None, 3, b'{"fileList":', b"[]")
+    return TaskView(task_id, client_id, "processing", progress, start_ms, start_ms, None, 3, b"[]")
 
 
 def stored(task_id: str, process: str, **kw: object) -> StoredTask:
@@ -71,7 +74,7 @@ def test_a_record_from_a_departure() -> None:
     history.record([departed("a", "complete", T0, T0 + 5_000, client_id="c1")])
     (record,) = history.newest_first()
     assert (record.outcome, record.status, record.duration_ms, record.file_count) == ("completed", "complete", 5000, 4)
-    assert orjson.loads(record.json) == {
+    assert msgspec.to_builtins(finished_record(record)) == {
         "taskId": "a",
         "clientId": "c1",
         "outcome": "completed",

@@ -4,24 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 
-from service.domain.tasks import format_time
-from service.domain.tracker import TaskView, render_head
-from service.query.running import (
-    BASE_FIELDS,
-    Paging,
-    Projection,
-    Query,
-    QueryError,
-    file_summary,
-    paginate,
-    parse_query,
-    render_page,
-    render_task,
-    select,
-)
+from service.domain.times import format_time
+from service.domain.tracker import TaskView
+from service.query.params import Paging, QueryError
+from service.query.project import BASE_FIELDS, Projection, file_summary, render_task
+from service.query.running import Query, paginate, parse_query, render_page, select
+from service.snapshot.render import task_head, task_json
 
 T0 = 1_795_000_000_000
 STATUSES = ("pending", "processing", "running")
@@ -52,8 +44,11 @@ def make_view(
 ) -> TaskView:
     files = [entry("a.go")] if files is None else files
     file_list = orjson.dumps(files)
-    head = render_head(task_id, client, process, progress, start, update, eta, stalled)
-    return TaskView(task_id, client, process, progress, start, update, eta, len(files), head, file_list, stalled, None)
+    return TaskView(task_id, client, process, progress, start, update, eta, len(files), file_list, stalled, None)
+
+
+def json_of(view: TaskView) -> bytes:
+    return task_json(view, task_head(view))
 
 
 def sample() -> list[TaskView]:
@@ -193,7 +188,6 @@ def test_bad_values_name_the_parameter_and_what_is_accepted(query: str, paramete
     assert error.parameter == parameter
     assert accepted in error.accepted
     assert str(error).startswith(f"{parameter}: ")
-    assert error.as_data() == {"parameter": parameter, "value": error.value, "accepted": error.accepted}
 
 
 # -- filters, sort, pages -----------------------------------------------------------------------------------
@@ -233,18 +227,18 @@ def test_pages() -> None:
     pages = [paginate(matches, Paging(n, 2)) for n in (1, 2, 3, 4)]
     assert [[t.task_id for t in p.tasks] for p in pages] == [["e", "b"], ["d", "a"], ["c"], []]
     assert {p.total for p in pages} == {5}
-    empty = orjson.loads(render_page(paginate([], Paging(1, 10)), Projection()))
+    empty = orjson.loads(render_page(paginate([], Paging(1, 10)), Projection(), task_head))
     assert empty["data"] == {"totalTasks": 0, "page": 1, "pageSize": 10, "totalPages": 0, "tasks": []}
 
 
 def test_rendered_page_reuses_each_tasks_json() -> None:
     tasks = sample()
-    body = render_page(paginate(tasks, Paging(2, 2)), Projection())
+    body = render_page(paginate(tasks, Paging(2, 2)), Projection(), task_head)
     assert body == (
         b'{"code":0,"message":"ok","success":true,"data":{"totalTasks":5,"page":2,"pageSize":2,"totalPages":3,'
-        b'"tasks":[' + tasks[2].json + b"," + tasks[3].json + b"]}}"
+        b'"tasks":[' + json_of(tasks[2]) + b"," + json_of(tasks[3]) + b"]}}"
     )
-    unpaged = orjson.loads(render_page(paginate(tasks, None), Projection()))
+    unpaged = orjson.loads(render_page(paginate(tasks, None), Projection(), task_head))
     assert list(unpaged["data"]) == ["totalTasks", "tasks"]
 
 
@@ -262,20 +256,20 @@ FILES = [
 
 
 def as_obj(view: TaskView, projection: Projection) -> dict[str, Any]:
-    loaded: dict[str, Any] = orjson.loads(render_task(view, projection))
+    loaded: dict[str, Any] = orjson.loads(render_task(view, task_head(view), projection))
     return loaded
 
 
 def test_default_projection_is_the_pre_rendered_json_itself() -> None:
     view = make_view("a", files=FILES)
-    # the view's pre-rendered parts joined, nothing encoded again
-    assert render_task(view, Projection()) == b"".join(view.parts()) == view.json
+    # the head and the stored list joined, nothing encoded again
+    assert render_task(view, task_head(view), Projection()) == task_head(view) + view.file_list + b"}"
     assert orjson.loads(view.file_list) == FILES
 
 
 def test_no_file_list_keeps_every_other_field_in_order() -> None:
     view = make_view("a", "c1", eta=T0 + 5000, files=FILES)
-    full = orjson.loads(view.json)
+    full = orjson.loads(json_of(view))
     lean = as_obj(view, Projection(BASE_FIELDS, "none"))
     assert list(lean) == [k for k in full if k != "fileList"]
     assert lean == {k: v for k, v in full.items() if k != "fileList"}
@@ -288,20 +282,20 @@ def test_file_summary_counts_statuses_operations_and_total() -> None:
         "byStatus": {"pending": 1, "processing": 2, "completed": 1, "unsupported": 1, "failed": 0, "queued": 1},
         "byOperate": {"add": 2, "modify": 1, "delete": 1, "rename": 1, "copy": 1},
     }
-    assert file_summary(view) == summary
+    assert msgspec.to_builtins(file_summary(view)) == summary
     rendered = as_obj(view, Projection(BASE_FIELDS, "summary"))
     assert rendered["fileSummary"] == summary
     assert "fileList" not in rendered
     assert list(rendered)[-1] == "fileSummary"
     empty = make_view("e", files=[])
-    assert file_summary(empty)["total"] == 0
+    assert file_summary(empty).total == 0
 
 
 def test_a_subset_of_fields() -> None:
     view = make_view("a", "c1", "processing", 40, start=T0, update=T0 + 5, eta=T0 + 9, stalled=True, files=FILES)
     assert as_obj(view, Projection(("taskId", "totalProgress"), "none")) == {"taskId": "a", "totalProgress": 40}
     every = as_obj(view, Projection(BASE_FIELDS[:-1] + ("stalled",), "full"))
-    assert every == orjson.loads(view.json)  # field by field, the same object as the pre-rendered one
+    assert every == orjson.loads(json_of(view))  # field by field, the same object as the pre-rendered one
     assert as_obj(view, Projection(("status", "stalled"), "summary"))["fileSummary"]["total"] == 6
     no_eta = make_view("b")
     assert as_obj(no_eta, Projection(("taskId", "estimatedCompletionTime"), "none")) == {"taskId": "b"}

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from starlette.applications import Starlette
 
 from service.devtools.simulator import build_workload
-from service.domain.tasks import format_time, parse_time
+from service.domain.times import format_time, parse_time
 from service.http.app import create_app
 from tests.conftest import make_settings, running_app
 from tests.test_app import Broken

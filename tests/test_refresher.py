@@ -13,10 +13,11 @@ import orjson
 import pytest
 import redis.exceptions
 
-from service.http.app import build_pipeline, create_app
-from service.http.envelope import ErrorCode
+from service.http.app import create_app
 from service.snapshot import refresher as refresher_module
+from service.snapshot.pipeline import build_pipeline
 from service.snapshot.refresher import Refresher, RefreshRecord
+from service.source.failures import Failure
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.anyio
@@ -44,14 +45,14 @@ async def test_listeners_hear_every_refresh_with_its_outcome() -> None:
     client = Switchable()
     await client.set("request:id:a", VALUE)
     refresher = refresher_for(client)
-    heard: list[tuple[RefreshRecord, ErrorCode | None]] = []
+    heard: list[tuple[RefreshRecord, Failure | None]] = []
     refresher.listeners.append(lambda record, code: heard.append((record, code)))
     await refresher.run_job()
     client.error = redis.exceptions.ConnectionError("refused")
     await refresher.run_job()
     assert [(record.trigger, record.error is None, code) for record, code in heard] == [
         ("job", True, None),
-        ("job", False, ErrorCode.REDIS_UNAVAILABLE),
+        ("job", False, Failure.REDIS_UNAVAILABLE),
     ]
     assert heard[0][0].stats is not None and heard[0][0].stats["matched"] == 1
 
@@ -61,7 +62,7 @@ async def test_a_failing_listener_does_not_break_the_refresh(caplog: pytest.LogC
     await client.set("request:id:a", VALUE)
     refresher = refresher_for(client)
 
-    def broken(record: RefreshRecord, code: ErrorCode | None) -> None:
+    def broken(record: RefreshRecord, code: Failure | None) -> None:
         raise RuntimeError("observer bug")
 
     refresher.listeners.append(broken)

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
-from service.query.result_cache import Rendered, ResultCache, content_etag, derived_etag
+from service.query.result_cache import ResultCache, content_etag, derived_etag
+from service.snapshot.body import Rendered
 
 
 def renderer(body: bytes, calls: list[bytes]) -> Rendered:
     calls.append(body)
-    return Rendered(body, content_etag(body))
+    return Rendered.of(body, content_etag(body))
 
 
 def test_the_same_key_is_rendered_once() -> None:
@@ -38,7 +39,7 @@ def test_bounded_in_bytes_and_huge_answers_are_not_kept() -> None:
     cache.get_or_render("b", lambda: renderer(b"12345", calls))  # 11 bytes: a goes
     assert (len(cache), cache.stats()["bytes"]) == (1, 5)
     big = cache.get_or_render("big", lambda: renderer(b"x" * 11, calls))
-    assert big.body == b"x" * 11  # served...
+    assert bytes(big.body) == b"x" * 11  # served...
     assert len(cache) == 1  # ...but not kept, and b was not pushed out for it
     cache.get_or_render("b", lambda: renderer(b"12345", calls))
     assert calls.count(b"12345") == 1

@@ -14,8 +14,10 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from service.devtools.embedded import RedisServerProcess
+from service.domain.tasks import Observation
+from service.source.failures import ScanTimeout
 from service.source.redis_source import MISSING, NO_EXPIRY, WRONG_TYPE, KeyMeta, RedisSource, ScanPage
-from service.source.scanner import Observation, Scanner, ScanStats, ScanTimeout
+from service.source.scanner import Scanner, ScanStats
 from tests.conftest import make_settings
 
 RUNNING = b'{"process":"processing","totalProgress":%d,"fileList":null}'

@@ -244,11 +244,11 @@ async def test_every_response_says_nosniff() -> None:
 async def test_an_unhandled_error_is_the_500_envelope_without_detail(caplog: pytest.LogCaptureFixture) -> None:
     app = make_app()
 
-    def broken_stats() -> dict[str, Any]:
+    def broken_stats() -> None:
         raise RuntimeError("internal detail: /srv/secret/path.py line 42")
 
     async with serving(app) as http:
-        app.state.refresher.stats = broken_stats
+        app.state.refresher.snapshot_info = broken_stats
         with caplog.at_level(logging.ERROR, logger="service"):
             response = await http.get(STATS, headers={"X-Request-ID": "req-500"})
     assert response.status_code == 500

@@ -4,10 +4,11 @@ import asyncio
 import random
 import statistics
 
+import msgspec
 import pytest
 
 from service.domain.history import History
-from service.domain.tasks import format_time
+from service.domain.times import format_time
 from service.domain.tracker import Departure, TaskView
 from service.query.stats import percentile, task_stats, throughput
 from service.snapshot.snapshot import build_snapshot
@@ -40,7 +41,7 @@ def history_with_ends(ends_minutes_ago: list[float], now: int, started: int, siz
 def test_throughput_counts_ends_within_each_window() -> None:
     now = T0 + 120 * MINUTE
     history = history_with_ends([0.5, 1, 4.9, 5.1, 14, 16, 59, 61, 200], now, started=T0)
-    figures = throughput(history, now)
+    figures = msgspec.to_builtins(throughput(history, now))
     assert [figures[k]["finished"] for k in ("last5m", "last15m", "last60m")] == [3, 5, 7]
     assert figures["last5m"]["perMinute"] == 0.6
     assert figures["last60m"]["perMinute"] == round(7 / 60, 3)
@@ -49,7 +50,7 @@ def test_throughput_counts_ends_within_each_window() -> None:
 
 def test_throughput_soon_after_startup_is_marked_incomplete() -> None:
     now = T0 + 10 * MINUTE
-    figures = throughput(history_with_ends([1, 2], now, started=T0), now)
+    figures = msgspec.to_builtins(throughput(history_with_ends([1, 2], now, started=T0), now))
     assert figures["last5m"]["complete"] is True
     assert (figures["last15m"]["complete"], figures["last15m"]["coveredMinutes"]) == (False, 10.0)
     assert figures["last60m"]["finished"] == 2
@@ -59,14 +60,14 @@ def test_throughput_after_eviction_inside_a_window_is_a_lower_bound() -> None:
     now = T0 + 120 * MINUTE
     # the oldest record by detection order ended 10 minutes ago and is evicted by a bound of 2
     history = history_with_ends([10, 1, 2], now, started=T0, size=2)
-    figures = throughput(history, now)
+    figures = msgspec.to_builtins(throughput(history, now))
     assert figures["last5m"]["complete"] is True
     assert figures["last15m"]["complete"] is False
     assert figures["last15m"]["finished"] == 2
 
 
 def running_view(task_id: str, process: str, stalled: bool, rate: float | None) -> TaskView:
-    return TaskView(task_id, "", process, 50, T0, T0, None, 1, b'{"fileList":', b"[]", stalled, rate)
+    return TaskView(task_id, "", process, 50, T0, T0, None, 1, b"[]", stalled, rate)
 
 
 def test_stats_of_a_snapshot_and_a_history() -> None:
@@ -86,7 +87,7 @@ def test_stats_of_a_snapshot_and_a_history() -> None:
             Departure(running_view("gone", "processing", False, None), T0 + 40_000, None, T0 + 40_000),
         ]
     )
-    stats = task_stats(snapshot, history, ("pending", "processing", "running"), 300)
+    stats = msgspec.to_builtins(task_stats(snapshot, history, ("pending", "processing", "running"), 300))
     assert stats["asOf"] == format_time(T0 + 30 * MINUTE)
     assert stats["snapshotGeneration"] == 7
     assert stats["running"] == {
@@ -110,7 +111,7 @@ def test_stats_of_a_snapshot_and_a_history() -> None:
 
 def test_stats_with_nothing_yet() -> None:
     snapshot = asyncio.run(build_snapshot(1, [], ScanStats(), T0, None, "x"))
-    stats = task_stats(snapshot, History(10, clock=lambda: T0), ("pending",), 300)
+    stats = msgspec.to_builtins(task_stats(snapshot, History(10, clock=lambda: T0), ("pending",), 300))
     assert stats["running"]["total"] == 0
     assert stats["finished"]["durationSeconds"]["all"] == {
         "count": 0,

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.domain.tasks import MAX_TIME_MS, MalformedValue, decode_value, format_time, parse_time, task_id_prefix
+from service.domain.tasks import MalformedValue, decode_value, task_id_prefix
+from service.domain.times import MAX_TIME_MS, format_time, parse_time
 
 PRODUCER_VALUE = (
     b'{"process":"processing","totalProgress":40,"fileList":['

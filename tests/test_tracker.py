@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import orjson
 
-from service.domain.tasks import StoredTask, format_time
+from service.domain.tasks import Observation, StoredTask
+from service.domain.times import format_time
 from service.domain.tracker import Departure, Tracker, estimate_completion
-from service.source.scanner import Observation
+from service.snapshot.render import task_head, task_json
 
 TTL = 3600
 T0 = 1_795_000_000_000
@@ -36,7 +37,8 @@ def scan(tracker: Tracker, *observations: Observation) -> list[str]:
 
 
 def as_json(tracker: Tracker) -> list[dict[str, object]]:
-    return [orjson.loads(v.json) for v in tracker.views()]
+    # as the snapshot renders them
+    return [orjson.loads(task_json(v, task_head(v))) for v in tracker.views()]
 
 
 def test_without_ttl_times_are_first_sightings() -> None:

@@ -82,7 +82,15 @@ def run_demo(*, host: str, port: int, tasks: int, seed: int, redis_kind: str) ->
     if redis_kind == "redis-server" and shutil.which("redis-server") is None:
         print("error: redis-server is not installed; use --redis fakeredis (or auto)", file=sys.stderr)
         return 1
-    redis = start_embedded(redis_kind)
+    try:
+        redis = start_embedded(redis_kind)
+    except ModuleNotFoundError:  # no redis-server, and fakeredis (the `demo` extra) is not installed
+        print(
+            "error: the demo needs redis-server (Debian: apt-get install redis-server) or the demo extra "
+            "(pip install -e '.[demo]')",
+            file=sys.stderr,
+        )
+        return 1
     try:
         # uvicorn handles Ctrl-C itself (a graceful shutdown), then re-raises it once it has stopped
         with contextlib.suppress(KeyboardInterrupt):

@@ -20,7 +20,7 @@ import orjson
 import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
 
-from service.domain.tasks import format_time
+from service.domain.times import format_time
 
 logger = logging.getLogger("service.devtools.simulator")
 

@@ -10,10 +10,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import msgspec
-import orjson
 
-from service.domain.tasks import StoredTask, format_time
-from service.source.scanner import Observation
+from service.domain.tasks import Observation, StoredTask
 
 # Derived write times jitter by the latency between Redis and this process; a value read again unchanged
 # keeps its time unless the TTL shows a later write by more than this.
@@ -21,7 +19,7 @@ _TTL_JITTER_MS = 1000
 
 
 class TaskView(msgspec.Struct, frozen=True, gc=False):
-    """One running task as served: its fields, and its JSON rendered once, when it changed."""
+    """One running task as served. A new object whenever anything served changes: identity tells "unchanged"."""
 
     task_id: str
     client_id: str
@@ -31,19 +29,9 @@ class TaskView(msgspec.Struct, frozen=True, gc=False):
     update_ms: int
     eta_ms: int | None
     file_count: int
-    head: bytes  # the task's JSON object up to and including `"fileList":`, which comes last
     file_list: bytes  # the file list's JSON array as stored
     stalled: bool = False  # unchanged for `stall_after` seconds, measured from update_ms
     rate: float | None = None  # observed progress rate, % per minute; None before two progress points
-
-    @property
-    def json(self) -> bytes:
-        """The task's whole JSON object."""
-        return b"".join(self.parts())
-
-    def parts(self) -> tuple[bytes, bytes, bytes]:
-        # the file list is held once, in the view; bodies are joined from these parts
-        return self.head, self.file_list, b"}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,32 +56,6 @@ class _State:
     view: TaskView
     scan: int  # the last scan that saw this task
     seen_ms: int  # when that scan read it
-
-
-def render_head(
-    task_id: str,
-    client_id: str,
-    process: str,
-    total_progress: int,
-    start_ms: int,
-    update_ms: int,
-    eta_ms: int | None,
-    stalled: bool = False,
-) -> bytes:
-    """A task's JSON object up to and including `"fileList":`, which comes last."""
-    task: dict[str, object] = {
-        "taskId": task_id,
-        "clientId": client_id,
-        "status": process,
-        "process": process,
-        "totalProgress": total_progress,
-        "startTime": format_time(start_ms),
-        "lastUpdateTime": format_time(update_ms),
-    }
-    if eta_ms is not None:
-        task["estimatedCompletionTime"] = format_time(eta_ms)
-    task["stalled"] = stalled
-    return orjson.dumps(task)[:-1] + b',"fileList":'
 
 
 def estimate_completion(anchor: tuple[int, int], last: tuple[int, int], now_ms: int) -> int | None:
@@ -271,5 +233,16 @@ def _view(
     obs: Observation, start_ms: int, update_ms: int, eta_ms: int | None, stalled: bool, rate: float | None
 ) -> TaskView:
     task = obs.task
-    fields = (task.task_id, task.client_id, task.process, task.total_progress, start_ms, update_ms, eta_ms)
-    return TaskView(*fields, task.file_count, render_head(*fields, stalled), task.file_list, stalled, rate)
+    return TaskView(
+        task.task_id,
+        task.client_id,
+        task.process,
+        task.total_progress,
+        start_ms,
+        update_ms,
+        eta_ms,
+        task.file_count,
+        task.file_list,
+        stalled,
+        rate,
+    )

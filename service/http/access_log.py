@@ -15,12 +15,12 @@ import sys
 import time
 import uuid
 from contextvars import ContextVar
-from datetime import UTC, datetime
 from typing import IO, Any, NamedTuple
 
 import orjson
 from starlette.types import Scope
 
+from service.domain.times import format_timestamp
 from service.http.security import client_host, header
 from service.settings import Settings
 
@@ -156,24 +156,6 @@ def _message_args(
 
 # -- formats -------------------------------------------------------------------------------------------------
 
-_second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text up to the milliseconds
-_MILLIS = tuple(f"{milli:03d}Z" for milli in range(1000))  # a lookup costs half of formatting the number
-
-
-def format_time(created: float) -> str:
-    """`2026-11-28T09:14:03.512Z` (UTC, milliseconds) for a `time.time()` value; the second's text is reused."""
-    global _second
-    second = int(created)
-    # to the microsecond first, as datetime does (a float's .123 may be .12299999), then down to the millisecond
-    milli = int((created - second) * 1000 + 0.0005)
-    if milli == 1000:
-        second, milli = second + 1, 0
-    cached = _second
-    if cached[0] != second:
-        cached = _second = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S."))
-    return cached[1] + _MILLIS[milli]
-
-
 def _request_id(record: logging.LogRecord) -> str | None:
     # the record's own (set where it was written) or, while the request runs, the current one
     value = getattr(record, "request_id", None)
@@ -184,7 +166,7 @@ class PlainFormatter(logging.Formatter):
     """`2026-11-28T09:14:03.512Z INFO service.access: <message>`; lines written during a request name its id."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{format_time(record.created)} {record.levelname} {record.name}: {record.getMessage()}"
+        line = f"{format_timestamp(record.created)} {record.levelname} {record.name}: {record.getMessage()}"
         request_id = _request_id(record)
         if request_id is not None and not hasattr(record, "fields"):
             line += f" request_id={request_id}"
@@ -198,7 +180,7 @@ class PlainFormatter(logging.Formatter):
     ) -> str:
         """The line `format` makes of the access record of this request (the fields a plain line shows only)."""
         return (
-            f"{format_time(created)} INFO {logger.name}: {words.plain} {status} {seconds * 1000:.2f}ms "
+            f"{format_timestamp(created)} INFO {logger.name}: {words.plain} {status} {seconds * 1000:.2f}ms "
             f"{sent}B request_id={request_id}"
         )
 
@@ -208,7 +190,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
-            "time": format_time(record.created),
+            "time": format_timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -227,7 +209,7 @@ class JsonFormatter(logging.Formatter):
         words: RequestWords, status: int, sent: int, seconds: float, request_id: str, created: float
     ) -> str:
         """The line `format` makes of the access record of this request."""
-        data = {"time": format_time(created), "level": "info", "logger": logger.name}
+        data = {"time": format_timestamp(created), "level": "info", "logger": logger.name}
         data["message"] = _ACCESS_MESSAGE % _message_args(words, status, sent, seconds, request_id)
         data.update(access_fields(words, status, sent, seconds, request_id))
         return orjson.dumps(data, default=str).decode()

@@ -1,17 +1,18 @@
-"""The `{code, message, success, data}` envelope, the error codes, and orjson rendering."""
+"""The HTTP side of the envelope: the error codes, their statuses and messages, and the mapping of every failure
+the layers below report (a refused parameter, a failed scan) to one of them. The shapes are service.shapes."""
 
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any
 
-import orjson
-from starlette.responses import JSONResponse, Response
+import msgspec
+from starlette.responses import Response
 
+from service.query.params import QueryError
+from service.shapes.envelope import BadRequest, Error, ParameterError, encode_ok
+from service.source.failures import Failure
 
-class OrjsonResponse(JSONResponse):
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+_JSON = "application/json"
 
 
 class ErrorCode(Enum):
@@ -35,19 +36,31 @@ class ErrorCode(Enum):
         return self.value[1]
 
 
-def ok_body_prefix(total: int) -> bytes:
-    """The success envelope of the running list up to the opening bracket of `tasks`."""
-    return b'{"code":0,"message":"ok","success":true,"data":{"totalTasks":%d,"tasks":[' % total
+# How a scan that gave no snapshot is answered.
+FAILURE_CODES = {
+    Failure.TIMEOUT: ErrorCode.TIMEOUT,
+    Failure.REDIS_UNAVAILABLE: ErrorCode.REDIS_UNAVAILABLE,
+    Failure.INTERNAL: ErrorCode.INTERNAL,
+}
+ERRORS_BY_STATUS = {code.status: code for code in ErrorCode}
 
 
-def ok(data: Any, headers: dict[str, str] | None = None) -> Response:
-    return OrjsonResponse({"code": 0, "message": "ok", "success": True, "data": data}, headers=headers)
+def ok(data: msgspec.Struct, headers: dict[str, str] | None = None) -> Response:
+    """A success envelope around `data` (a shape)."""
+    return Response(encode_ok(data), media_type=_JSON, headers=headers)
 
 
-def error(
-    code: ErrorCode, message: str | None = None, headers: dict[str, str] | None = None, data: Any = None
-) -> Response:
-    """An error envelope; `message` replaces the standard one where the caller has something precise to say,
-    `data` carries details a program can act on (e.g. which query parameter was refused)."""
-    body = {"code": code.status, "message": message or code.message, "success": False, "data": data}
-    return OrjsonResponse(body, status_code=code.status, headers=headers)
+def error(code: ErrorCode, message: str | None = None, headers: dict[str, str] | None = None) -> Response:
+    """An error envelope; `message` replaces the standard one where the caller has something precise to say."""
+    body = msgspec.json.encode(Error(code=code.status, message=message or code.message))
+    return Response(body, status_code=code.status, media_type=_JSON, headers=headers)
+
+
+def bad_request(exc: QueryError) -> Response:
+    """The 400 envelope naming the refused parameter, in the message and, for programs, in `data`."""
+    code = ErrorCode.BAD_REQUEST
+    shape = BadRequest(
+        message=f"{code.message}: {exc}",
+        data=ParameterError(exc.parameter, exc.value, exc.accepted),
+    )
+    return Response(msgspec.json.encode(shape), status_code=code.status, media_type=_JSON)

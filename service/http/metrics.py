@@ -21,18 +21,14 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
 
 from service import __version__
-from service.http.envelope import ErrorCode
+from service.http.delivery import ServeCounters
 from service.snapshot.refresher import Refresher, RefreshRecord
+from service.source.failures import Failure
 
 PREFIX = "running_tasks_"
 UNMATCHED = "unmatched"  # the route label of requests no route answers (404)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_OUTCOMES = {
-    None: "ok",
-    ErrorCode.TIMEOUT: "timeout",
-    ErrorCode.REDIS_UNAVAILABLE: "redis_unavailable",
-    ErrorCode.INTERNAL: "error",
-}
+_OUTCOMES: dict[Failure | None, str] = {None: "ok", **{failure: failure.value for failure in Failure}}
 # Served from the snapshot: well under a millisecond; a live scan: up to max_scan_time.
 _REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _REFRESH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -41,7 +37,9 @@ _REFRESH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 class Metrics:
     """The app's registry: request and refresh metrics observed as they happen, the rest read when scraped."""
 
-    def __init__(self, refresher: Refresher, running_statuses: Iterable[str], cache_ttl: float) -> None:
+    def __init__(
+        self, refresher: Refresher, served: ServeCounters, running_statuses: Iterable[str], cache_ttl: float
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = _RequestCollector()
         self.registry.register(self.requests)
@@ -67,15 +65,15 @@ class Metrics:
         for trigger in ("job", "startup", "request"):  # every series exists from the start, at zero
             for outcome in _OUTCOMES.values():
                 self.refreshes.labels(trigger, outcome)
-        self.state = _RefresherCollector(refresher, tuple(running_statuses), cache_ttl)
+        self.state = _RefresherCollector(refresher, served, tuple(running_statuses), cache_ttl)
         self.registry.register(self.state)
         self.registry.register(_BuildInfo())
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         refresher.listeners.append(self.observe_refresh)
 
-    def observe_refresh(self, record: RefreshRecord, code: ErrorCode | None) -> None:
-        outcome = _OUTCOMES[code]
+    def observe_refresh(self, record: RefreshRecord, failure: Failure | None) -> None:
+        outcome = _OUTCOMES[failure]
         self.refresh_duration.labels(record.trigger, outcome).observe(record.duration_ms / 1000)
         self.refreshes.labels(record.trigger, outcome).inc()
         if record.trigger == "request":
@@ -143,8 +141,11 @@ class _BuildInfo(Collector):
 class _RefresherCollector(Collector):
     """The snapshot, the last complete scan and the refresher's counters, read when Prometheus scrapes."""
 
-    def __init__(self, refresher: Refresher, running_statuses: tuple[str, ...], cache_ttl: float) -> None:
+    def __init__(
+        self, refresher: Refresher, served: ServeCounters, running_statuses: tuple[str, ...], cache_ttl: float
+    ) -> None:
         self._refresher = refresher
+        self._served = served
         self._statuses = running_statuses
         self._ttl = cache_ttl
         self.extra: list[tuple[str, str, Callable[[], float]]] = []
@@ -228,11 +229,13 @@ class _RefresherCollector(Collector):
         served = CounterMetricFamily(
             f"{PREFIX}served", "Running-list requests answered with a snapshot, by source.", labels=["source"]
         )
-        served.add_metric(["snapshot"], counters.served_from_snapshot)
-        served.add_metric(["live_scan"], counters.served_by_live_scan)
+        served.add_metric(["snapshot"], self._served.served_from_snapshot)
+        served.add_metric(["live_scan"], self._served.served_by_live_scan)
         yield served
         yield _counter(
-            "not_modified", "Running-list requests answered 304 Not Modified (If-None-Match).", counters.not_modified
+            "not_modified",
+            "Answers from a snapshot that were 304 Not Modified (If-None-Match).",
+            self._served.not_modified,
         )
         yield _counter(
             "scan_timeouts", "Scans abandoned past max_scan_time or a Redis call timeout.", counters.timeouts

@@ -15,21 +15,13 @@ from enum import Enum
 from typing import Any
 
 from service import __version__
-from service.domain.history import DEFAULT_FINISHED_PAGE_SIZE, FINISHED_SORT_KEYS, OUTCOME_ALIASES, OUTCOMES
+from service.domain.vocabulary import FILE_OPERATES, FILE_STATUSES, OUTCOME_ALIASES, OUTCOMES
 from service.http.envelope import ErrorCode
 from service.http.routes import API_PREFIX
-from service.query.running import (
-    DEFAULT_PAGE_SIZE,
-    EPOCH_MS_MAX_DIGITS,
-    FILE_LIST_MODES,
-    FILE_OPERATES,
-    FILE_STATUSES,
-    MAX_PAGE,
-    MAX_PAGE_SIZE,
-    MAX_VALUES,
-    SORT_KEYS,
-    TASK_FIELDS,
-)
+from service.query.finished import DEFAULT_FINISHED_PAGE_SIZE, FINISHED_SORT_KEYS
+from service.query.params import DEFAULT_PAGE_SIZE, EPOCH_MS_MAX_DIGITS, MAX_PAGE, MAX_PAGE_SIZE, MAX_VALUES
+from service.query.project import FILE_LIST_MODES, TASK_FIELDS
+from service.query.running import SORT_KEYS
 from service.query.stats import PERCENTILES, WINDOWS_MINUTES
 from service.settings import Settings
 

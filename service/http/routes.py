@@ -1,32 +1,30 @@
-"""HTTP handlers, thin: parse the request, ask the refresher, respond."""
+"""HTTP handlers, thin: parse the request, ask the refresher and the queries, hand the answer to the delivery."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 
 from starlette.convertors import PathConvertor, register_url_convertor
-from starlette.datastructures import State
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
-from service.http.delivery import Answer, cache_control, make_variant, ready_answer, tag_matches
-from service.http.envelope import ErrorCode, error, ok
-from service.http.metrics import Metrics
-from service.http.security import header
+from service.http.delivery import Answer, Delivery
+from service.http.envelope import FAILURE_CODES, ErrorCode, bad_request, error, ok
 from service.query.answers import QueryService
-from service.query.result_cache import Rendered
-from service.query.running import QueryError
+from service.query.params import QueryError
 from service.settings import Settings
-from service.snapshot.body import BodyResponse, send_chunks
+from service.shapes.operations import CacheStats, Health, Ready
 from service.snapshot.refresher import Refresher, RefreshFailed
-from service.snapshot.snapshot import Snapshot
+from service.source.redis_source import RedisSource
 
 logger = logging.getLogger("service.http.routes")
 
 API_PREFIX = "/codebase-embedder/api/v1/tasks"
 RUNNING_PATH = f"{API_PREFIX}/running"
+_POLL_METHODS = frozenset({"GET", "HEAD"})
 
 
 class TaskIdConvertor(PathConvertor):
@@ -39,14 +37,23 @@ class TaskIdConvertor(PathConvertor):
 register_url_convertor("task_id", TaskIdConvertor())
 
 
-def _refresher(request: Request) -> Refresher:
-    refresher: Refresher = request.app.state.refresher
-    return refresher
+class Endpoints:
+    """What the handlers share: the refresher, the queries and the delivery, given by `create_app`."""
+
+    def __init__(
+        self, settings: Settings, refresher: Refresher, queries: QueryService, delivery: Delivery, source: RedisSource
+    ) -> None:
+        self.settings = settings
+        self.refresher = refresher
+        self.queries = queries
+        self.delivery = delivery
+        self.source = source
+        self.running = RunningList(refresher, queries, delivery)
 
 
-def _queries(request: Request) -> QueryService:
-    queries: QueryService = request.app.state.queries
-    return queries
+def _endpoints(request: Request) -> Endpoints:
+    endpoints: Endpoints = request.app.state.endpoints
+    return endpoints
 
 
 def _params(request: Request) -> list[tuple[str, str]]:
@@ -54,54 +61,15 @@ def _params(request: Request) -> list[tuple[str, str]]:
     return request.query_params.multi_items() if request.scope["query_string"] else []
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    # one header without building a Headers object
-    value = header(scope, name)
-    return None if value is None else value.decode("latin-1")
-
-
 class RunningList:
-    """`GET .../tasks/running` as a plain ASGI endpoint. A poll without a query string of a fresh snapshot is
-    nearly always answered before routing (`PollShortcut`); here come the rest: query strings (the query API)
-    and polls that need a live scan (cache off or snapshot stale). No Request or Response object is made for a
-    poll."""
+    """`GET .../tasks/running` as a plain ASGI endpoint, so that a poll makes no Request or Response object.
+    `ready` is the same answer for a poll of a fresh snapshot, given before routing by the middleware."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        state = scope["app"].state
-        if scope["query_string"]:
-            response = await self._query(Request(scope, receive), state)
-            await response(scope, receive, send)
-            return
-        refresher: Refresher = state.refresher
-        interval = state.settings.running_tasks.refresh_interval
-        snapshot, live = refresher.fresh(), False
-        if snapshot is None:  # stale, missing, or the cache is off: a live scan
-            snapshot, live = await refresher.current()
-        await send_chunks(scope, send, *await _whole_snapshot(scope, refresher, interval, snapshot, live))
-
-    @staticmethod
-    async def _query(request: Request, state: State) -> Response:
-        queries: QueryService = state.queries
-        query = queries.parse_running(request.query_params.multi_items())
-        refresher: Refresher = state.refresher
-        snapshot, live = await refresher.current()
-        if query.is_default:  # parameters that change nothing (page=1 without pageSize, unknown ones)
-            interval = state.settings.running_tasks.refresh_interval
-            answer = await _whole_snapshot(request.scope, refresher, interval, snapshot, live)
-            return BodyResponse(answer.chunks, answer.headers, answer.status)
-        return _send(request, queries.running(snapshot, query), snapshot, live)
-
-
-class Polls:
-    """Polls of the running list (GET or HEAD, no query string) while the snapshot is fresh, answered with what
-    the snapshot prepared, with no Request, Response or routing: a poll cannot fail in a way Starlette's
-    exception layer would handle, and its route is known. Answered here, a 304 through uvicorn took 44 us of
-    server CPU instead of 72 (a bare Starlette 304: 40). `RunningList` gives a poll the same answer by the
-    routes."""
-
-    def __init__(self, refresher: Refresher, refresh_interval: float) -> None:
+    def __init__(self, refresher: Refresher, queries: QueryService, delivery: Delivery) -> None:
         self._refresher = refresher
-        self._interval = refresh_interval
+        self._queries = queries
+        self._delivery = delivery
+        self.route: Route | None = None  # the route that serves it, set by `build_routes`
 
     @staticmethod
     def is_poll(scope: Scope) -> bool:
@@ -114,171 +82,101 @@ class Polls:
         )
 
     def ready(self, scope: Scope) -> Answer | None:
-        """The answer to a poll of a fresh snapshot when nothing has to be made for it first; None otherwise
-        (not a poll, no fresh snapshot, or its compressed variant still to be made)."""
+        """The answer to a poll (no query string) of a fresh snapshot when nothing has to be made for it first;
+        None otherwise (not such a poll, no fresh snapshot, or its compressed variant still to be made)."""
         if not self.is_poll(scope):
             return None
-        refresher = self._refresher
-        snapshot = refresher.fresh(count=False)
+        snapshot = self._refresher.fresh()
         if snapshot is None:
             return None
-        answer = _ready(scope, refresher, self._interval, snapshot, False)
+        answer = self._delivery.ready(scope, snapshot.rendered, snapshot, False)
         if answer is not None:
-            refresher.counters.served_from_snapshot += 1
-            scope["route"] = RUNNING_ROUTE  # as the router would set it: the metrics label requests by route
+            scope["route"] = self.route  # as the router would set it: the metrics label requests by route
         return answer
-
-    async def answer(self, scope: Scope) -> Answer | None:
-        """`ready`, or else the answer once the compressed variant it needs is made; None when the request is not
-        a poll of a fresh snapshot."""
-        answer = self.ready(scope)
-        if answer is None and self.is_poll(scope) and (snapshot := self._refresher.fresh()) is not None:
-            scope["route"] = RUNNING_ROUTE
-            answer = await _whole_snapshot(scope, self._refresher, self._interval, snapshot, False)
-        return answer
-
-
-class PollShortcut:
-    """Innermost middleware: answers `Polls` after every other middleware (ids, metrics, access line, CORS,
-    tokens, rate limit) and before the exception layer and router; everything else goes on to the routes."""
-
-    def __init__(self, app: ASGIApp, *, polls: Polls) -> None:
-        self.app = app
-        self._polls = polls
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        answer = await self._polls.answer(scope)
-        if answer is None:
-            await self.app(scope, receive, send)
+        if scope["query_string"]:
+            query = self._queries.parse_running(Request(scope).query_params.multi_items())
+            snapshot, live = await self._refresher.current()
+            rendered = self._queries.running(snapshot, query)
         else:
-            await send_chunks(scope, send, *answer)
-
-
-_POLL_METHODS = frozenset({"GET", "HEAD"})
-
-
-def _ready(scope: Scope, refresher: Refresher, interval: float, snapshot: Snapshot, live: bool) -> Answer | None:
-    """The snapshot's own body, as rendered once (or compressed once), or a 304; None while the compressed
-    variant is still to be made."""
-    if_none_match, accept_encoding = _poll_headers(scope)
-    answer = ready_answer(
-        snapshot,
-        live=live,
-        refresh_interval=interval,
-        if_none_match=if_none_match,
-        accept_encoding=accept_encoding,
-    )
-    if answer is not None and answer.status == 304:
-        refresher.counters.not_modified += 1
-    return answer
-
-
-def _poll_headers(scope: Scope) -> tuple[str | None, str | None]:
-    # `If-None-Match` and `Accept-Encoding` in one pass over the request's headers (first of each)
-    if_none_match = accept_encoding = None
-    for name, value in scope["headers"]:
-        if name == b"if-none-match":
-            if if_none_match is None:
-                if_none_match = value.decode("latin-1")
-        elif name == b"accept-encoding" and accept_encoding is None:
-            accept_encoding = value.decode("latin-1")
-    return if_none_match, accept_encoding
-
-
-async def _whole_snapshot(
-    scope: Scope, refresher: Refresher, interval: float, snapshot: Snapshot, live: bool
-) -> Answer:
-    """`_ready`, once the compressed variant it needs is made (once per snapshot, by the first request for it)."""
-    while (answer := _ready(scope, refresher, interval, snapshot, live)) is None:
-        await make_variant(snapshot, _header(scope, b"accept-encoding"))
-    return answer
+            snapshot, live = await self._refresher.current()
+            rendered = snapshot.rendered
+        await self._delivery.send(scope, send, rendered, snapshot, live)
 
 
 async def running_task(request: Request) -> Response:
-    queries = _queries(request)
+    endpoints = _endpoints(request)
+    queries = endpoints.queries
     projection = queries.parse_task(_params(request))
-    snapshot, live = await _refresher(request).current()
+    snapshot, live = await endpoints.refresher.current()
     task_id = request.path_params["task_id"]
     rendered = queries.task(snapshot, task_id, projection)
     if rendered is None:
         return error(ErrorCode.NOT_FOUND, queries.not_running(task_id))
-    return _send(request, rendered, snapshot, live)
+    return endpoints.delivery.response(rendered, snapshot, live)
 
 
 async def finished_tasks(request: Request) -> Response:
-    queries = _queries(request)
-    query = queries.parse_finished(_params(request))
-    snapshot, live = await _refresher(request).current()  # the history is as fresh as the snapshot: one scan feeds both
-    return _send(request, queries.finished(query), snapshot, live)
+    endpoints = _endpoints(request)
+    query = endpoints.queries.parse_finished(_params(request))
+    # the history is as fresh as the snapshot: one scan feeds both
+    snapshot, live = await endpoints.refresher.current()
+    return endpoints.delivery.response(endpoints.queries.finished(query), snapshot, live)
 
 
 async def task_stats(request: Request) -> Response:
-    snapshot, live = await _refresher(request).current()
-    return _send(request, _queries(request).stats(snapshot), snapshot, live)
-
-
-def _send(request: Request, rendered: Rendered, snapshot: Snapshot, live: bool) -> Response:
-    """A rendered answer with its ETag, or 304 when the client has it (as the unfiltered read does)."""
-    settings: Settings = request.app.state.settings
-    name, value = cache_control(snapshot, settings.running_tasks.refresh_interval, live)
-    headers = {
-        "ETag": rendered.etag,
-        "X-Snapshot-Generation": str(snapshot.generation),
-        name.decode(): value.decode(),
-    }
-    if not live and tag_matches(rendered.etag, _header(request.scope, b"if-none-match")):
-        _refresher(request).counters.not_modified += 1
-        return Response(status_code=304, headers=headers)
-    return Response(rendered.body, media_type="application/json", headers=headers)
-
-
-# The handlers leave two failures to these: a refused query parameter (400, naming it) and a scan that could not
-# give a snapshot (503/504/500, as RefreshFailed says).
-
-
-async def _bad_request(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, QueryError)
-    return error(ErrorCode.BAD_REQUEST, f"{ErrorCode.BAD_REQUEST.message}: {exc}", data=exc.as_data())
-
-
-async def _refresh_failed(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RefreshFailed)
-    return error(exc.code)
-
-
-EXCEPTION_HANDLERS = {QueryError: _bad_request, RefreshFailed: _refresh_failed}
+    endpoints = _endpoints(request)
+    snapshot, live = await endpoints.refresher.current()
+    return endpoints.delivery.response(endpoints.queries.stats(snapshot), snapshot, live)
 
 
 async def cache_stats(request: Request) -> Response:
-    settings: Settings = request.app.state.settings
-    data = _refresher(request).stats()
-    data["settings"] = settings.redacted()
-    data["queryCache"] = _queries(request).cache_stats()
-    return ok(data)
+    endpoints = _endpoints(request)
+    refresher, settings = endpoints.refresher, endpoints.settings
+    counters = _camel({**asdict(refresher.counters), **asdict(endpoints.delivery.counters)})
+    return ok(
+        CacheStats(
+            cache_enabled=settings.running_tasks.cache_enabled,
+            snapshot=refresher.snapshot_info(),
+            last_refresh=None if refresher.last_refresh is None else refresher.last_refresh.shape(),
+            counters=counters,
+            job=refresher.job_info(),
+            settings=settings.redacted(),
+            query_cache=endpoints.queries.cache_stats(),
+        )
+    )
+
+
+def _camel(counts: dict[str, int]) -> dict[str, int]:
+    """snake_case names as the camelCase the API speaks."""
+    out: dict[str, int] = {}
+    for name, value in counts.items():
+        head, *rest = name.split("_")
+        out[head + "".join(part.capitalize() for part in rest)] = value
+    return out
 
 
 async def healthz(request: Request) -> Response:
-    return ok({"status": "ok"})
+    return ok(Health())
 
 
 async def readyz(request: Request) -> Response:
-    refresher = _refresher(request)
-    settings: Settings = request.app.state.settings
-    if settings.running_tasks.cache_enabled:
-        if refresher.is_ready():
-            return ok({"ready": True, "reason": "fresh snapshot"})
+    endpoints = _endpoints(request)
+    if endpoints.settings.running_tasks.cache_enabled:
+        if endpoints.refresher.is_ready():
+            return ok(Ready(reason="fresh snapshot"))
         return error(ErrorCode.REDIS_UNAVAILABLE, "not ready: no fresh snapshot yet")
     try:
-        await request.app.state.source.ping()
+        await endpoints.source.ping()
     except Exception as exc:  # any failure to answer PING means not ready
         logger.debug("readiness PING failed: %s", exc)
         return error(ErrorCode.REDIS_UNAVAILABLE)
-    return ok({"ready": True, "reason": "redis answers PING"})
+    return ok(Ready(reason="redis answers PING"))
 
 
 async def metrics(request: Request) -> Response:
-    registry: Metrics = request.app.state.metrics
-    body, content_type = registry.render(request.headers.get("accept"))
+    body, content_type = request.app.state.metrics.render(request.headers.get("accept"))
     return Response(body, headers={"Content-Type": content_type})
 
 
@@ -287,15 +185,34 @@ async def openapi(request: Request) -> Response:
     return Response(document, media_type="application/json")
 
 
-RUNNING_ROUTE = Route(RUNNING_PATH, RunningList(), methods=["GET"])
-routes = [
-    RUNNING_ROUTE,
-    Route(f"{API_PREFIX}/running/{{task_id:task_id}}", running_task, methods=["GET"]),
-    Route(f"{API_PREFIX}/finished", finished_tasks, methods=["GET"]),
-    Route(f"{API_PREFIX}/stats", task_stats, methods=["GET"]),
-    Route(f"{API_PREFIX}/cache-stats", cache_stats, methods=["GET"]),
-    Route("/healthz", healthz, methods=["GET"]),
-    Route("/readyz", readyz, methods=["GET"]),
-    Route("/metrics", metrics, methods=["GET"]),
-    Route("/openapi.json", openapi, methods=["GET"]),
-]
+# The handlers leave two failures to these: a refused query parameter (400, naming it) and a scan that could not
+# give a snapshot (503/504/500, as its Failure says).
+
+
+async def _bad_request(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, QueryError)
+    return bad_request(exc)
+
+
+async def _refresh_failed(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RefreshFailed)
+    return error(FAILURE_CODES[exc.failure])
+
+
+EXCEPTION_HANDLERS = {QueryError: _bad_request, RefreshFailed: _refresh_failed}
+
+
+def build_routes(running: RunningList) -> list[Route]:
+    """Every route; the running list's endpoint is `running`."""
+    running.route = Route(RUNNING_PATH, running, methods=["GET"])
+    return [
+        running.route,
+        Route(f"{API_PREFIX}/running/{{task_id:task_id}}", running_task, methods=["GET"]),
+        Route(f"{API_PREFIX}/finished", finished_tasks, methods=["GET"]),
+        Route(f"{API_PREFIX}/stats", task_stats, methods=["GET"]),
+        Route(f"{API_PREFIX}/cache-stats", cache_stats, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]

@@ -5,30 +5,22 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable
-from typing import Any
 
-import orjson
-
-from service.domain.history import FinishedQuery, History, parse_finished_query, render_finished
-from service.domain.tasks import format_time
+from service.domain.history import History
+from service.domain.times import format_time
 from service.domain.tracker import TaskView
-from service.query.result_cache import Rendered, ResultCache, content_etag, derived_etag
-from service.query.running import (
-    Params,
-    Projection,
-    Query,
-    paginate,
-    parse_projection,
-    parse_query,
-    render_page,
-    render_task,
-)
+from service.query.finished import FinishedQuery, parse_finished_query, render_finished
+from service.query.params import Params
+from service.query.project import Projection, parse_projection, render_task
+from service.query.result_cache import ResultCache, content_etag, derived_etag
+from service.query.running import Query, paginate, parse_query, render_page
 from service.query.running import select as select_running
 from service.query.stats import task_stats
 from service.settings import RunningTasksSettings
+from service.shapes.envelope import encode_ok, ok_body
+from service.shapes.operations import HistoryInfo, QueryCacheInfo
+from service.snapshot.body import Rendered
 from service.snapshot.snapshot import Snapshot
-
-_OK_PREFIX = b'{"code":0,"message":"ok","success":true,"data":'
 
 
 class QueryService:
@@ -55,11 +47,14 @@ class QueryService:
     # -- answers ---------------------------------------------------------------------------------------
 
     def running(self, snapshot: Snapshot, query: Query) -> Rendered:
-        """A filtered, sorted, paged, projected running list; keyed by the snapshot's ETag (equal bodies)."""
+        """The running list as `query` shapes it; the snapshot's own body when the query changes nothing (no
+        parameter, `page=1` alone, unknown parameters). Keyed by the snapshot's ETag (equal bodies)."""
+        if query.is_default:
+            return snapshot.rendered
 
         def render() -> Rendered:
             page = paginate(select_running(snapshot.tasks, query), query.paging)
-            return Rendered(render_page(page, query.projection), derived_etag(snapshot.etag, query))
+            return Rendered.of(render_page(page, query.projection, snapshot.head), derived_etag(snapshot.etag, query))
 
         return self.cache.get_or_render(("running", snapshot.etag, query), render)
 
@@ -70,8 +65,8 @@ class QueryService:
             return None
 
         def render() -> Rendered:
-            body = b"".join((_OK_PREFIX, render_task(view, projection), b"}"))
-            return Rendered(body, content_etag(body))
+            body = ok_body(render_task(view, snapshot.head(view), projection))
+            return Rendered.of(body, content_etag(body))
 
         return self.cache.get_or_render(("task", snapshot.etag, task_id, projection), render)
 
@@ -90,7 +85,7 @@ class QueryService:
         base = f"{self._token}-h{history.version}"
 
         def render() -> Rendered:
-            return Rendered(render_finished(history, query), derived_etag(base, query))
+            return Rendered.of(render_finished(history, query), derived_etag(base, query))
 
         return self.cache.get_or_render(("finished", base, query), render)
 
@@ -101,7 +96,7 @@ class QueryService:
 
         def render() -> Rendered:
             data = task_stats(snapshot, self.history, rt.running_statuses, rt.stall_after)
-            return Rendered(orjson.dumps({"code": 0, "message": "ok", "success": True, "data": data}), f'"{base}"')
+            return Rendered.of(encode_ok(data), f'"{base}"')
 
         return self.cache.get_or_render(("stats", base), render)
 
@@ -110,11 +105,12 @@ class QueryService:
         self.cache.clear()
         self._index = ("", {})
 
-    def cache_stats(self) -> dict[str, Any]:
-        return {
+    def cache_stats(self) -> QueryCacheInfo:
+        history = self.history
+        return QueryCacheInfo(
             **self.cache.stats(),
-            "history": {"kept": len(self.history), "size": self.history.size, "version": self.history.version},
-        }
+            history=HistoryInfo(kept=len(history), size=history.size, version=history.version),
+        )
 
     def _by_id(self, snapshot: Snapshot) -> dict[str, TaskView]:
         # built once per snapshot body, on the first lookup: no linear scan per request, no cost for a

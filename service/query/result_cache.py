@@ -5,15 +5,8 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True, slots=True)
-class Rendered:
-    """A success body and its strong ETag."""
-
-    body: bytes
-    etag: str
+from service.snapshot.body import Rendered
 
 
 def derived_etag(base: str, key: object) -> str:
@@ -50,14 +43,14 @@ class ResultCache:
             return found
         self.misses += 1
         rendered = render()
-        size = len(rendered.body)
+        size = rendered.body.length
         if self._max_entries == 0 or size > self._max_bytes:
             return rendered
         self._entries[key] = rendered
         self._bytes += size
         while len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
             _, old = self._entries.popitem(last=False)
-            self._bytes -= len(old.body)
+            self._bytes -= old.body.length
             self.evictions += 1
         return rendered
 
@@ -72,8 +65,8 @@ class ResultCache:
         return {
             "entries": len(self._entries),
             "bytes": self._bytes,
-            "maxEntries": self._max_entries,
-            "maxBytes": self._max_bytes,
+            "max_entries": self._max_entries,
+            "max_bytes": self._max_bytes,
             "hits": self.hits,
             "misses": self.misses,
             "evictions": self.evictions,

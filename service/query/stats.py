@@ -6,10 +6,20 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
 
-from service.domain.history import OUTCOMES, History
-from service.domain.tasks import format_time
+from service.domain.history import History
+from service.domain.times import format_time
+from service.domain.vocabulary import OUTCOMES
+from service.shapes.stats import (
+    Distribution,
+    DurationSeconds,
+    FinishedFigures,
+    ProgressRate,
+    RunningFigures,
+    TaskStats,
+    Throughput,
+    ThroughputWindow,
+)
 from service.snapshot.snapshot import Snapshot
 
 WINDOWS_MINUTES = (5, 15, 60)
@@ -26,16 +36,15 @@ def percentile(ordered: Sequence[float], p: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def _distribution(seconds: list[float]) -> dict[str, Any]:
+def _distribution(seconds: list[float]) -> Distribution:
     ordered = sorted(seconds)
-    figures: dict[str, Any] = {"count": len(ordered)}
-    for p in PERCENTILES:
-        figures[f"p{p}"] = round(percentile(ordered, p), 3) if ordered else None
-    figures["mean"] = round(statistics.fmean(ordered), 3) if ordered else None
-    return figures
+    if not ordered:
+        return Distribution(0, None, None, None, None)
+    p50, p90, p99 = (round(percentile(ordered, p), 3) for p in PERCENTILES)
+    return Distribution(len(ordered), p50, p90, p99, round(statistics.fmean(ordered), 3))
 
 
-def throughput(history: History, now_ms: int) -> dict[str, Any]:
+def throughput(history: History, now_ms: int) -> Throughput:
     """Finished tasks per minute over the last 5, 15 and 60 minutes: the tasks that ended within the window,
     divided by its length.
 
@@ -44,25 +53,25 @@ def throughput(history: History, now_ms: int) -> dict[str, Any]:
     figure is then a lower bound."""
     ends = [record.end_ms for record in history.newest_first()]
     covered_ms = max(0, now_ms - history.started_ms)
-    out: dict[str, Any] = {}
+    windows: list[ThroughputWindow] = []
     for minutes in WINDOWS_MINUTES:
         window_ms = minutes * 60_000
         since = now_ms - window_ms
         count = sum(1 for end in ends if end > since)
         evicted_inside = history.evicted_newest_end_ms is not None and history.evicted_newest_end_ms > since
-        out[f"last{minutes}m"] = {
-            "windowMinutes": minutes,
-            "finished": count,
-            "perMinute": round(count / minutes, 3),
-            "coveredMinutes": round(min(window_ms, covered_ms) / 60_000, 3),
-            "complete": covered_ms >= window_ms and not evicted_inside,
-        }
-    return out
+        windows.append(
+            ThroughputWindow(
+                window_minutes=minutes,
+                finished=count,
+                per_minute=round(count / minutes, 3),
+                covered_minutes=round(min(window_ms, covered_ms) / 60_000, 3),
+                complete=covered_ms >= window_ms and not evicted_inside,
+            )
+        )
+    return Throughput(*windows)
 
 
-def task_stats(
-    snapshot: Snapshot, history: History, running_statuses: Sequence[str], stall_after: int
-) -> dict[str, Any]:
+def task_stats(snapshot: Snapshot, history: History, running_statuses: Sequence[str], stall_after: int) -> TaskStats:
     """Every figure of the stats endpoint as of `snapshot` (its build time is `asOf`)."""
     now_ms = snapshot.built_ms
     by_status = Counter(task.process for task in snapshot.tasks)
@@ -72,34 +81,32 @@ def task_stats(
     for record in records:
         by_outcome[record.outcome].append(record.duration_ms / 1000)
     every = [seconds for values in by_outcome.values() for seconds in values]
-    return {
-        "asOf": format_time(now_ms),
-        "snapshotGeneration": snapshot.generation,
-        "running": {
-            "total": len(snapshot.tasks),
-            "byStatus": {status: by_status.get(status, 0) for status in running_statuses},
-            "stalled": sum(1 for task in snapshot.tasks if task.stalled),
-            "stallAfterSeconds": stall_after,
-        },
-        "finished": {
-            "historySince": format_time(history.started_ms),
-            "historySize": history.size,
-            "kept": len(records),
-            "evicted": history.evicted,
-            "byOutcome": {outcome: history.totals.get(outcome, 0) for outcome in OUTCOMES},
-            "throughput": throughput(history, now_ms),
-            "durationSeconds": {
-                "unit": "s",
-                "over": "kept history",
-                "all": _distribution(every),
-                "byOutcome": {outcome: _distribution(values) for outcome, values in by_outcome.items()},
-            },
-        },
-        "progressRate": {
-            "unit": "%/min",
-            "over": "running tasks with an observed rate (progress rose between two observations)",
-            "tasks": len(rates),
-            "mean": round(statistics.fmean(rates), 3) if rates else None,
-            "median": round(statistics.median(rates), 3) if rates else None,
-        },
-    }
+    return TaskStats(
+        as_of=format_time(now_ms),
+        snapshot_generation=snapshot.generation,
+        running=RunningFigures(
+            total=len(snapshot.tasks),
+            by_status={status: by_status.get(status, 0) for status in running_statuses},
+            stalled=sum(1 for task in snapshot.tasks if task.stalled),
+            stall_after_seconds=stall_after,
+        ),
+        finished=FinishedFigures(
+            history_since=format_time(history.started_ms),
+            history_size=history.size,
+            kept=len(records),
+            evicted=history.evicted,
+            by_outcome={outcome: history.totals.get(outcome, 0) for outcome in OUTCOMES},
+            throughput=throughput(history, now_ms),
+            duration_seconds=DurationSeconds(
+                over="kept history",
+                all=_distribution(every),
+                by_outcome={outcome: _distribution(values) for outcome, values in by_outcome.items()},
+            ),
+        ),
+        progress_rate=ProgressRate(
+            over="running tasks with an observed rate (progress rose between two observations)",
+            tasks=len(rates),
+            mean=round(statistics.fmean(rates), 3) if rates else None,
+            median=round(statistics.median(rates), 3) if rates else None,
+        ),
+    )

@@ -1,5 +1,5 @@
-"""A response body rendered once per snapshot: pre-joined chunks, compressed variants made once on demand, and
-the ASGI response that sends them as they are."""
+"""A response body rendered once: pre-joined chunks, kept by reference where a part is large or unchanged, and
+compressed variants made once on demand."""
 
 from __future__ import annotations
 
@@ -7,9 +7,6 @@ import asyncio
 import zlib
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, TypeVar
-
-from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
 
 # Chunks of about this size: joining one is quick enough to yield to the event loop between two, and a request
 # is a few hundred sends even for a body of hundreds of megabytes.
@@ -25,7 +22,6 @@ _LEVEL_SMALL, _LEVEL_LARGE = 6, 1
 
 ENCODINGS = ("gzip",)
 T = TypeVar("T")
-_BYTES_PER_YIELD = 2 * 1024 * 1024  # a response gives the event loop a turn after sending this much
 
 
 class RenderedBody:
@@ -159,59 +155,18 @@ def _segment(run: list[T], run_parts: list[Sequence[bytes]], reusable: dict[int,
     return Segment(tuple(run), tuple(chunk for chunk in chunks if chunk))
 
 
-def choose_encoding(accept_encoding: str | None) -> str | None:
-    """The encoding of ENCODINGS the client accepts (q > 0), or None for the identity."""
-    if not accept_encoding:
-        return None
-    for item in accept_encoding.split(","):
-        name, _, params = item.partition(";")
-        name = name.strip().lower()
-        if name not in ENCODINGS:
-            continue
-        quality = 1.0
-        for param in params.split(";"):
-            key, _, value = param.partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
-        if quality > 0:
-            return name
-    return None
+class Rendered(NamedTuple):
+    """An answer ready to be sent as many times as it is asked for: its body and the body's strong ETag (a
+    compressed variant's tag adds the encoding, see `variant_etag`)."""
+
+    body: RenderedBody
+    etag: str
+
+    @classmethod
+    def of(cls, body: bytes, etag: str) -> Rendered:
+        return cls(RenderedBody((body,)), etag)
 
 
-class BodyResponse(Response):
-    """Sends prepared chunks as they are (a RenderedBody's, with its exact Content-Length among `headers`):
-    nothing is rendered per request."""
-
-    def __init__(self, chunks: tuple[bytes, ...], headers: list[tuple[bytes, bytes]], status_code: int = 200) -> None:
-        self.status_code = status_code
-        self.background = None
-        self._chunks = chunks
-        self.raw_headers = headers
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send_chunks(scope, send, self.status_code, self.raw_headers, self._chunks)
-
-
-async def send_chunks(
-    scope: Scope, send: Send, status: int, headers: list[tuple[bytes, bytes]], chunks: tuple[bytes, ...]
-) -> None:
-    """An ASGI response of `chunks` (none for a HEAD request)."""
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    if scope["method"] == "HEAD":
-        chunks = ()
-    last = len(chunks) - 1
-    if last <= 0:  # nearly every answer: no body (304, HEAD) or one chunk (up to ONE_CHUNK_BYTES)
-        await send({"type": "http.response.body", "body": chunks[0] if chunks else b""})
-        return
-    unyielded = 0
-    for index, chunk in enumerate(chunks):
-        await send({"type": "http.response.body", "body": chunk, "more_body": index < last})
-        unyielded += len(chunk)
-        if unyielded >= _BYTES_PER_YIELD:
-            # A send that the transport buffers (or drops: the client is gone) returns without yielding;
-            # a body of a thousand chunks would otherwise hold the event loop from the first to the last.
-            unyielded = 0
-            await asyncio.sleep(0)
+def variant_etag(etag: str, encoding: str | None) -> str:
+    """The strong ETag of a body tagged `etag` as sent with `encoding` (None: as is)."""
+    return etag if encoding is None else f'{etag[:-1]}-{encoding}"'

@@ -8,20 +8,20 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import redis.exceptions
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from service.domain.tasks import format_time
+from service.domain.times import format_time
 from service.domain.tracker import TaskView, Tracker
-from service.http.envelope import ErrorCode
 from service.settings import RunningTasksSettings
+from service.shapes.operations import JobInfo, LastRefresh, SnapshotInfo
 from service.snapshot.snapshot import Snapshot, build_snapshot
-from service.source.scanner import Scanner, ScanTimeout
+from service.source.failures import Failure, classify
+from service.source.scanner import Scanner
 
 logger = logging.getLogger("service.snapshot.refresher")
 
@@ -46,29 +46,18 @@ logging.getLogger("apscheduler.scheduler").addFilter(_QuietSkips())
 
 
 class RefreshFailed(Exception):
-    """A scan failed; `code` says how to answer the request that needed it."""
+    """A scan failed; `failure` says what kind of failure it was."""
 
-    def __init__(self, code: ErrorCode, detail: str) -> None:
+    def __init__(self, failure: Failure, detail: str) -> None:
         super().__init__(detail)
-        self.code = code
+        self.failure = failure
         self.detail = detail
-
-
-def classify(exc: BaseException) -> ErrorCode:
-    if isinstance(exc, ScanTimeout | redis.exceptions.TimeoutError | TimeoutError):
-        return ErrorCode.TIMEOUT
-    if isinstance(exc, redis.exceptions.ConnectionError | ConnectionError):
-        return ErrorCode.REDIS_UNAVAILABLE
-    return ErrorCode.INTERNAL
 
 
 @dataclass(slots=True)
 class Counters:
     refreshes_ok: int = 0
     refreshes_failed: int = 0
-    served_from_snapshot: int = 0
-    served_by_live_scan: int = 0
-    not_modified: int = 0
     job_runs_skipped: int = 0  # ticks that found the previous refresh still running
     timeouts: int = 0
     redis_unavailable: int = 0
@@ -83,28 +72,19 @@ class RefreshRecord:
     stats: dict[str, int | float] | None
     error: str | None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "startedAt": format_time(self.started_ms),
-            "durationMs": self.duration_ms,
-            "trigger": self.trigger,
-            "error": self.error,
-            **_camel({k: v for k, v in (self.stats or {}).items() if k not in ("started_ms", "duration_ms")}),
-        }
+    def shape(self) -> LastRefresh:
+        counts: dict[str, Any] = {k: v for k, v in (self.stats or {}).items() if k not in ("started_ms", "duration_ms")}
+        return LastRefresh(
+            started_at=format_time(self.started_ms),
+            duration_ms=self.duration_ms,
+            trigger=self.trigger,
+            error=self.error,
+            **counts,
+        )
 
 
 # Called after every refresh with its record and, when it failed, how; e.g. the metrics' histogram.
-RefreshListener = Callable[[RefreshRecord, ErrorCode | None], None]
-
-
-def _camel(data: dict[str, Any]) -> dict[str, Any]:
-    """snake_case keys to the camelCase the API speaks."""
-    return {_camel_key(key): value for key, value in data.items()}
-
-
-def _camel_key(key: str) -> str:
-    head, *rest = key.split("_")
-    return head + "".join(part.capitalize() for part in rest)
+RefreshListener = Callable[[RefreshRecord, Failure | None], None]
 
 
 class Refresher:
@@ -133,7 +113,7 @@ class Refresher:
         self.last_refresh: RefreshRecord | None = None
         self.counters = Counters()
         self.listeners: list[RefreshListener] = []
-        self._failing_code: ErrorCode | None = None
+        self._failing: Failure | None = None
 
     @property
     def scanning(self) -> bool:
@@ -207,7 +187,7 @@ class Refresher:
         if self._failing_since is not None:
             logger.warning("refresh recovered after %.1f s of failures", time.monotonic() - self._failing_since)
             self._failing_since = None
-            self._failing_code = None
+            self._failing = None
         self._notify(record, None)
         logger.debug(
             "refresh %d (%s): %d running of %d keys in %.1f ms",
@@ -220,50 +200,47 @@ class Refresher:
         return snapshot
 
     def _record_failure(self, exc: Exception, trigger: str, started_ms: int, started: float) -> RefreshFailed:
-        code = classify(exc)
+        failure_kind = classify(exc)
         detail = f"{type(exc).__name__}: {exc}"
         duration = round((time.perf_counter() - started) * 1000, 3)
         record = RefreshRecord(started_ms, duration, trigger, None, detail)
         self.last_refresh = record
         self.counters.refreshes_failed += 1
-        if code is ErrorCode.TIMEOUT:
+        if failure_kind is Failure.TIMEOUT:
             self.counters.timeouts += 1
-        elif code is ErrorCode.REDIS_UNAVAILABLE:
+        elif failure_kind is Failure.REDIS_UNAVAILABLE:
             self.counters.redis_unavailable += 1
         else:
             self.counters.internal_errors += 1
         now = time.monotonic()
-        failure = RefreshFailed(code, detail)
+        failure = RefreshFailed(failure_kind, detail)
         self._failure = (now, failure)
         # one line when the state changes (a new kind of failure included), then a reminder now and then: a dead
         # Redis, or a Redis that refuses our commands, must not flood the log
-        if code is not self._failing_code or now - self._last_reminder >= _REMINDER_SECONDS:
-            if code is ErrorCode.INTERNAL:
+        if failure_kind is not self._failing or now - self._last_reminder >= _REMINDER_SECONDS:
+            if failure_kind is Failure.INTERNAL:
                 logger.error("refresh failed (%s): %s", trigger, detail, exc_info=exc)
             else:
                 logger.warning("refresh failed (%s): %s", trigger, detail)
             self._last_reminder = now
-        self._failing_code = code
+        self._failing = failure_kind
         self._failing_since = self._failing_since or now
-        self._notify(record, code)
+        self._notify(record, failure_kind)
         return failure
 
-    def _notify(self, record: RefreshRecord, code: ErrorCode | None) -> None:
+    def _notify(self, record: RefreshRecord, failure: Failure | None) -> None:
         for listener in self.listeners:
             try:
-                listener(record, code)
+                listener(record, failure)
             except Exception:  # an observer must never break the refresh it observes
                 logger.exception("refresh listener %r failed", listener)
 
     # -- what requests ask for -------------------------------------------------------------------------
 
-    def fresh(self, *, count: bool = True) -> Snapshot | None:
-        """The snapshot, counted as served unless `count` is false, when the cache is on and it is fresh; else
-        None (`current()` scans)."""
+    def fresh(self) -> Snapshot | None:
+        """The snapshot when the cache is on and it is fresh; else None (`current()` scans)."""
         snapshot = self.snapshot
         if self._settings.cache_enabled and snapshot is not None and snapshot.is_fresh(self._settings.cache_ttl):
-            if count:
-                self.counters.served_from_snapshot += 1
             return snapshot
         return None
 
@@ -275,9 +252,7 @@ class Refresher:
         failure = self._failure
         if failure is not None and time.monotonic() - failure[0] < _FAILURE_HOLD_SECONDS:
             raise failure[1]
-        snapshot = await self.refresh("request")
-        self.counters.served_by_live_scan += 1
-        return snapshot, True
+        return await self.refresh("request"), True
 
     def is_ready(self) -> bool:
         snapshot = self.snapshot
@@ -338,30 +313,27 @@ class Refresher:
         job = self._scheduler.get_job(JOB_ID)
         return None if job is None else job.next_run_time
 
-    def stats(self) -> dict[str, Any]:
-        """Everything cache-stats reports about the snapshot, the last refresh and the counters."""
+    def snapshot_info(self) -> SnapshotInfo | None:
+        """What cache-stats says of the snapshot."""
         snapshot = self.snapshot
-        next_run = self.next_run()
+        if snapshot is None:
+            return None
         ttl = self._settings.cache_ttl
-        return {
-            "cacheEnabled": self._settings.cache_enabled,
-            "snapshot": None
-            if snapshot is None
-            else {
-                "generation": snapshot.generation,
-                "builtAt": format_time(snapshot.built_ms),
-                "ageSeconds": round(snapshot.age(), 3),
-                "ttlSeconds": ttl,
-                "stale": not snapshot.is_fresh(ttl),
-                "taskCount": len(snapshot.tasks),
-                "etag": snapshot.etag,
-                "bodyBytes": len(snapshot.body),
-            },
-            "lastRefresh": None if self.last_refresh is None else self.last_refresh.as_dict(),
-            "counters": _camel(asdict(self.counters)),
-            "job": {
-                "running": self._scheduler is not None,
-                "intervalSeconds": self._settings.refresh_interval,
-                "nextRun": None if next_run is None else next_run.isoformat(),
-            },
-        }
+        return SnapshotInfo(
+            generation=snapshot.generation,
+            built_at=format_time(snapshot.built_ms),
+            age_seconds=round(snapshot.age(), 3),
+            ttl_seconds=ttl,
+            stale=not snapshot.is_fresh(ttl),
+            task_count=len(snapshot.tasks),
+            etag=snapshot.etag,
+            body_bytes=len(snapshot.body),
+        )
+
+    def job_info(self) -> JobInfo:
+        next_run = self.next_run()
+        return JobInfo(
+            running=self._scheduler is not None,
+            interval_seconds=self._settings.refresh_interval,
+            next_run=None if next_run is None else next_run.isoformat(),
+        )

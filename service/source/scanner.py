@@ -9,17 +9,13 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import NamedTuple
 
-from service.domain.tasks import MalformedValue, StoredTask, decode_value, task_id_prefix
+from service.domain.tasks import MalformedValue, Observation, StoredTask, decode_value, task_id_prefix
 from service.settings import RunningTasksSettings
+from service.source.failures import ScanTimeout
 from service.source.redis_source import MISSING, WRONG_TYPE, KeyMeta, RedisSource
 
 logger = logging.getLogger("service.source.scanner")
-
-
-class ScanTimeout(Exception):
-    """The scan went over its `max_scan_time` budget and was abandoned."""
 
 
 @dataclass(slots=True)
@@ -43,16 +39,6 @@ class ScanStats:
 
     def as_dict(self) -> dict[str, int | float]:
         return dataclasses.asdict(self)
-
-
-class Observation(NamedTuple):
-    """A running task as one scan saw it. (A named tuple: one is made per running task per scan, three times
-    faster than a frozen dataclass.)"""
-
-    task: StoredTask
-    fingerprint: int  # hash of the raw value: unchanged value, unchanged task
-    pttl: int  # ms left on the key when it was scanned; -1 without expiry
-    seen_ms: int  # wall-clock time the key was scanned
 
 
 # What the scanner remembers of a value it decoded: the task if running, its status if finished,

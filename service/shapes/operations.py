@@ -1,0 +1,88 @@
+"""The shapes of the operations endpoints: cache-stats, health and readiness."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from service.shapes.common import Count, Time
+
+
+class SnapshotInfo(msgspec.Struct, rename="camel"):
+    generation: Annotated[int, msgspec.Meta(ge=1)]
+    built_at: Time
+    age_seconds: Annotated[float, msgspec.Meta(ge=0)]
+    ttl_seconds: float
+    stale: bool
+    task_count: Count
+    etag: str
+    body_bytes: Count
+
+
+class LastRefresh(msgspec.Struct, rename="camel", kw_only=True):
+    """The last refresh, and when it completed, what its scan counted (service.source.scanner.ScanStats)."""
+
+    started_at: Time
+    duration_ms: Annotated[float, msgspec.Meta(ge=0)]
+    trigger: str  # job, startup, request (a live scan), cli
+    error: str | None
+    pages: Count | UnsetType = UNSET
+    fetches: Count | UnsetType = UNSET
+    keys_scanned: Count | UnsetType = UNSET
+    duplicates: Count | UnsetType = UNSET
+    values_fetched: Count | UnsetType = UNSET
+    values_reused: Count | UnsetType = UNSET
+    bytes_fetched: Count | UnsetType = UNSET
+    decoded: Count | UnsetType = UNSET
+    expired: Count | UnsetType = UNSET
+    malformed: Count | UnsetType = UNSET
+    wrong_type: Count | UnsetType = UNSET
+    empty_id: Count | UnsetType = UNSET
+    matched: Count | UnsetType = UNSET
+    finished: Count | UnsetType = UNSET
+
+
+class JobInfo(msgspec.Struct, rename="camel"):
+    running: bool
+    interval_seconds: float
+    next_run: str | None
+
+
+class HistoryInfo(msgspec.Struct):
+    kept: Count
+    size: int
+    version: Count
+
+
+class QueryCacheInfo(msgspec.Struct, rename="camel"):
+    """The LRU of rendered query answers (query_cache_size, query_cache_bytes) and the finished-task history."""
+
+    entries: Count
+    bytes: Count
+    max_entries: Count
+    max_bytes: Count
+    hits: Count
+    misses: Count
+    evictions: Count
+    history: HistoryInfo
+
+
+class CacheStats(msgspec.Struct, rename="camel"):
+    cache_enabled: bool
+    snapshot: SnapshotInfo | None
+    last_refresh: LastRefresh | None
+    counters: dict[str, Count]
+    job: JobInfo
+    settings: Annotated[dict[str, Any], msgspec.Meta(description="the settings in effect; secrets shown as ***")]
+    query_cache: QueryCacheInfo
+
+
+class Health(msgspec.Struct):
+    status: Literal["ok"] = "ok"
+
+
+class Ready(msgspec.Struct, kw_only=True):
+    ready: Literal[True] = True
+    reason: str

@@ -1,0 +1,32 @@
+"""Redis client -> scanner -> tracker -> refresher, with the history the tracker feeds: the pipeline as the service
+and the `scan` command both run it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from service.domain.history import History
+from service.domain.tracker import Tracker
+from service.settings import Settings
+from service.snapshot.refresher import Refresher
+from service.source.redis_source import RedisSource
+from service.source.scanner import Scanner
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    source: RedisSource
+    refresher: Refresher
+    history: History
+
+
+def build_pipeline(settings: Settings, client: aioredis.Redis, clock: Callable[[], int] | None = None) -> Pipeline:
+    rt = settings.running_tasks
+    source = RedisSource(client, fetch_max_bytes=rt.fetch_max_bytes)
+    history = History(rt.history_size, clock)
+    tracker = Tracker(rt.producer_key_ttl, stall_after=rt.stall_after, on_departures=history.record)
+    scanner = Scanner(source, rt, clock, finished_sink=tracker.observe_finished)
+    return Pipeline(source, Refresher(scanner, tracker, rt, clock), history)
