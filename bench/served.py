@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -118,7 +119,7 @@ def service_app() -> Starlette:
                 "loop": watch.take(),
                 "refreshes": refresher.counters.refreshes_ok,
                 "failed": refresher.counters.refreshes_failed,
-                "last": refresher.stats()["lastRefresh"],
+                "last": None if refresher.last_refresh is None else msgspec.to_builtins(refresher.last_refresh.shape()),
             }
         )
 

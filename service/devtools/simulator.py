@@ -21,17 +21,18 @@ import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
 
 from service.domain.times import format_time
+from service.domain.vocabulary import FILE_OPERATES, FINISHED_STATUSES, PRODUCER_RUNNING_STATUSES
 
 logger = logging.getLogger("service.devtools.simulator")
 
 _T = TypeVar("_T")
 
 KEY_PREFIX = "request:id:"
-RUNNING = ("pending", "processing")
-FINISHED = ("complete", "completed", "failed")
-OUTCOMES = ("complete", "completed", "failed", "stall")
-OPERATES = ("add", "modify", "delete", "rename")
-FILE_STATUSES = ("pending", "processing", "completed", "unsupported")
+RUNNING = PRODUCER_RUNNING_STATUSES
+FINISHED = FINISHED_STATUSES
+# How a simulated task ends: one of the producer's finished statuses, or it stops moving until its key expires.
+OUTCOMES = (*FINISHED_STATUSES, "stall")
+OPERATES = FILE_OPERATES
 
 # The producer rewrites a task's value once per this many processed files.
 UPDATE_EVERY = 10

@@ -59,7 +59,7 @@ def decode_value(task_id: str, raw: bytes, served: Container[str] | None = None)
     """Decode one value; raise `MalformedValue` when it is not a task status object.
 
     With `served`, the file list of a task whose process is not in it is checked as JSON but not entry by entry:
-    it is never served, and checking every entry costs five times the rest of the decode."""
+    it is never served, and checking every entry costs more than the rest of the decode."""
     try:
         value = _value_decoder.decode(raw)
         if not 0 <= value.totalProgress <= 100:
@@ -97,8 +97,8 @@ def task_id_prefix(key_pattern: str) -> str:
 
 
 class Observation(NamedTuple):
-    """A task as one scan saw it. (A named tuple: one is made per running task per scan, three times
-    faster than a frozen dataclass.)"""
+    """A task as one scan saw it. (A named tuple: one is made per running task per scan, and a tuple is
+    made faster than a frozen dataclass.)"""
 
     task: StoredTask
     fingerprint: int  # hash of the raw value: unchanged value, unchanged task

@@ -98,7 +98,7 @@ class Tracker:
         self._added: list[tuple[int, str, _State]] = []
         # Known tasks the current scan has not seen yet: what is left at its end is gone. A copy at the start
         # and a pop per task seen cost less than a pass over every state at the end, which held the event loop
-        # 10-17 ms with 60,000 tasks.
+        # too long with tens of thousands of tasks.
         self._unseen: dict[str, _State] = {}
         self._scan = 0
         # tracked tasks read in a finished status since the last complete scan (failed ones included)
@@ -159,7 +159,7 @@ class Tracker:
         return [view for part in self.views_in_slices() for view in part]
 
     def views_in_slices(self, size: int = 5000) -> Iterator[list[TaskView]]:
-        """views() in slices, so that a caller can yield to the event loop between two (60,000 tasks: ~18 ms).
+        """views() in slices, so that a caller can yield to the event loop between two.
 
         The tracker must not change until the last slice is taken."""
         self._merge_added()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 # `process` values the producer writes for a finished task; both spellings of "finished well" occur.
 FINISHED_STATUSES = ("complete", "completed", "failed")
-# The default `running_statuses`: `running` is accepted by readers though the producer never writes it.
-RUNNING_STATUSES = ("pending", "processing", "running")
+# `process` values the producer writes while a task runs; the default `running_statuses` add `running`, which
+# readers accept though the producer never writes it.
+PRODUCER_RUNNING_STATUSES = ("pending", "processing")
+RUNNING_STATUSES = (*PRODUCER_RUNNING_STATUSES, "running")
 # A file entry's `status` (the producer writes the first four; readers also know `failed`) and `operate`.
 FILE_STATUSES = ("pending", "processing", "completed", "unsupported", "failed")
 FILE_OPERATES = ("add", "modify", "delete", "rename")

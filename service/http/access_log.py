@@ -46,7 +46,7 @@ def accept_request_id(value: bytes | None) -> str:
 
 def _new_id_series() -> None:
     # Ids are UUIDs of version 4 whose last 48 bits count up from a random start: unique in the process (and
-    # between processes, by the 74 random bits before them) at a fraction of uuid.uuid4()'s cost (1.9 us).
+    # between processes, by the 74 random bits before them) at a fraction of uuid.uuid4()'s cost.
     global _id_prefix, _id_counter
     first = str(uuid.uuid4())
     _id_prefix, _id_counter = first[:24], itertools.count(int(first[24:], 16))
@@ -156,6 +156,7 @@ def _message_args(
 
 # -- formats -------------------------------------------------------------------------------------------------
 
+
 def _request_id(record: logging.LogRecord) -> str | None:
     # the record's own (set where it was written) or, while the request runs, the current one
     value = getattr(record, "request_id", None)
@@ -221,10 +222,9 @@ class ServiceHandler(logging.StreamHandler):  # type: ignore[type-arg]
     keep a thousand requests' memory alive between writes) and formatted and written together, at most
     `_FLUSH_SECONDS` later (or when `_MAX_PENDING` wait, at exit, or before any record).
 
-    A record per request costs ~8 us (a LogRecord, the formatter, a write and a flush), a quarter of what a
-    whole 304 costs through uvicorn; formatted in a batch, the lines cost the requests a third less again
-    (measured through uvicorn: 24,000 -> 26,900 304s/s). The order of lines is kept: a record flushes the
-    waiting access lines before it is written."""
+    A record per request (a LogRecord, the formatter, a write and a flush) costs a good part of what a whole
+    304 costs through uvicorn; formatted in a batch, the lines cost the requests less (docs/performance.md). The
+    order of lines is kept: a record flushes the waiting access lines before it is written."""
 
     def __init__(self, stream: IO[str], formatter: PlainFormatter | JsonFormatter) -> None:
         super().__init__(stream)
@@ -300,7 +300,7 @@ def configure_logging(settings: Settings, stream: IO[str] | None = None) -> logg
         uvicorn_logger.setLevel(level)
     # Ours replaces uvicorn's access line, for good, and `access_log = false` means no access line at all, not
     # uvicorn's instead: uvicorn formats its line's arguments for every request whenever the logger has a handler
-    # up its chain (~3-4 us), even while the logger is disabled, and writing it as a record costs more again.
+    # up its chain, even while the logger is disabled, and writing it as a record costs more again.
     uvicorn_access = logging.getLogger("uvicorn.access")
     uvicorn_access.disabled = True
     uvicorn_access.propagate = False

@@ -104,7 +104,7 @@ class RequestBookkeeping:
     unhandled error (the 500 envelope, logged once with its stack trace, which never reaches the body).
 
     One layer rather than one per concern: each layer costs every request a coroutine and a wrapped `send`,
-    and a 304 costs only ~35 us in all through uvicorn."""
+    which is a visible share of what a whole 304 costs through uvicorn."""
 
     def __init__(
         self, app: ASGIApp, *, metrics: Metrics, access_log: bool = True, polls: RunningList | None = None

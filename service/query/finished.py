@@ -16,10 +16,12 @@ from service.query.params import (
     Params,
     QueryError,
     in_range,
+    one_of,
     parse_choices,
     parse_paging,
     parse_range,
     parse_sort,
+    sort_by,
 )
 from service.shapes.envelope import encode_ok
 from service.shapes.tasks import FinishedTask, FinishedTasks, Outcome
@@ -60,18 +62,10 @@ def parse_finished_query(items: Iterable[tuple[str, str]]) -> FinishedQuery:
 
 def select_finished(records: Sequence[FinishedRun], query: FinishedQuery) -> list[FinishedRun]:
     """The records that match, in the query's order (ties keep newest-first)."""
-    out: Sequence[FinishedRun] = records
-    if query.outcomes is not None:
-        outcomes = frozenset(query.outcomes)
-        out = [r for r in out if r.outcome in outcomes]
-    if query.client_ids is not None:
-        clients = frozenset(query.client_ids)
-        out = [r for r in out if r.client_id in clients]
+    out = one_of(records, "outcome", query.outcomes)
+    out = one_of(out, "client_id", query.client_ids)
     out = in_range(out, attrgetter("end_ms"), query.ended_after, query.ended_before)
-    if query.sort != DEFAULT_FINISHED_SORT:
-        for name, descending in reversed(query.sort):
-            out = sorted(out, key=attrgetter(FINISHED_SORT_KEYS[name]), reverse=descending)
-    return list(out)
+    return list(sort_by(out, query.sort, DEFAULT_FINISHED_SORT, FINISHED_SORT_KEYS))
 
 
 def finished_record(run: FinishedRun) -> FinishedTask:

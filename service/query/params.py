@@ -4,9 +4,10 @@ names the parameter, the value and what is accepted."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import TypeVar
 
 MAX_PAGE = 10**9
@@ -178,4 +179,27 @@ def in_range(
         items = [item for item in items if key(item) >= after]
     if before is not None:
         items = [item for item in items if key(item) < before]
+    return items
+
+
+def one_of(items: Sequence[_Item], attribute: str, values: tuple[str, ...] | None) -> Sequence[_Item]:
+    """The items whose `attribute` is one of `values`; all of them when `values` is None (no filter)."""
+    if values is None:
+        return items
+    allowed, get = frozenset(values), attrgetter(attribute)
+    return [item for item in items if get(item) in allowed]
+
+
+def sort_by(
+    items: Sequence[_Item],
+    sort: tuple[tuple[str, bool], ...],
+    default: tuple[tuple[str, bool], ...],
+    attributes: Mapping[str, str],
+) -> Sequence[_Item]:
+    """`items` in the order `sort` asks for ((key, descending) pairs, the first leads); in their own order when it
+    is `default`, the order they come in. Stable sorts from the last key to the first, so ties keep that order."""
+    if sort == default:
+        return items
+    for name, descending in reversed(sort):
+        items = sorted(items, key=attrgetter(attributes[name]), reverse=descending)
     return items

@@ -16,11 +16,13 @@ from service.query.params import (
     Paging,
     Params,
     in_range,
+    one_of,
     parse_bool,
     parse_choices,
     parse_paging,
     parse_range,
     parse_sort,
+    sort_by,
 )
 from service.query.project import Projection, parse_projection, render_task
 from service.shapes.envelope import encode_ok
@@ -96,24 +98,15 @@ def parse_query(items: Iterable[tuple[str, str]], running_statuses: Sequence[str
 
 def select(tasks: Sequence[TaskView], query: Query) -> list[TaskView]:
     """The tasks that match every filter, in the query's order (ties keep the snapshot's order)."""
-    out: Sequence[TaskView] = tasks
-    # one pass per given filter: each comprehension runs at C speed and the next one sees fewer tasks
-    if query.client_ids is not None:
-        clients = frozenset(query.client_ids)
-        out = [t for t in out if t.client_id in clients]
-    if query.statuses is not None:
-        statuses = frozenset(query.statuses)
-        out = [t for t in out if t.process in statuses]
+    # one pass per given filter: each sees fewer tasks than the one before
+    out = one_of(tasks, "client_id", query.client_ids)
+    out = one_of(out, "process", query.statuses)
     if query.stalled is not None:
         stalled = query.stalled
         out = [t for t in out if t.stalled is stalled]
     out = in_range(out, attrgetter("start_ms"), query.started_after, query.started_before)
     out = in_range(out, attrgetter("update_ms"), query.updated_after, query.updated_before)
-    if query.sort != DEFAULT_SORT:
-        # stable sorts from the last key to the first: the first key leads, the snapshot's order breaks ties
-        for name, descending in reversed(query.sort):
-            out = sorted(out, key=attrgetter(SORT_KEYS[name]), reverse=descending)
-    return list(out)
+    return list(sort_by(out, query.sort, DEFAULT_SORT, SORT_KEYS))
 
 
 def paginate(items: list[TaskView], paging: Paging | None) -> Page:

@@ -144,10 +144,10 @@ class Refresher:
         started_ms = self._clock()
         started = time.perf_counter()
         self._tracker.begin_scan()
-        # A first scan creates a million long-lived objects, and each full collection walks them all again: the
-        # collector paused for the first scan cut a cold refresh of the full workload from 5.4-6.5 s to 4.1-4.6 s.
-        # Later scans make few lasting objects; pausing for those too only piled them up for one long collection
-        # when it resumed (8-18 ms of event loop in one step).
+        # A first scan creates a million long-lived objects, and each full collection walks them all again:
+        # pausing the collector for the first scan makes a cold refresh markedly faster (docs/performance.md).
+        # Later scans make few lasting objects; pausing for those too only piles them up for one long collection
+        # when it resumes, a long event-loop step.
         collecting = gc.isenabled() and self.snapshot is None
         if collecting:
             gc.disable()
@@ -168,8 +168,8 @@ class Refresher:
         snapshot = await build_snapshot(self._generation, views, stats, self._clock(), self.snapshot, self._etag_prefix)
         self.snapshot = snapshot
         # What survives a refresh lives until a later refresh replaces it, and reference counting frees it then
-        # (it forms no cycles). Frozen, the cyclic collector no longer walks it on every full collection: with
-        # the full workload (a million objects) those took up to 170 ms, an event-loop stall each time.
+        # (it forms no cycles). Frozen, the cyclic collector no longer walks it on every full collection, each of
+        # which was an event-loop stall with a large workload.
         # Cyclic garbage frozen with it would never be freed, so the young generations are collected first
         # (cheap), and now and then everything is thawed and collected once: one full pass every few minutes
         # instead of a leak.

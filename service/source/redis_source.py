@@ -23,7 +23,7 @@ WRONG_TYPE = -3
 # expiry time (ms) and length; a key of another type is reported (-3), not an error that fails the page. The
 # reply is a few bytes per key whatever the values weigh: it tells which values are worth reading (a producer
 # rewrite, SET EX, always moves the expiry) and how to group them so that no MGET reads more than the byte
-# bound. Redis does the work of SCAN plus two lookups per key (~100-150 us for a page of 100 keys).
+# bound. Redis does the work of SCAN plus two lookups per key.
 # On Redis 6, which has no PEXPIRETIME, the expiry comes from PTTL and the clock (a millisecond of rounding
 # then costs a re-read now and then).
 _SCAN_LUA = """

@@ -50,7 +50,7 @@ PageSink = Callable[[list[Observation]], None]
 # was scanned
 _Batch = list[tuple[KeyMeta, int]]
 # Bytes of values a worker decodes in one step of the event loop before it gives others a turn: decoding and
-# checking the file lists costs ~4 ms a megabyte, and a batch of large values held the loop 12-16 ms at once.
+# checking the file lists is the dearest part of a scan, and a whole batch of large values held the loop too long.
 _DECODE_BYTES_PER_STEP = 512 * 1024
 
 
@@ -67,7 +67,7 @@ def _counted(entry: _Decoded, stats: ScanStats) -> StoredTask | None:
 
 
 async def _release(memory: dict[bytes, _Memory]) -> None:
-    # Dropping a memory of 100,000 keys at once holds the event loop for ~20 ms: drop it in slices.
+    # Dropping the memory of a large keyspace at once holds the event loop: drop it in slices.
     while memory:
         for _ in range(min(len(memory), 10_000)):
             memory.popitem()
@@ -265,7 +265,7 @@ class Scanner:
             if known is not None and known[0] == fingerprint:
                 entry = known[3]
                 # The same memory object when nothing moved: a full read then leaves no new objects for the
-                # cyclic collector, whose first pass after the scan walked 100,000 fresh tuples (40 ms).
+                # cyclic collector to walk after the scan.
                 decoded[key] = known if known[1] == expire_at else (fingerprint, expire_at, size, entry)
             else:
                 stored = self._decode(task_id, value)

@@ -11,8 +11,8 @@ from service.query.project import Projection
 from service.snapshot.snapshot import Snapshot, build_snapshot
 from service.source.scanner import ScanStats
 from tests.conftest import make_settings
-from tests.test_history import departed
-from tests.test_query import T0, json_of, make_view, params, sample
+from tests.domain.test_history import departed
+from tests.query.test_running import T0, json_of, make_view, params, sample
 
 
 def service(**settings: object) -> QueryService:

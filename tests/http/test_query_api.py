@@ -20,7 +20,7 @@ from service.devtools.simulator import build_workload
 from service.domain.times import format_time, parse_time
 from service.http.app import create_app
 from tests.conftest import make_settings, running_app
-from tests.test_app import Broken
+from tests.http.test_app import Broken
 
 API = "/codebase-embedder/api/v1/tasks"
 RUNNING = f"{API}/running"

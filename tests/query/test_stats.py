@@ -13,7 +13,7 @@ from service.domain.tracker import Departure, TaskView
 from service.query.stats import percentile, task_stats, throughput
 from service.snapshot.snapshot import build_snapshot
 from service.source.scanner import ScanStats
-from tests.test_history import departed
+from tests.domain.test_history import departed
 
 T0 = 1_795_000_000_000
 MINUTE = 60_000
