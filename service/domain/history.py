@@ -43,7 +43,9 @@ def finished_run(seq: int, departure: Departure, detected_ms: int) -> FinishedRu
     start_ms = view.start_ms
     if final is not None and final.start_ms is not None:
         start_ms = final.start_ms
-    duration_ms = max(0, departure.end_ms - start_ms)
+    # a run ends no earlier than it starts: a producer's start after the end is clamped to the end
+    start_ms = min(start_ms, departure.end_ms)
+    duration_ms = departure.end_ms - start_ms
     outcome = outcome_of(None if final is None else final.process)
     return FinishedRun(
         seq,

@@ -69,6 +69,10 @@ def decode_value(task_id: str, raw: bytes, served: Container[str] | None = None)
         files = _file_list_decoder.decode(value.fileList)
     except msgspec.DecodeError as exc:  # ValidationError is a DecodeError too
         raise MalformedValue(str(exc)) from exc
+    except RecursionError as exc:
+        # JSON nested deeper than the interpreter's recursion limit (a field the service does not even read can
+        # hold it): bad data like any other, never an error that escapes the decode of one value
+        raise MalformedValue(f"nested too deep to decode: {exc}") from exc
     return StoredTask(
         task_id=task_id,
         process=value.process,

@@ -101,6 +101,7 @@ class Tracker:
         # too long with tens of thousands of tasks.
         self._unseen: dict[str, _State] = {}
         self._scan = 0
+        self.future_times = 0  # producer times later than the scan that read them, clamped to that scan's time
         # tracked tasks read in a finished status since the last complete scan (failed ones included)
         self._finished: dict[str, Observation] = {}
 
@@ -152,7 +153,10 @@ class Tracker:
         if final is None:
             return Departure(state.view, state.seen_ms, None, state.seen_ms)
         # A finished value's write time is read like a running one's: the producer's, else the TTL's, else now.
-        return Departure(state.view, state.seen_ms, final.task, self._observed_update(final, None, True))
+        end_ms = self._observed_update(final, None, True)
+        if final.task.start_ms is not None and final.task.start_ms > end_ms:
+            self.future_times += 1  # a start after the end: the history clamps it to the end
+        return Departure(state.view, state.seen_ms, final.task, end_ms)
 
     def views(self) -> list[TaskView]:
         """Running tasks, newest start first, ties by task id."""
@@ -176,10 +180,19 @@ class Tracker:
     def _observed_update(self, obs: Observation, previous: int | None, changed: bool) -> int:
         task = obs.task
         if task.update_ms is not None:
-            return task.update_ms
+            if task.update_ms <= obs.seen_ms:
+                return task.update_ms
+            # A write time after the scan that read the value (the producer's clock is ahead, or the value is
+            # wrong) is clamped to that scan's time, counted once per value, and kept while the value is the same.
+            if previous is not None and not changed:
+                return previous
+            self.future_times += 1
+            return obs.seen_ms
         if self._ttl_ms > 0 and 0 < obs.pttl <= self._ttl_ms:
             written = min(obs.seen_ms - (self._ttl_ms - obs.pttl), obs.seen_ms)
-            if previous is not None and not changed and abs(written - previous) <= _TTL_JITTER_MS:
+            if previous is not None and not changed and written - previous <= _TTL_JITTER_MS:
+                # the same value: its time stands unless the TTL shows a later write (never an earlier one: a
+                # writer that kept the TTL moved the time forward, see _update)
                 return previous
             return written
         if previous is None or changed:
@@ -192,7 +205,9 @@ class Tracker:
         # Without a producer start time the task began no later than its first evidence: this first sight, or
         # the write time its TTL reveals.
         first_seen = min(obs.seen_ms, update_ms)
-        start_ms = task.start_ms if task.start_ms is not None else first_seen
+        start_ms = first_seen if task.start_ms is None else min(task.start_ms, first_seen)
+        if task.start_ms is not None and task.start_ms > obs.seen_ms:
+            self.future_times += 1  # a start after the scan that saw the task running: clamped to the sighting
         point = (update_ms, task.total_progress)
         view = _view(obs, start_ms, update_ms, None, obs.seen_ms - update_ms >= self._stall_ms, None)
         state = _State(first_seen, obs.fingerprint, point, point, view, self._scan, obs.seen_ms)
@@ -202,17 +217,23 @@ class Tracker:
     def _update(self, state: _State, obs: Observation) -> None:
         task = obs.task
         state.scan = self._scan
-        state.seen_ms = obs.seen_ms
+        previous_seen, state.seen_ms = state.seen_ms, obs.seen_ms
         old = state.view
         changed = obs.fingerprint != state.fingerprint
         update_ms = self._observed_update(obs, old.update_ms, changed)
+        if changed and update_ms < previous_seen:
+            # A value that changed was written after the scan before this one read the old value, whatever its TTL
+            # says: a writer that keeps the TTL (SET KEEPTTL) leaves the first write's expiry, and the task would
+            # look stalled while it moves.
+            update_ms = previous_seen
         if changed:
             state.fingerprint = obs.fingerprint
             if task.total_progress != state.last[1]:
                 state.last = (update_ms, task.total_progress)
                 if task.total_progress < state.anchor[1]:  # progress went back (a restarted task): a new rate
                     state.anchor = state.last
-        start_ms = task.start_ms if task.start_ms is not None else state.first_seen_ms
+        # a producer's start time stands, unless it is after this service first saw the task running
+        start_ms = state.first_seen_ms if task.start_ms is None else min(task.start_ms, state.first_seen_ms)
         eta_ms = old.eta_ms
         if changed or eta_ms is None or eta_ms < obs.seen_ms:
             # An estimate stands until the progress moves or the estimate has passed: re-estimating a late task

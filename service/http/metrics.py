@@ -238,6 +238,12 @@ class _RefresherCollector(Collector):
             self._served.not_modified,
         )
         yield _counter(
+            "producer_times_clamped",
+            "Producer times later than the scan that read them (or a start after the end), clamped to what was "
+            "observed.",
+            refresher.producer_times_clamped,
+        )
+        yield _counter(
             "scan_timeouts", "Scans abandoned past max_scan_time or a Redis call timeout.", counters.timeouts
         )
         yield _counter(

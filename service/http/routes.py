@@ -135,6 +135,7 @@ async def cache_stats(request: Request) -> Response:
     endpoints = _endpoints(request)
     refresher, settings = endpoints.refresher, endpoints.settings
     counters = _camel({**asdict(refresher.counters), **asdict(endpoints.delivery.counters)})
+    counters["producerTimesClamped"] = refresher.producer_times_clamped
     return ok(
         CacheStats(
             cache_enabled=settings.running_tasks.cache_enabled,

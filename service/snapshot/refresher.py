@@ -124,6 +124,11 @@ class Refresher:
     def scanner(self) -> Scanner:
         return self._scanner
 
+    @property
+    def producer_times_clamped(self) -> int:
+        """Producer times after the scan that read them (or starts after ends), clamped, since the start."""
+        return self._tracker.future_times
+
     # -- the scan, shared ------------------------------------------------------------------------------
 
     async def refresh(self, trigger: str = "job") -> Snapshot:

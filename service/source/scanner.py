@@ -282,8 +282,14 @@ class Scanner:
                 yield Observation(task, fingerprint, pttl, seen_ms)
 
     def _decode(self, task_id: str, value: bytes) -> StoredTask | None:
+        """The value's task, or None when it is malformed. Whatever one value makes the decoder raise stays with
+        that value: counted as malformed, and the scan goes on."""
         try:
             return decode_value(task_id, value, self._running)
         except MalformedValue as exc:
             logger.debug("skipping malformed value of task %r: %s", task_id, exc)
-            return None
+        except Exception:
+            # not a failure the decoder foresees (it raises MalformedValue for bad data): a defect, logged with its
+            # traceback, but still contained to this value
+            logger.exception("decoding the value of task %r failed; counted as malformed", task_id)
+        return None

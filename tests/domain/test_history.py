@@ -326,3 +326,12 @@ def test_only_a_complete_scan_declares_a_task_vanished(redis_url: str) -> None:
         assert sorted((r.task_id, r.outcome) for r in history.newest_first()) == [("a", "vanished"), ("b", "completed")]
 
     asyncio.run(main())
+
+
+def test_a_run_never_ends_before_it_starts() -> None:
+    # the finished value's producer start is after its end (a clock ahead): the start is clamped to the end
+    history = History(10, clock=lambda: T0 + 9_000)
+    final = stored("a", "completed", start_ms=T0 + 8_000)
+    history.record([Departure(view("a", T0), T0 + 4_000, final, T0 + 5_000)])
+    (record,) = history.newest_first()
+    assert (record.start_ms, record.end_ms, record.duration_ms) == (T0 + 5_000, T0 + 5_000, 0)

@@ -262,3 +262,60 @@ def test_a_task_that_reappears_is_a_new_run() -> None:
     assert view.start_ms == T0 + 60_000
     scan(tracker)
     assert [(d.view.start_ms, d.final is None) for d in got] == [(T0, False), (T0 + 60_000, True)]
+
+
+# -- writers that keep the TTL, clocks that run ahead (issue 15, items 6 and 7) ----------------------------------
+
+
+def test_a_value_that_changed_under_a_kept_ttl_is_not_older_than_the_scan_before() -> None:
+    # SET ... KEEPTTL: the value moves, the TTL keeps counting down from the first write at T0 - 10 s
+    tracker = Tracker(producer_key_ttl=TTL, stall_after=60)
+    written = T0 - 10_000
+    for step, progress in enumerate(range(10, 100, 10)):
+        seen = T0 + step * 30_000
+        scan(tracker, obs(task("a", progress), seen, pttl=TTL * 1000 - (seen - written)))
+        (view,) = tracker.views()
+        previous_scan = seen - 30_000 if step else written
+        assert view.update_ms >= previous_scan, progress
+        assert not view.stalled, progress  # it moves every 30 s: never stalled with stall_after = 60 s
+    # read again unchanged, the TTL still telling of the first write: the time found stays, it never goes back
+    scan(tracker, obs(task("a", 90), T0 + 9 * 30_000, pttl=TTL * 1000 - (T0 + 9 * 30_000 - written)))
+    assert tracker.views()[0].update_ms == T0 + 7 * 30_000
+    # once it stops moving, stall_after later it is stalled, as any task
+    scan(tracker, obs(task("a", 90), T0 + 7 * 30_000 + 61_000, pttl=1_000_000))
+    assert tracker.views()[0].stalled
+
+
+def test_producer_times_in_the_future_are_clamped_to_the_scan_and_counted() -> None:
+    tracker = Tracker(producer_key_ttl=TTL)
+    hour = 3_600_000
+    scan(tracker, obs(task("a", 10, update_ms=T0 + hour, start_ms=T0 + hour), T0))
+    (view,) = tracker.views()
+    assert (view.start_ms, view.update_ms) == (T0, T0)
+    assert tracker.future_times == 2  # its start and its write time
+    # the same value read again: the same clamped times, not counted again
+    scan(tracker, obs(task("a", 10, update_ms=T0 + hour, start_ms=T0 + hour), T0 + 2000))
+    (view,) = tracker.views()
+    assert (view.start_ms, view.update_ms) == (T0, T0)
+    assert tracker.future_times == 2
+    # a new value, its write time still ahead: clamped to this scan, counted once more
+    scan(tracker, obs(task("a", 20, update_ms=T0 + hour + 5, start_ms=T0 + hour), T0 + 4000))
+    assert tracker.views()[0].update_ms == T0 + 4000
+    assert tracker.future_times == 3
+    as_served = as_json(tracker)[0]
+    assert as_served["lastUpdateTime"] == format_time(T0 + 4000)
+    assert as_served["startTime"] == format_time(T0)
+
+
+def test_a_finished_value_whose_start_is_after_its_end_is_counted() -> None:
+    departures: list[Departure] = []
+    tracker = Tracker(producer_key_ttl=0, on_departures=departures.extend)
+    scan(tracker, obs(task("a", 50), T0))
+    tracker.begin_scan()
+    tracker.observe_finished(
+        [obs(task("a", 100, process="completed", start_ms=T0 + 9000, update_ms=T0 + 5000), T0 + 6000)]
+    )
+    tracker.end_scan()
+    (departure,) = departures
+    assert departure.end_ms == T0 + 5000
+    assert tracker.future_times == 1

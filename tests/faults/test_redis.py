@@ -178,7 +178,7 @@ def test_procfile_command_serves_and_bad_settings_stop_startup(redis_url: str) -
     seed(redis_url)
     port = free_port()
     env = {**os.environ, "REDIS_URL": redis_url, "PORT": str(port)}
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     procfile = (root / "Procfile").read_text().split(":", 1)[1].strip()
     command = procfile.replace("uvicorn", f"{sys.executable} -m uvicorn", 1).replace("0.0.0.0", "127.0.0.1")
     server = subprocess.Popen(
