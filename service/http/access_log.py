@@ -30,8 +30,26 @@ REQUEST_ID_HEADER = "X-Request-ID"
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._~:/+=@-]{1,128}")
-# query parameters whose values must never reach a log, should a client put a credential there
-_SECRET_PARAMS = frozenset({"token", "access_token", "api_key", "apikey", "key", "password", "secret"})
+# The API's query parameters: their values are logged as sent. Anything else a client puts in a query string
+# (a token as `auth=`, `bearer=`, `?<token>`...) is logged as *** : a log holds no value not known to be safe.
+LOGGED_PARAMETERS = frozenset(
+    {
+        "clientId",
+        "status",
+        "startedAfter",
+        "startedBefore",
+        "updatedAfter",
+        "updatedBefore",
+        "endedAfter",
+        "endedBefore",
+        "stalled",
+        "sort",
+        "page",
+        "pageSize",
+        "fields",
+        "fileList",
+    }
+)
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
@@ -66,7 +84,8 @@ def _clean(text: str) -> str:
 
 
 def loggable_target(scope: Scope) -> str:
-    """The request target for a log line: the path as sent, secret-looking query values replaced by ***."""
+    """The request target for a log line: the path as sent, the values of the API's query parameters as sent,
+    every other value (and a bare word) replaced by ***."""
     raw = scope.get("raw_path")
     path = raw.decode("latin-1") if raw else scope["path"]
     query = scope.get("query_string", b"").decode("latin-1")
@@ -75,7 +94,10 @@ def loggable_target(scope: Scope) -> str:
     parts = []
     for part in query.split("&"):
         name, sep, _ = part.partition("=")
-        parts.append(f"{name}=***" if sep and name.lower() in _SECRET_PARAMS else part)
+        if name in LOGGED_PARAMETERS or not part:
+            parts.append(part)
+        else:
+            parts.append(f"{name}=***" if sep else "***")
     return _clean(f"{path}?{'&'.join(parts)}")
 
 

@@ -3,10 +3,12 @@ the layers below report (a refused parameter, a failed scan) to one of them. The
 
 from __future__ import annotations
 
+import functools
 from enum import Enum
 
 import msgspec
 from starlette.responses import Response
+from starlette.types import Send
 
 from service.query.params import QueryError
 from service.shapes.envelope import BadRequest, Error, ParameterError, encode_ok
@@ -52,8 +54,22 @@ def ok(data: msgspec.Struct, headers: dict[str, str] | None = None) -> Response:
 
 def error(code: ErrorCode, message: str | None = None, headers: dict[str, str] | None = None) -> Response:
     """An error envelope; `message` replaces the standard one where the caller has something precise to say."""
-    body = msgspec.json.encode(Error(code=code.status, message=message or code.message))
-    return Response(body, status_code=code.status, media_type=_JSON, headers=headers)
+    return Response(error_body(code, message), status_code=code.status, media_type=_JSON, headers=headers)
+
+
+@functools.lru_cache(maxsize=256)
+def error_body(code: ErrorCode, message: str | None = None) -> bytes:
+    """The error envelope's bytes, made once per code and message: refusals (401, 429) are sent from these, so
+    that refusing a flood costs less than answering it."""
+    return msgspec.json.encode(Error(code=code.status, message=message or code.message))
+
+
+async def send_error(send: Send, code: ErrorCode, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    """An error envelope as plain ASGI sends, with no Response object."""
+    body = error_body(code)
+    start: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": code.status, "headers": [*start, *headers]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def bad_request(exc: QueryError) -> Response:

@@ -8,7 +8,7 @@ import math
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.http.auth import Authenticator
-from service.http.envelope import ErrorCode, error
+from service.http.envelope import ErrorCode, send_error
 from service.http.ratelimit import RateLimiter
 
 # Orchestrators probe these; they must answer whatever the tokens and however often they are asked.
@@ -17,6 +17,8 @@ PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 # a token.
 PUBLIC_PATHS = frozenset({"/openapi.json"})
 REALM = "running-tasks"
+_NO_TOKEN = f'Bearer realm="{REALM}"'.encode()
+_INVALID_TOKEN = _NO_TOKEN + b', error="invalid_token"'
 
 
 def client_host(scope: Scope) -> str:
@@ -47,14 +49,13 @@ class AccessControl:
             key = f"token:{identity}" if identity is not None else f"addr:{client_host(scope)}"
             wait = self.limiter.acquire(key)
             if wait > 0:
-                retry = str(max(1, math.ceil(wait)))
-                await error(ErrorCode.TOO_MANY_REQUESTS, headers={"Retry-After": retry})(scope, receive, send)
+                retry = b"%d" % max(1, math.ceil(wait))
+                await send_error(send, ErrorCode.TOO_MANY_REQUESTS, ((b"retry-after", retry),))
                 return
         if self.authenticator is not None and identity is None and scope["path"] not in PUBLIC_PATHS:
-            challenge = f'Bearer realm="{REALM}"'
-            if header(scope, b"authorization") is not None:
-                challenge += ', error="invalid_token"'  # RFC 6750: a token was sent but is not valid
-            await error(ErrorCode.UNAUTHORIZED, headers={"WWW-Authenticate": challenge})(scope, receive, send)
+            # RFC 6750: error="invalid_token" when a token was sent but is not valid
+            challenge = _INVALID_TOKEN if header(scope, b"authorization") is not None else _NO_TOKEN
+            await send_error(send, ErrorCode.UNAUTHORIZED, ((b"www-authenticate", challenge),))
             return
         await self.app(scope, receive, send)
 

@@ -24,6 +24,7 @@ import pytest
 from service.devtools.embedded import free_port
 from service.domain.times import format_timestamp as format_time
 from service.http.access_log import (
+    LOGGED_PARAMETERS,
     JsonFormatter,
     PlainFormatter,
     accept_request_id,
@@ -67,10 +68,26 @@ def test_request_id_is_kept_only_when_it_is_a_plain_token(sent: bytes | None, ke
         assert UUID.fullmatch(chosen)
 
 
-def test_log_target_hides_secret_query_values_and_control_characters() -> None:
-    scope = {"path": "/x", "raw_path": b"/a%0Ab", "query_string": b"since=4&token=abc&Access_Token=def&key"}
-    assert loggable_target(scope) == "/a%0Ab?since=4&token=***&Access_Token=***&key"
+def test_log_target_logs_only_the_api_s_query_values_and_no_control_characters() -> None:
+    query = b"pageSize=4&token=abc&Access_Token=def&auth=t1&bearer=t2&authorization=t3&key&clientId=c1&&PAGE=9"
+    scope = {"path": "/x", "raw_path": b"/a%0Ab", "query_string": query}
+    assert loggable_target(scope) == (
+        "/a%0Ab?pageSize=4&token=***&Access_Token=***&auth=***&bearer=***&authorization=***&***&clientId=c1&&PAGE=***"
+    )
     assert loggable_target({"path": "/a\nb", "query_string": b""}) == "/a\\x0ab"
+
+
+def test_every_query_parameter_of_the_api_is_logged_as_sent() -> None:
+    from service.http.openapi import build_document
+    from service.settings import Settings
+
+    document = build_document(Settings())
+    names = {
+        parameter["name"]
+        for parameter in document["components"]["parameters"].values()
+        if parameter["in"] == "query"
+    }
+    assert names == set(LOGGED_PARAMETERS)
 
 
 @pytest.mark.anyio
@@ -89,7 +106,7 @@ async def test_one_line_per_request_with_its_id(caplog: pytest.LogCaptureFixture
     lines = access_records(caplog)
     assert [(f["method"], f["path"], f["status"]) for f in lines] == [
         ("GET", RUNNING, 200),
-        ("GET", f"{RUNNING}?a=1", 200),
+        ("GET", f"{RUNNING}?a=***", 200),
         ("GET", "/nope", 404),
         ("POST", RUNNING, 405),
     ]
