@@ -9,6 +9,13 @@ from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+try:
+    from redis.maint_notifications import MaintNotificationsConfig as _MaintNotificationsConfig
+except ImportError:  # redis-py before 8: no maintenance notifications
+    _MaintNotificationsConfig = None  # type: ignore[assignment,misc]
 
 from service.settings import Settings
 
@@ -85,9 +92,29 @@ def _pack(args: tuple[bytes, ...]) -> bytes:
     return b"*%d\r\n" % len(args) + b"".join([b"$%d\r\n%b\r\n" % (len(arg), arg) for arg in args])
 
 
+# A command that fails with a connection error (the server restarted, closed its idle clients, reached maxclients,
+# or the connection was killed) is sent again on a fresh connection, after a short, growing pause: the first
+# refresh after such an event succeeds instead of failing on a connection the pool still held. A timeout is never
+# retried: it already took redis_timeout.
+_RETRIES = 2
+_BACKOFF_BASE, _BACKOFF_CAP = 0.01, 0.25  # s
+# A connection idle this long is checked with a PING before it is used again.
+_HEALTH_CHECK_SECONDS = 30
+
+
+def reconnecting() -> Retry:
+    return Retry(ExponentialBackoff(cap=_BACKOFF_CAP, base=_BACKOFF_BASE), _RETRIES)
+
+
 def create_client(settings: Settings) -> aioredis.Redis:
-    """A client for `redis.url` whose every call, and the connect, is bounded by `redis_timeout`."""
+    """A client for `redis.url` whose every call, and the connect, is bounded by `redis_timeout`, and whose calls
+    are sent again on a fresh connection after a connection error (`reconnecting`)."""
     timeout = settings.running_tasks.redis_timeout / 1000
+    options: dict[str, Any] = {}
+    if _MaintNotificationsConfig is not None:
+        # Off, whatever the version's default: with redis-py 8.1 and these on "auto", the pool handed out
+        # connections the server had already closed, for several refreshes after a restart.
+        options["maint_notifications_config"] = _MaintNotificationsConfig(enabled=False)
     return aioredis.Redis.from_url(
         settings.redis.url,
         socket_timeout=timeout,
@@ -95,7 +122,16 @@ def create_client(settings: Settings) -> aioredis.Redis:
         decode_responses=False,
         # the scan runs `worker_count` fetches at once beside the scanner and live requests
         max_connections=settings.running_tasks.worker_count + 8,
+        retry=reconnecting(),
+        retry_on_error=[redis.exceptions.ConnectionError],
+        health_check_interval=_HEALTH_CHECK_SECONDS,
+        **options,
     )
+
+
+async def _ignore(error: Exception) -> None:
+    # what Retry calls between attempts; the failed connection was dropped already
+    return None
 
 
 class RedisSource:
@@ -103,15 +139,21 @@ class RedisSource:
 
     def __init__(self, client: aioredis.Redis, *, fetch_max_bytes: int) -> None:
         self.client = client
+        self._retry = reconnecting()
+        self._retry.update_supported_errors([redis.exceptions.ConnectionError])
         self._fetch_max_bytes = fetch_max_bytes
         self._scan_sha = client.register_script(_SCAN_LUA).sha
 
     async def _command(self, *args: bytes) -> Any:
-        """One command on a pooled connection, packed here rather than by the client.
+        """One command on a pooled connection, packed here rather than by the client, sent again on a fresh
+        connection after a connection error (as the client's own commands are).
 
         The fetch commands carry hundreds of arguments that are bytes already; the client's general packing
-        and dispatch cost more than Redis took to answer (0.66 s of a 2.5 s refresh of 100,000 keys). Errors are
-        the client's own (ConnectionError, TimeoutError, ResponseError); the connection is dropped after one."""
+        and dispatch cost more than Redis took to answer (docs/performance.md). Errors are the client's own
+        (ConnectionError, TimeoutError, ResponseError); the connection is dropped after one."""
+        return await self._retry.call_with_retry(lambda: self._command_once(args), _ignore)
+
+    async def _command_once(self, args: tuple[bytes, ...]) -> Any:
         pool = self.client.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:

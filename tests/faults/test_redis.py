@@ -211,3 +211,54 @@ def test_procfile_command_serves_and_bad_settings_stop_startup(redis_url: str) -
     assert bad.stderr.strip().splitlines()[-1] == (
         "error: invalid settings: running_tasks.scan_batch_size = '0': must be >= 1"
     )
+
+
+# -- connections the server closed (issue 15, item 2) -----------------------------------------------------------
+
+
+async def _refresh_after(event: Callable[[], None], server: RedisServerProcess, workers: int = 10) -> float:
+    """Seed, refresh once (the pool now holds idle connections), run `event`, seed again; then the very next
+    refresh must succeed. Returns how long it took."""
+    seed(server.url)
+    app = create_app(make_settings(url=server.url, refresh_interval=60, worker_count=workers))
+    async with running_app(app):
+        refresher = app.state.refresher
+        await refresher.refresh("job")
+        event()
+        seed(server.url, count=5)
+        started = time.monotonic()
+        snapshot = await refresher.refresh("job")  # raises RefreshFailed if it does not succeed
+        took = time.monotonic() - started
+        assert len(snapshot.tasks) == 5
+        assert refresher.counters.refreshes_failed == 0
+    return took
+
+
+async def test_the_first_refresh_after_a_redis_restart_succeeds(own_redis_server: RedisServerProcess) -> None:
+    def restart() -> None:
+        own_redis_server.stop()
+        own_redis_server.start()
+
+    assert await _refresh_after(restart, own_redis_server) < 2.0
+
+
+async def test_the_first_refresh_after_the_server_killed_our_connections_succeeds(
+    own_redis_server: RedisServerProcess,
+) -> None:
+    def kill_clients() -> None:
+        with redis.Redis.from_url(own_redis_server.url) as admin:
+            admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+
+    assert await _refresh_after(kill_clients, own_redis_server) < 2.0
+
+
+async def test_the_first_refresh_after_idle_connections_timed_out_succeeds(
+    own_redis_server: RedisServerProcess,
+) -> None:
+    # the server closes clients idle for 1 s (redis.conf `timeout`), as a proxy or maxclients policy may
+    def idle_out() -> None:
+        with redis.Redis.from_url(own_redis_server.url) as admin:
+            admin.config_set("timeout", 1)
+        time.sleep(2.5)  # the server's cron closes them within a second or two of the limit
+
+    assert await _refresh_after(idle_out, own_redis_server) < 2.0
