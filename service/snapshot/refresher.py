@@ -20,7 +20,7 @@ from service.domain.tracker import TaskView, Tracker
 from service.settings import RunningTasksSettings
 from service.shapes.operations import JobInfo, LastRefresh, SnapshotInfo
 from service.snapshot.snapshot import Snapshot, build_snapshot
-from service.source.failures import Failure, classify
+from service.source.failures import Failure, classify, describe
 from service.source.scanner import Scanner
 
 logger = logging.getLogger("service.snapshot.refresher")
@@ -206,7 +206,7 @@ class Refresher:
 
     def _record_failure(self, exc: Exception, trigger: str, started_ms: int, started: float) -> RefreshFailed:
         failure_kind = classify(exc)
-        detail = f"{type(exc).__name__}: {exc}"
+        detail = describe(exc, self._scanner.source.tls)
         duration = round((time.perf_counter() - started) * 1000, 3)
         record = RefreshRecord(started_ms, duration, trigger, None, detail)
         self.last_refresh = record

@@ -3,6 +3,7 @@ answers (the HTTP layer) and metric labels."""
 
 from __future__ import annotations
 
+import ssl
 from enum import Enum
 
 import redis.exceptions
@@ -21,8 +22,41 @@ class Failure(Enum):
 
 
 def classify(exc: BaseException) -> Failure:
+    # A connection that cannot be made in time (nothing answers, or a TLS handshake never completes) is an
+    # unreachable Redis, like a refused one: 503, not the 504 of a scan or a command that took too long.
+    if is_connect_timeout(exc):
+        return Failure.REDIS_UNAVAILABLE
     if isinstance(exc, ScanTimeout | redis.exceptions.TimeoutError | TimeoutError):
         return Failure.TIMEOUT
     if isinstance(exc, redis.exceptions.ConnectionError | ConnectionError):
         return Failure.REDIS_UNAVAILABLE
     return Failure.INTERNAL
+
+
+def is_connect_timeout(exc: BaseException) -> bool:
+    """Whether `exc` is redis-py's timeout of a connection attempt (the connect or its TLS handshake), as opposed
+    to a command that took too long on a connection that worked."""
+    return isinstance(exc, redis.exceptions.TimeoutError) and str(exc).startswith("Timeout connecting")
+
+
+def describe(exc: BaseException, tls: bool) -> str:
+    """What went wrong, in one line for the log and cache-stats; says so when a TLS handshake is what failed."""
+    if tls and is_connect_timeout(exc):
+        return (
+            f"{type(exc).__name__}: the TLS handshake did not complete within redis_timeout "
+            "(is the port a TLS port? rediss:// needs one; redis:// is for a plain one)"
+        )
+    if tls and _in_chain(exc, ssl.SSLError):
+        return f"{type(exc).__name__}: the TLS handshake failed: {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _in_chain(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(10):  # a cause chain is short; this bounds a cyclic one
+        if seen is None:
+            return False
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

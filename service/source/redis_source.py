@@ -139,6 +139,8 @@ class RedisSource:
 
     def __init__(self, client: aioredis.Redis, *, fetch_max_bytes: int) -> None:
         self.client = client
+        # whether the connections speak TLS: a failure to connect is then most often a handshake that failed
+        self.tls = issubclass(client.connection_pool.connection_class, aioredis.SSLConnection)
         self._retry = reconnecting()
         self._retry.update_supported_errors([redis.exceptions.ConnectionError])
         self._fetch_max_bytes = fetch_max_bytes

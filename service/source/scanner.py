@@ -97,6 +97,10 @@ class Scanner:
         self._deadline = 0.0  # event-loop time at which the current scan is over its budget
         self.current: ScanStats | None = None
 
+    @property
+    def source(self) -> RedisSource:
+        return self._source
+
     async def scan(self, sink: PageSink) -> ScanStats:
         """One full scan; `sink` gets each page's running tasks as soon as the page is decoded.
 

@@ -262,3 +262,14 @@ async def test_the_first_refresh_after_idle_connections_timed_out_succeeds(
         time.sleep(2.5)  # the server's cron closes them within a second or two of the limit
 
     assert await _refresh_after(idle_out, own_redis_server) < 2.0
+
+
+async def test_rediss_to_a_plain_port_is_an_unreachable_redis_that_says_tls(redis_url: str) -> None:
+    # a TLS client at a plain port: the handshake never completes; the answer is 503, and cache-stats says why
+    tls_url = redis_url.replace("redis://", "rediss://", 1) + "?ssl_cert_reqs=none"
+    app = create_app(make_settings(url=tls_url, redis_timeout=500, refresh_interval=60))
+    async with running_app(app) as http:
+        response = await http.get(RUNNING)
+        error = (await http.get(STATS)).json()["data"]["lastRefresh"]["error"]
+    assert response.status_code == 503
+    assert "TLS handshake" in error and "rediss://" in error
