@@ -2,10 +2,14 @@
 what a client may get back, `running_statuses` what the status filters accept). `OPERATIONS` lists the
 endpoints; a test checks it against the app's routes.
 
-To describe a new endpoint: add its data schema to `schemas()` if it has one, its query parameters to
-`parameters()`, and an `Operation` to `OPERATIONS` (its access level decides the 401/429 answers and the
-security requirement). Enumerations and bounds come from the modules that enforce them, so the document cannot
-drift from the code."""
+The data schemas are generated from the structs the service encodes its answers from (service.shapes) by
+`msgspec.json.schema_components`, so the document cannot drift from what is sent; `_refine` then adds only what
+a struct's types cannot say: the configured running statuses, the vocabulary's outcomes and file names, the
+query's page bounds. Enumerations and bounds come from the modules that enforce them.
+
+To describe a new endpoint: a shape for its answer in service.shapes (listed in `ANSWERS`), its query parameters
+in `parameters()`, and an `Operation` in `OPERATIONS` (its access level decides the 401/429 answers and the
+security requirement)."""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
+
+import msgspec
 
 from service import __version__
 from service.domain.vocabulary import FILE_OPERATES, FILE_STATUSES, OUTCOME_ALIASES, OUTCOMES
@@ -22,11 +28,21 @@ from service.query.finished import DEFAULT_FINISHED_PAGE_SIZE, FINISHED_SORT_KEY
 from service.query.params import DEFAULT_PAGE_SIZE, EPOCH_MS_MAX_DIGITS, MAX_PAGE, MAX_PAGE_SIZE, MAX_VALUES
 from service.query.project import FILE_LIST_MODES, TASK_FIELDS
 from service.query.running import SORT_KEYS
-from service.query.stats import PERCENTILES, WINDOWS_MINUTES
 from service.settings import Settings
+from service.shapes.envelope import BadRequest, Error, Ok
+from service.shapes.operations import CacheStats, Health, Ready
+from service.shapes.stats import TaskStats
+from service.shapes.tasks import FinishedTasks, ProjectedTask, RunningTasks, Task
 
 OPENAPI_VERSION = "3.1.0"
 JSON = "application/json"
+_PAGE = {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}
+_PAGE_SIZE = {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE}
+
+# The answers of the endpoints, each in the success envelope `Ok` (the component `<shape>Ok`), and the other
+# shapes the document names; msgspec adds every struct they refer to, under the struct's name.
+ANSWERS: tuple[type, ...] = (RunningTasks, ProjectedTask, FinishedTasks, TaskStats, CacheStats, Health, Ready)
+OTHER_SHAPES: tuple[type, ...] = (Task, Error, BadRequest)
 
 
 class Access(Enum):
@@ -39,18 +55,77 @@ def ref(name: str, kind: str = "schemas") -> dict[str, str]:
     return {"$ref": f"#/components/{kind}/{name}"}
 
 
-def envelope(data: dict[str, Any]) -> dict[str, Any]:
-    """The success envelope `{code: 0, message: "ok", success: true, data}` around `data`'s schema."""
-    return {
-        "type": "object",
-        "required": ["code", "message", "success", "data"],
-        "properties": {
-            "code": {"const": 0},
-            "message": {"const": "ok"},
-            "success": {"const": True},
-            "data": data,
-        },
-    }
+def ok_name(shape: type) -> str:
+    """The component of the success envelope around `shape`."""
+    return f"{shape.__name__}Ok"
+
+
+def schemas(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The data schemas: generated from the shapes, refined (`_refine`), and `Instant` (a query parameter's)."""
+    envelopes = [Ok[shape] for shape in ANSWERS]  # type: ignore[valid-type]  # made at run time
+    refs, generated = msgspec.json.schema_components([*envelopes, *OTHER_SHAPES], ref_template=ref("{name}")["$ref"])
+    # msgspec names the envelope around X (the first refs) `Ok_X_`; the document calls it `XOk`
+    names = {ref_["$ref"].rsplit("/", 1)[1]: ok_name(shape) for ref_, shape in zip(refs, ANSWERS, strict=False)}
+    components = dict(sorted((names.get(name, name), schema) for name, schema in generated.items()))
+    for name, schema in components.items():
+        schema["title"] = name  # msgspec's is the type's name: `Ok[X]` for `XOk`
+        if "description" in schema:  # a docstring: its line breaks are the source's
+            schema["description"] = " ".join(schema["description"].split())
+        # msgspec lists only the fields without a default as required (a decoder can do without the others). The
+        # service only encodes, and no shape omits defaults: a field is absent only when UNSET, the one default
+        # that has no `default` in the schema.
+        properties = schema.get("properties", {})
+        required = set(schema.get("required", ()))
+        schema["required"] = [key for key, value in properties.items() if key in required or "default" in value]
+    _refine(components, settings.running_tasks.running_statuses)
+    return {**components, "Instant": INSTANT}
+
+
+def _refine(components: dict[str, dict[str, Any]], running_statuses: Sequence[str]) -> None:
+    """What the shapes' types leave open: the statuses follow `running_tasks.running_statuses`; the objects keyed
+    by status, outcome or file name list the names always present; pages are bounded."""
+    props = {name: schema.get("properties", {}) for name, schema in components.items()}
+    for shape in ("Task", "ProjectedTask"):
+        for name in ("status", "process"):
+            props[shape][name]["enum"] = list(running_statuses)
+    props["FinishedTask"]["outcome"]["enum"] = list(OUTCOMES)
+    _keyed(props["RunningFigures"]["byStatus"], running_statuses, "every configured running status", closed=True)
+    _keyed(props["FinishedFigures"]["byOutcome"], OUTCOMES, "runs since the service started, evicted ones included")
+    _keyed(props["DurationSeconds"]["byOutcome"], OUTCOMES, "every outcome")
+    _keyed(props["FileSummary"]["byStatus"], FILE_STATUSES, "files per status", closed=False)
+    _keyed(props["FileSummary"]["byOperate"], FILE_OPERATES, "files per operation", closed=False)
+    props["FileEntry"]["status"]["description"] = f"known: {', '.join(FILE_STATUSES)}"
+    props["FileEntry"]["operate"]["description"] = f"known: {', '.join(FILE_OPERATES)}"
+    for shape in ("RunningTasks", "FinishedTasks"):
+        props[shape]["page"].update(_PAGE)
+        props[shape]["pageSize"].update(_PAGE_SIZE)
+    refused = ErrorCode.BAD_REQUEST.message
+    props["BadRequest"]["message"].update(
+        pattern=f"^{refused}: ", description=f"{refused}: <parameter>: '<value>' is not accepted; expected <accepted>"
+    )
+
+
+def _keyed(schema: dict[str, Any], known: Sequence[str], description: str, closed: bool = True) -> None:
+    """A generated `dict[str, V]` object with every `known` key present; other keys only where not `closed`."""
+    value = schema["additionalProperties"]
+    schema.update(
+        description=description + ("" if closed else "; other names are added when they occur"),
+        properties=dict.fromkeys(known, value),
+        required=list(known),
+        additionalProperties=False if closed else value,
+    )
+
+
+INSTANT = {
+    "description": "An RFC 3339 time (2026-11-28T01:02:03Z, 2026-11-28T09:02:03.250+08:00), a date alone (its "
+    f"midnight UTC) or epoch milliseconds (1 to {EPOCH_MS_MAX_DIGITS} digits). A time without an offset is read "
+    "as UTC; an unencoded `+` in an offset arrives as a space and is read back as `+`.",
+    "anyOf": [
+        {"type": "string", "format": "date-time"},
+        {"type": "string", "format": "date"},
+        {"type": "string", "pattern": f"^[0-9]{{1,{EPOCH_MS_MAX_DIGITS}}}$"},
+    ],
+}
 
 
 def json_response(description: str, schema: dict[str, Any], headers: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -59,406 +134,17 @@ def json_response(description: str, schema: dict[str, Any], headers: dict[str, A
 
 def _headers(extra: dict[str, Any] | None = None) -> dict[str, Any]:
     # every response carries these, errors included
-    return {
-        "X-Request-ID": ref("RequestId", "headers"),
-        "X-Content-Type-Options": ref("NoSniff", "headers"),
-        **(extra or {}),
-    }
+    common = {"X-Request-ID": ref("RequestId", "headers"), "X-Content-Type-Options": ref("NoSniff", "headers")}
+    return {**common, **(extra or {})}
 
 
-_TIME = {"type": "string", "format": "date-time", "description": "RFC 3339 UTC with milliseconds"}
-_COUNT = {"type": "integer", "minimum": 0}
-
-
-def _counts(known: Sequence[str], description: str, closed: bool = False) -> dict[str, Any]:
-    """An object of counts: every `known` name present; other names only where `closed` is False."""
-    return {
-        "type": "object",
-        "description": description,
-        "required": list(known),
-        "properties": {name: _COUNT for name in known},
-        "additionalProperties": False if closed else _COUNT,
-    }
-
-
-def _task_properties(running_statuses: Sequence[str]) -> dict[str, Any]:
-    # one definition for the full and the projected task, in the contract's order
-    return {
-        "taskId": {"type": "string", "description": "the key's suffix: the upload's X-Request-ID"},
-        "clientId": {"type": "string", "description": "empty unless the producer writes one"},
-        "status": {"enum": list(running_statuses), "description": "equal to process"},
-        "process": {"enum": list(running_statuses), "description": "one of the configured running statuses"},
-        "totalProgress": {"type": "integer", "minimum": 0, "maximum": 100},
-        "startTime": _TIME,
-        "lastUpdateTime": _TIME,
-        "estimatedCompletionTime": {**_TIME, "description": "omitted until a progress rate has been observed"},
-        "stalled": {
-            "type": "boolean",
-            "description": "true when the task's value has not changed for stall_after seconds, measured from "
-            "lastUpdateTime",
-        },
-        "fileList": {"type": "array", "items": ref("FileEntry")},
-    }
-
-
-def _distribution() -> dict[str, Any]:
-    figures = [f"p{p}" for p in PERCENTILES] + ["mean"]
-    return {
-        "type": "object",
-        "description": "Percentiles (linear interpolation between closest ranks) and mean, in seconds; null "
-        "without runs.",
-        "required": ["count", *figures],
-        "properties": {"count": _COUNT, **{name: {"type": ["number", "null"]} for name in figures}},
-        "oneOf": [
-            {"properties": {"count": {"const": 0}, **{name: {"type": "null"} for name in figures}}},
-            {"properties": {"count": {"minimum": 1}, **{name: {"type": "number", "minimum": 0} for name in figures}}},
-        ],
-    }
-
-
-def _throughput_window(minutes: int) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": ["windowMinutes", "finished", "perMinute", "coveredMinutes", "complete"],
-        "properties": {
-            "windowMinutes": {"const": minutes},
-            "finished": {**_COUNT, "description": "runs whose endTime is within the window"},
-            "perMinute": {"type": "number", "minimum": 0},
-            "coveredMinutes": {"type": "number", "minimum": 0, "maximum": minutes},
-            "complete": {
-                "type": "boolean",
-                "description": "false while the history covers less than the window or evicted runs that ended "
-                "within it: the figure is then a lower bound",
-            },
-        },
-    }
-
-
-def schemas(settings: Settings) -> dict[str, dict[str, Any]]:
-    """The data schemas; the task status enumerations follow `running_tasks.running_statuses`."""
-    statuses = settings.running_tasks.running_statuses
-    task = _task_properties(statuses)
-    return {
-        "FileEntry": {
-            "type": "object",
-            "description": "One file of the upload, as the producer stores it.",
-            "required": ["path", "status", "operate"],
-            "properties": {
-                "path": {"type": "string"},
-                "status": {"type": "string", "description": "pending, processing, completed, unsupported or failed"},
-                "operate": {"type": "string", "description": "add, modify, delete or rename"},
-            },
-        },
-        "FileSummary": {
-            "type": "object",
-            "description": "A task's files counted (fileList=summary).",
-            "required": ["total", "byStatus", "byOperate"],
-            "properties": {
-                "total": _COUNT,
-                "byStatus": _counts(FILE_STATUSES, "files per status; other statuses are added when they occur"),
-                "byOperate": _counts(FILE_OPERATES, "files per operation; other operations are added when they occur"),
-            },
-        },
-        "Task": {
-            "type": "object",
-            "description": "A running task, complete: what the unfiltered list and a task by id without `fields` or "
-            "`fileList` serve.",
-            "required": [name for name in TASK_FIELDS if name != "estimatedCompletionTime"],
-            "properties": task,
-            "additionalProperties": False,
-        },
-        "ProjectedTask": {
-            "type": "object",
-            "description": "A running task as a query shapes it: every field of Task unless `fields` lists some "
-            "(then only those, in the contract's order); the file list full, replaced by `fileSummary` "
-            "(fileList=summary) or left out (fileList=none, or `fields` without fileList).",
-            "properties": {**task, "fileSummary": ref("FileSummary")},
-            "additionalProperties": False,
-            "not": {"required": ["fileList", "fileSummary"]},
-        },
-        "RunningTasks": {
-            "type": "object",
-            "description": "The running tasks that match, newest start first unless `sort` says otherwise. "
-            "`page`, `pageSize` and `totalPages` are present exactly when `page` or `pageSize` is given.",
-            "required": ["totalTasks", "tasks"],
-            "properties": {
-                "totalTasks": {**_COUNT, "description": "every match, not only this page"},
-                "page": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
-                "pageSize": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE},
-                "totalPages": {**_COUNT, "description": "ceil(totalTasks / pageSize); 0 when nothing matches"},
-                "tasks": {"type": "array", "items": ref("ProjectedTask")},
-            },
-            "additionalProperties": False,
-            "dependentRequired": {
-                "page": ["pageSize", "totalPages"],
-                "pageSize": ["page", "totalPages"],
-                "totalPages": ["page", "pageSize"],
-            },
-        },
-        "FinishedTask": {
-            "type": "object",
-            "description": "One run this service saw leave the running state.",
-            "required": [
-                "taskId",
-                "clientId",
-                "outcome",
-                "status",
-                "totalProgress",
-                "fileCount",
-                "startTime",
-                "endTime",
-                "durationMs",
-                "lastSeenRunningTime",
-                "detectedTime",
-            ],
-            "properties": {
-                "taskId": {"type": "string"},
-                "clientId": {"type": "string"},
-                "outcome": {"enum": list(OUTCOMES)},
-                "status": {
-                    "type": "string",
-                    "description": "the final value's; for a vanished run the last running one",
-                },
-                "totalProgress": {"type": "integer", "minimum": 0, "maximum": 100},
-                "fileCount": _COUNT,
-                "startTime": _TIME,
-                "endTime": {
-                    **_TIME,
-                    "description": "the finished value's write time; for a vanished run the last time a scan read it "
-                    "running",
-                },
-                "durationMs": {**_COUNT, "description": "endTime - startTime, never negative"},
-                "lastSeenRunningTime": _TIME,
-                "detectedTime": {**_TIME, "description": "when the scan that found it no longer running ended"},
-            },
-            "additionalProperties": False,
-        },
-        "FinishedTasks": {
-            "type": "object",
-            "description": "One page of the finished runs that match, newest end first unless `sort` says otherwise.",
-            "required": ["totalTasks", "page", "pageSize", "totalPages", "historySince", "historySize", "tasks"],
-            "properties": {
-                "totalTasks": {**_COUNT, "description": "every match, not only this page"},
-                "page": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
-                "pageSize": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE},
-                "totalPages": {**_COUNT, "description": "ceil(totalTasks / pageSize); 0 when nothing matches"},
-                "historySince": {**_TIME, "description": "when this service started: the history is in memory"},
-                "historySize": {"type": "integer", "description": "runs kept at most (history_size)"},
-                "tasks": {"type": "array", "items": ref("FinishedTask")},
-            },
-            "additionalProperties": False,
-        },
-        "TaskStats": {
-            "type": "object",
-            "description": "Figures as of the current snapshot (asOf is its build time).",
-            "required": ["asOf", "snapshotGeneration", "running", "finished", "progressRate"],
-            "properties": {
-                "asOf": _TIME,
-                "snapshotGeneration": {"type": "integer", "minimum": 1},
-                "running": {
-                    "type": "object",
-                    "required": ["total", "byStatus", "stalled", "stallAfterSeconds"],
-                    "properties": {
-                        "total": _COUNT,
-                        "byStatus": _counts(statuses, "every configured running status", closed=True),
-                        "stalled": _COUNT,
-                        "stallAfterSeconds": {"type": "integer", "minimum": 0},
-                    },
-                },
-                "finished": {
-                    "type": "object",
-                    "required": [
-                        "historySince",
-                        "historySize",
-                        "kept",
-                        "evicted",
-                        "byOutcome",
-                        "throughput",
-                        "durationSeconds",
-                    ],
-                    "properties": {
-                        "historySince": _TIME,
-                        "historySize": {"type": "integer"},
-                        "kept": {**_COUNT, "description": "runs the history still holds"},
-                        "evicted": {**_COUNT, "description": "runs the bound has dropped"},
-                        "byOutcome": _counts(
-                            OUTCOMES, "runs since the service started, evicted ones included", closed=True
-                        ),
-                        "throughput": {
-                            "type": "object",
-                            "required": [f"last{m}m" for m in WINDOWS_MINUTES],
-                            "properties": {f"last{m}m": _throughput_window(m) for m in WINDOWS_MINUTES},
-                            "additionalProperties": False,
-                        },
-                        "durationSeconds": {
-                            "type": "object",
-                            "required": ["unit", "over", "all", "byOutcome"],
-                            "properties": {
-                                "unit": {"const": "s"},
-                                "over": {"type": "string"},
-                                "all": ref("Distribution"),
-                                "byOutcome": {
-                                    "type": "object",
-                                    "required": list(OUTCOMES),
-                                    "properties": {outcome: ref("Distribution") for outcome in OUTCOMES},
-                                    "additionalProperties": False,
-                                },
-                            },
-                        },
-                    },
-                },
-                "progressRate": {
-                    "type": "object",
-                    "description": "Per running task, progress gained per minute from its first observed progress to "
-                    "its latest change; mean and median over the tasks that have such a rate.",
-                    "required": ["unit", "over", "tasks", "mean", "median"],
-                    "properties": {
-                        "unit": {"const": "%/min"},
-                        "over": {"type": "string"},
-                        "tasks": _COUNT,
-                        "mean": {"type": ["number", "null"]},
-                        "median": {"type": ["number", "null"]},
-                    },
-                },
-            },
-        },
-        "Distribution": _distribution(),
-        "CacheStats": {
-            "type": "object",
-            "required": ["cacheEnabled", "snapshot", "lastRefresh", "counters", "job", "settings", "queryCache"],
-            "properties": {
-                "cacheEnabled": {"type": "boolean"},
-                "snapshot": {
-                    "type": ["object", "null"],
-                    "required": ["generation", "builtAt", "ageSeconds", "ttlSeconds", "stale", "taskCount", "etag"],
-                    "properties": {
-                        "generation": {"type": "integer", "minimum": 1},
-                        "builtAt": _TIME,
-                        "ageSeconds": {"type": "number", "minimum": 0},
-                        "ttlSeconds": {"type": "number"},
-                        "stale": {"type": "boolean"},
-                        "taskCount": _COUNT,
-                        "etag": {"type": "string"},
-                        "bodyBytes": _COUNT,
-                    },
-                },
-                "lastRefresh": {
-                    "type": ["object", "null"],
-                    "required": ["startedAt", "durationMs", "trigger", "error"],
-                    "properties": {
-                        "startedAt": _TIME,
-                        "durationMs": {"type": "number", "minimum": 0},
-                        "trigger": {"enum": ["job", "startup", "request"]},
-                        "error": {"type": ["string", "null"]},
-                    },
-                    "additionalProperties": {"type": "number"},
-                },
-                "counters": {"type": "object", "additionalProperties": _COUNT},
-                "job": {
-                    "type": "object",
-                    "required": ["running", "intervalSeconds", "nextRun"],
-                    "properties": {
-                        "running": {"type": "boolean"},
-                        "intervalSeconds": {"type": "number"},
-                        "nextRun": {"type": ["string", "null"]},
-                    },
-                },
-                "settings": {"type": "object", "description": "the settings in effect; secrets shown as ***"},
-                "queryCache": {
-                    "type": "object",
-                    "description": "The LRU of rendered query answers (query_cache_size, query_cache_bytes) and the "
-                    "finished-task history.",
-                    "required": [
-                        "entries",
-                        "bytes",
-                        "maxEntries",
-                        "maxBytes",
-                        "hits",
-                        "misses",
-                        "evictions",
-                        "history",
-                    ],
-                    "properties": {
-                        "entries": _COUNT,
-                        "bytes": _COUNT,
-                        "maxEntries": _COUNT,
-                        "maxBytes": _COUNT,
-                        "hits": _COUNT,
-                        "misses": _COUNT,
-                        "evictions": _COUNT,
-                        "history": {
-                            "type": "object",
-                            "required": ["kept", "size", "version"],
-                            "properties": {"kept": _COUNT, "size": {"type": "integer"}, "version": _COUNT},
-                        },
-                    },
-                },
-            },
-        },
-        "Health": {
-            "type": "object",
-            "required": ["status"],
-            "properties": {"status": {"const": "ok"}},
-        },
-        "Ready": {
-            "type": "object",
-            "required": ["ready", "reason"],
-            "properties": {"ready": {"const": True}, "reason": {"type": "string"}},
-        },
-        "Error": {
-            "type": "object",
-            "description": "Every failure but a refused query parameter: the HTTP status repeated in `code`, a "
-            "human-readable message, no data.",
-            "required": ["code", "message", "success", "data"],
-            "properties": {
-                "code": {"enum": sorted(code.status for code in ErrorCode if code is not ErrorCode.BAD_REQUEST)},
-                "message": {"type": "string"},
-                "success": {"const": False},
-                "data": {"type": "null"},
-            },
-        },
-        "BadRequest": {
-            "type": "object",
-            "description": "A query parameter with a value that is not accepted; `data` names it for programs.",
-            "required": ["code", "message", "success", "data"],
-            "properties": {
-                "code": {"const": ErrorCode.BAD_REQUEST.status},
-                "message": {
-                    "type": "string",
-                    "pattern": f"^{ErrorCode.BAD_REQUEST.message}: ",
-                    "description": f"{ErrorCode.BAD_REQUEST.message}: <parameter>: '<value>' is not accepted; "
-                    "expected <accepted>",
-                },
-                "success": {"const": False},
-                "data": ref("ParameterError"),
-            },
-        },
-        "ParameterError": {
-            "type": "object",
-            "required": ["parameter", "value", "accepted"],
-            "properties": {
-                "parameter": {"type": "string", "description": "the query parameter's name"},
-                "value": {"type": "string", "description": "the value refused, as sent"},
-                "accepted": {"type": "string", "description": "what the parameter accepts, in words"},
-            },
-            "additionalProperties": False,
-        },
-        "Instant": {
-            "description": "An RFC 3339 time (2026-11-28T01:02:03Z, 2026-11-28T09:02:03.250+08:00), a date alone (its "
-            f"midnight UTC) or epoch milliseconds (1 to {EPOCH_MS_MAX_DIGITS} digits). A time without an offset is "
-            "read as UTC; an unencoded `+` in an offset arrives as a space and is read back as `+`.",
-            "anyOf": [
-                {"type": "string", "format": "date-time"},
-                {"type": "string", "format": "date"},
-                {"type": "string", "pattern": f"^[0-9]{{1,{EPOCH_MS_MAX_DIGITS}}}$"},
-            ],
-        },
-    }
+def _error(code: ErrorCode, **narrowed: Any) -> dict[str, Any]:
+    """`Error` with `code` (and the properties of `narrowed`) fixed for one failure."""
+    return {"allOf": [ref("Error"), {"properties": {"code": {"const": code.status}, **narrowed}}]}
 
 
 def _error_response(code: ErrorCode, description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    schema = {"allOf": [ref("Error"), {"properties": {"code": {"const": code.status}}}]}
-    return json_response(f"{description} (message: {code.message})", schema, headers)
+    return json_response(f"{description} (message: {code.message})", _error(code), headers)
 
 
 _SNAPSHOT_HEADERS = {"ETag": ref("ETag", "headers"), "X-Snapshot-Generation": ref("SnapshotGeneration", "headers")}
@@ -503,28 +189,22 @@ def _list_parameter(name: str, items: dict[str, Any], description: str) -> dict[
     """A repeatable, comma-separated query parameter (`a,b` or `a&name=b`, the same query)."""
     if "enum" in items:
         items = {"enum": [*items["enum"], ""]}  # `a,,b` and `a,` are `a,b` and `a`
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "description": f"{description} Several values: comma-separated or the parameter repeated; empty items are "
-        f"ignored; at most {MAX_VALUES} items; an empty value counts as not given.",
-        "allowEmptyValue": True,
-        "style": "form",
-        "explode": False,
-        "schema": {"type": "array", "items": items, "maxItems": MAX_VALUES},
-    }
+    described = (
+        f"{description} Several values: comma-separated or the parameter repeated; empty items are ignored; at most "
+        f"{MAX_VALUES} items; an empty value counts as not given."
+    )
+    schema = {"type": "array", "items": items, "maxItems": MAX_VALUES}
+    return {**_parameter(name, "query", described, schema), "allowEmptyValue": True, "style": "form", "explode": False}
+
+
+def _parameter(name: str, where: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    schema = schema or {"type": "string"}
+    return {"name": name, "in": where, "required": where == "path", "description": description, "schema": schema}
 
 
 def _query_parameter(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "description": f"{description} Given once; an empty value counts as not given.",
-        "allowEmptyValue": True,
-        "schema": schema,
-    }
+    described = f"{description} Given once; an empty value counts as not given."
+    return {**_parameter(name, "query", described, schema), "allowEmptyValue": True}
 
 
 def _sort_parameter(keys: Sequence[str], default: str) -> dict[str, Any]:
@@ -553,29 +233,21 @@ def parameters(settings: Settings) -> dict[str, dict[str, Any]]:
     statuses = settings.running_tasks.running_statuses
     outcomes = [*OUTCOMES, *OUTCOME_ALIASES]
     return {
-        "RequestId": {
-            "name": "X-Request-ID",
-            "in": "header",
-            "required": False,
-            "description": "Returned in the response and written in every log line of the request; a value that is "
-            "not 1-128 characters of letters, digits and ._~:/+=@- is replaced by a new UUID.",
-            "schema": {"type": "string"},
-        },
-        "IfNoneMatch": {
-            "name": "If-None-Match",
-            "in": "header",
-            "required": False,
-            "description": "ETags of a previous answer; 304 when the answer would still have one of them (never "
-            "for an answer a live scan produced).",
-            "schema": {"type": "string"},
-        },
-        "TaskId": {
-            "name": "task_id",
-            "in": "path",
-            "required": True,
-            "description": "The task's id (the key's suffix), percent-encoded; any character, `/` included.",
-            "schema": {"type": "string"},
-        },
+        "RequestId": _parameter(
+            "X-Request-ID",
+            "header",
+            "Returned in the response and written in every log line of the request; a value that is not 1-128 "
+            "characters of letters, digits and ._~:/+=@- is replaced by a new UUID.",
+        ),
+        "IfNoneMatch": _parameter(
+            "If-None-Match",
+            "header",
+            "ETags of a previous answer; 304 when the answer would still have one of them (never for an answer a "
+            "live scan produced).",
+        ),
+        "TaskId": _parameter(
+            "task_id", "path", "The task's id (the key's suffix), percent-encoded; any character, `/` included."
+        ),
         "ClientId": _list_parameter(
             "clientId",
             {"type": "string", "pattern": "^[^,]*$"},
@@ -590,14 +262,10 @@ def parameters(settings: Settings) -> dict[str, dict[str, Any]]:
             "stalled", {"type": "boolean"}, "Only stalled tasks (true) or only the others (false); in any case."
         ),
         "RunningSort": _sort_parameter(tuple(SORT_KEYS), "newest startTime first, then taskId"),
-        "Page": _query_parameter(
-            "page",
-            {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
-            "Page number, from 1; a page past the last one has no tasks.",
-        ),
+        "Page": _query_parameter("page", _PAGE, "Page number, from 1; a page past the last one has no tasks."),
         "PageSize": _query_parameter(
             "pageSize",
-            {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE},
+            _PAGE_SIZE,
             f"Tasks per page; {DEFAULT_PAGE_SIZE} when only `page` is given. Without page and pageSize the list "
             "is not paged.",
         ),
@@ -618,13 +286,9 @@ def parameters(settings: Settings) -> dict[str, dict[str, Any]]:
         ),
         **_range_parameters("endTime", "ended"),
         "FinishedSort": _sort_parameter(tuple(FINISHED_SORT_KEYS), "newest endTime first"),
-        "FinishedPage": _query_parameter(
-            "page", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "Page number, from 1."
-        ),
+        "FinishedPage": _query_parameter("page", _PAGE, "Page number, from 1."),
         "FinishedPageSize": _query_parameter(
-            "pageSize",
-            {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE},
-            f"Runs per page (default {DEFAULT_FINISHED_PAGE_SIZE}): this list is always paged.",
+            "pageSize", _PAGE_SIZE, f"Runs per page (default {DEFAULT_FINISHED_PAGE_SIZE}): this list is always paged."
         ),
     }
 
@@ -642,14 +306,15 @@ class Operation:
     tags: tuple[str, ...] = field(default=("tasks",))
 
 
-def _params(*names: str) -> tuple[dict[str, str], ...]:
-    return tuple(ref(name, "parameters") for name in names)
+def _params(names: str) -> tuple[dict[str, str], ...]:
+    """References to the parameters named in `names`, separated by spaces."""
+    return tuple(ref(name, "parameters") for name in names.split())
 
 
-def _answers(description: str, data: dict[str, Any], more: dict[str, Any] | None = None) -> dict[str, Any]:
+def _answers(description: str, shape: type, more: dict[str, Any] | None = None) -> dict[str, Any]:
     """The responses of an endpoint answered from the snapshot: 200 with its ETag, 304, 503, 504 and `more`."""
     return {
-        "200": json_response(description, envelope(data), _SNAPSHOT_HEADERS),
+        "200": json_response(description, ref(ok_name(shape)), _SNAPSHOT_HEADERS),
         "304": ref("NotModified", "responses"),
         "503": ref("RedisUnavailable", "responses"),
         "504": ref("Timeout", "responses"),
@@ -658,23 +323,13 @@ def _answers(description: str, data: dict[str, Any], more: dict[str, Any] | None
 
 
 _BAD_REQUEST = {"400": ref("BadRequest", "responses")}
+_LEFT = f"left the running state as ({'|'.join(OUTCOMES)}) at .+ \\(see /tasks/finished\\)"
 _NOT_RUNNING = json_response(
     "The task is not running; when the history saw it leave, the message says how and when",
-    {
-        "allOf": [
-            ref("Error"),
-            {
-                "properties": {
-                    "code": {"const": ErrorCode.NOT_FOUND.status},
-                    "message": {
-                        "pattern": "^task .* is not running(: it left the running state as "
-                        f"({'|'.join(OUTCOMES)}) at .+ \\(see /tasks/finished\\))?$"
-                    },
-                }
-            },
-        ]
-    },
+    _error(ErrorCode.NOT_FOUND, message={"pattern": f"^task .* is not running(: it {_LEFT})?$"}),
 )
+
+_TEXT = {"schema": {"type": "string"}}
 
 OPERATIONS: list[Operation] = [
     Operation(
@@ -682,25 +337,14 @@ OPERATIONS: list[Operation] = [
         "get",
         "listRunningTasks",
         "The running tasks: filters, sort, pages, lean payloads",
-        _answers("The running tasks that match", ref("RunningTasks"), _BAD_REQUEST),
+        _answers("The running tasks that match", RunningTasks, _BAD_REQUEST),
         description="Served from the background snapshot while it is fresh; otherwise a live scan (shared by "
         "concurrent requests) answers. Without parameters the answer is the snapshot's pre-rendered body: every "
         "running task, complete (see Task), newest start first. Filters combine with AND, the values of one filter "
         "with OR; time ranges are half-open (after <= t < before). Unknown parameters are ignored.",
         parameters=_params(
-            "IfNoneMatch",
-            "ClientId",
-            "RunningStatus",
-            "StartedAfter",
-            "StartedBefore",
-            "UpdatedAfter",
-            "UpdatedBefore",
-            "Stalled",
-            "RunningSort",
-            "Page",
-            "PageSize",
-            "Fields",
-            "FileList",
+            "IfNoneMatch ClientId RunningStatus StartedAfter StartedBefore UpdatedAfter UpdatedBefore Stalled "
+            "RunningSort Page PageSize Fields FileList"
         ),
     ),
     Operation(
@@ -710,31 +354,24 @@ OPERATIONS: list[Operation] = [
         "One running task",
         _answers(
             "The task; complete (see Task) unless fields or fileList shape it",
-            ref("ProjectedTask"),
+            ProjectedTask,
             {**_BAD_REQUEST, "404": _NOT_RUNNING},
         ),
         description="Its ETag follows the task's own content, so it stays the same while other tasks change. "
         "Parameters other than fields and fileList are ignored.",
-        parameters=_params("TaskId", "IfNoneMatch", "Fields", "FileList"),
+        parameters=_params("TaskId IfNoneMatch Fields FileList"),
     ),
     Operation(
         f"{API_PREFIX}/finished",
         "get",
         "listFinishedTasks",
         "Runs this service saw leave the running state since it started, newest end first",
-        _answers("One page of the finished runs that match", ref("FinishedTasks"), _BAD_REQUEST),
+        _answers("One page of the finished runs that match", FinishedTasks, _BAD_REQUEST),
         description="The history is in memory: it starts empty when the service starts and keeps at most "
         "history_size runs (the oldest detected go first). A run is `vanished` when its key is gone or no longer "
         "holds a task while it was running.",
         parameters=_params(
-            "IfNoneMatch",
-            "Outcome",
-            "ClientId",
-            "EndedAfter",
-            "EndedBefore",
-            "FinishedSort",
-            "FinishedPage",
-            "FinishedPageSize",
+            "IfNoneMatch Outcome ClientId EndedAfter EndedBefore FinishedSort FinishedPage FinishedPageSize"
         ),
     ),
     Operation(
@@ -742,7 +379,7 @@ OPERATIONS: list[Operation] = [
         "get",
         "getTaskStats",
         "Counts, throughput, durations and progress rate, as of the current snapshot",
-        _answers("The figures, each with its unit and what it is computed over", ref("TaskStats")),
+        _answers("The figures, each with its unit and what it is computed over", TaskStats),
         parameters=_params("IfNoneMatch"),
     ),
     Operation(
@@ -750,7 +387,7 @@ OPERATIONS: list[Operation] = [
         "get",
         "getCacheStats",
         "The snapshot, the last refresh, counters, the refresh job, the settings in effect and the query cache",
-        {"200": json_response("The cache's state", envelope(ref("CacheStats")))},
+        {"200": json_response("The cache's state", ref(ok_name(CacheStats)))},
     ),
     Operation(
         "/metrics",
@@ -761,10 +398,7 @@ OPERATIONS: list[Operation] = [
             "200": {
                 "description": "Prometheus text format, or OpenMetrics when the Accept header asks for it",
                 "headers": _headers(),
-                "content": {
-                    "text/plain": {"schema": {"type": "string"}},
-                    "application/openmetrics-text": {"schema": {"type": "string"}},
-                },
+                "content": {"text/plain": _TEXT, "application/openmetrics-text": _TEXT},
             }
         },
         tags=("operations",),
@@ -783,7 +417,7 @@ OPERATIONS: list[Operation] = [
         "get",
         "getHealth",
         "Liveness: the process answers",
-        {"200": json_response("Alive", envelope(ref("Health")))},
+        {"200": json_response("Alive", ref(ok_name(Health)))},
         access=Access.PROBE,
         tags=("operations",),
     ),
@@ -793,7 +427,7 @@ OPERATIONS: list[Operation] = [
         "getReadiness",
         "Readiness: a fresh snapshot exists (or, without the cache, Redis answers PING)",
         {
-            "200": json_response("Ready", envelope(ref("Ready"))),
+            "200": json_response("Ready", ref(ok_name(Ready))),
             "503": ref("RedisUnavailable", "responses"),
         },
         access=Access.PROBE,

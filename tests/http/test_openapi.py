@@ -9,11 +9,12 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
 import jsonschema
+import msgspec
 import orjson
 import pytest
 import redis.asyncio as aioredis
@@ -23,15 +24,24 @@ from hypothesis import HealthCheck, settings
 from openapi_spec_validator import validate
 from starlette.routing import Route
 
+import service.shapes.envelope
+import service.shapes.operations
+import service.shapes.stats
+import service.shapes.tasks
 from service.devtools.embedded import RedisServerProcess, free_port
 from service.devtools.simulator import SimTask, Simulator, build_workload
-from service.domain.history import DEFAULT_FINISHED_PAGE_SIZE, OUTCOME_ALIASES, OUTCOMES
-from service.domain.tasks import parse_time
+from service.domain.times import parse_time
+from service.domain.vocabulary import FILE_OPERATES, FILE_STATUSES, OUTCOME_ALIASES, OUTCOMES
 from service.http import security
 from service.http.app import create_app
 from service.http.openapi import OPERATIONS, Access, build_document
-from service.query.running import BASE_FIELDS, DEFAULT_PAGE_SIZE, parse_instant
+from service.query.finished import DEFAULT_FINISHED_PAGE_SIZE
+from service.query.params import DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_PAGE_SIZE, parse_instant
+from service.query.project import BASE_FIELDS
 from service.settings import Settings, settings_from_mapping
+from service.shapes.envelope import Ok
+from service.shapes.stats import TaskStats
+from service.shapes.tasks import FinishedTask, Outcome, Task
 
 TOKEN = "fuzz-token-0123456789abcdef"
 FUZZ_SETTINGS: dict[str, Any] = {
@@ -91,9 +101,68 @@ def test_document_follows_the_settings() -> None:
     custom = build_document(settings_from_mapping({"running_tasks": {"running_statuses": ["queued", "busy"]}}))
     components = custom["components"]
     assert components["parameters"]["RunningStatus"]["schema"]["items"]["enum"] == ["queued", "busy", ""]
-    assert components["schemas"]["Task"]["properties"]["process"]["enum"] == ["queued", "busy"]
-    by_status = components["schemas"]["TaskStats"]["properties"]["running"]["properties"]["byStatus"]
-    assert by_status["required"] == ["queued", "busy"]
+    schemas = _resolve(components["schemas"], custom)
+    for shape in ("Task", "ProjectedTask"):
+        for name in ("status", "process"):
+            assert schemas[shape]["properties"][name]["enum"] == ["queued", "busy"], (shape, name)
+    by_status = schemas["TaskStats"]["properties"]["running"]["properties"]["byStatus"]
+    assert by_status["required"] == list(by_status["properties"]) == ["queued", "busy"]
+    assert by_status["additionalProperties"] is False
+
+
+def test_document_states_the_vocabulary_and_the_bounds() -> None:
+    schemas = _resolve(DOCUMENT["components"]["schemas"])
+    assert schemas["FinishedTask"]["properties"]["outcome"]["enum"] == list(OUTCOMES)
+    assert set(get_args(Outcome)) == set(OUTCOMES)  # the shape's Literal, which msgspec would state instead
+    finished = schemas["TaskStats"]["properties"]["finished"]["properties"]
+    for by_outcome in (finished["byOutcome"], finished["durationSeconds"]["properties"]["byOutcome"]):
+        assert by_outcome["required"] == list(by_outcome["properties"]) == list(OUTCOMES)
+        assert by_outcome["additionalProperties"] is False
+    summary = schemas["FileSummary"]["properties"]
+    for name, known in (("byStatus", FILE_STATUSES), ("byOperate", FILE_OPERATES)):
+        assert summary[name]["required"] == list(known)
+        assert summary[name]["additionalProperties"] == {"type": "integer", "minimum": 0}  # others when they occur
+    for shape in ("RunningTasks", "FinishedTasks"):
+        assert schemas[shape]["properties"]["page"]["maximum"] == MAX_PAGE
+        assert schemas[shape]["properties"]["pageSize"]["maximum"] == MAX_PAGE_SIZE
+    assert "oneOf" not in schemas["Distribution"]
+    # each error response narrows `code` with a const: the shared Error schema states no enum of its own
+    assert schemas["Error"]["properties"]["code"] == {"type": "integer"}
+
+
+def _shape_of(component: str) -> type[msgspec.Struct] | None:
+    """The struct a component of the document is generated from (`XOk`: the envelope `Ok` around X)."""
+    if component.endswith("Ok"):
+        return Ok
+    for module in (service.shapes.tasks, service.shapes.stats, service.shapes.operations, service.shapes.envelope):
+        found = getattr(module, component, None)
+        if isinstance(found, type) and issubclass(found, msgspec.Struct):
+            return found
+    return None
+
+
+def test_schemas_are_generated_from_the_shapes() -> None:
+    """Every data schema has exactly the fields its struct encodes, in the same order, and requires every one but
+    those that can be UNSET (left out): the document cannot drift from what the service sends."""
+    schemas = DOCUMENT["components"]["schemas"]
+    for shape in (Task, FinishedTask, TaskStats):
+        encoded = [field.encode_name for field in msgspec.structs.fields(shape)]
+        assert list(schemas[shape.__name__]["properties"]) == encoded
+    generated = {name for name in schemas if name != "Instant"}
+    named = {"Task", "ProjectedTask", "RunningTasks", "FinishedTask", "FinishedTasks", "TaskStats", "CacheStats"}
+    assert named | {"Error", "BadRequest", "ParameterError", "FileEntry", "FileSummary", "Distribution"} <= generated
+    for name in generated:
+        shape = _shape_of(name)
+        assert shape is not None, name
+        fields = msgspec.structs.fields(shape)
+        assert list(schemas[name]["properties"]) == [field.encode_name for field in fields], name
+        always = [field.encode_name for field in fields if field.default is not msgspec.UNSET]
+        assert schemas[name]["required"] == always, name
+        assert not shape.__struct_config__.omit_defaults, name  # else a field with a default may be left out
+    # the success envelope is `Ok`'s, around the shape an endpoint answers
+    running = DOCUMENT["paths"][RUNNING]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert running == {"$ref": "#/components/schemas/RunningTasksOk"}
+    assert schemas["RunningTasksOk"]["properties"]["data"] == {"$ref": "#/components/schemas/RunningTasks"}
 
 
 @pytest.mark.anyio
@@ -269,17 +338,18 @@ def _refused_by_the_http_server(response: Any) -> bool:
     )
 
 
-def _resolve(node: Any) -> Any:
-    """`node` with every `#/components/...` reference of DOCUMENT replaced by what it names."""
+def _resolve(node: Any, document: dict[str, Any] | None = None) -> Any:
+    """`node` with every `#/components/...` reference of `document` (DOCUMENT) replaced by what it names."""
+    document = DOCUMENT if document is None else document
     if isinstance(node, dict):
         if "$ref" in node:
-            target: Any = DOCUMENT
+            target: Any = document
             for part in node["$ref"].removeprefix("#/").split("/"):
                 target = target[part]
-            return _resolve(target)
-        return {key: _resolve(value) for key, value in node.items()}
+            return _resolve(target, document)
+        return {key: _resolve(value, document) for key, value in node.items()}
     if isinstance(node, list):
-        return [_resolve(item) for item in node]
+        return [_resolve(item, document) for item in node]
     return node
 
 
