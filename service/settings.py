@@ -73,6 +73,8 @@ class RunningTasksSettings:
     producer_key_ttl: int = field(default=3600, metadata=_bounds(0))  # s; 0 = unknown
     fetch_max_bytes: int = field(default=1_048_576, metadata=_bounds(1024))  # bytes one value fetch may return
     full_read_every: int = field(default=30, metadata=_bounds(1))  # every Nth scan reads even unchanged values
+    # refreshes on an event loop of their own, in a thread: a read load cannot starve them (false: on the serving loop)
+    refresh_thread: bool = True
     # the query API (issue 5)
     stall_after: int = field(default=300, metadata=_bounds(1))  # s without a change before a task is stalled
     history_size: int = field(default=10_000, metadata=_bounds(1, 1_000_000))  # finished tasks kept in memory

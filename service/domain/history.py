@@ -6,6 +6,7 @@ ever being read running, is not in it."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -68,6 +69,9 @@ class History:
 
     def __init__(self, size: int, clock: Callable[[], int] | None = None) -> None:
         self._clock = clock or (lambda: int(time.time() * 1000))
+        # Records are added where the refreshes run and read where requests are served, which may be two threads
+        # (service.snapshot.worker): an update and a sort of the records never overlap.
+        self._lock = threading.Lock()
         self._records: deque[FinishedRun] = deque()
         self._size = size
         self._latest: dict[str, FinishedRun] = {}  # task id -> its latest run still kept
@@ -91,6 +95,10 @@ class History:
         if not departures:
             return
         detected_ms = self._clock()
+        with self._lock:
+            self._record(departures, detected_ms)
+
+    def _record(self, departures: Sequence[Departure], detected_ms: int) -> None:
         for departure in departures:
             self._seq += 1
             entry = finished_run(self._seq, departure, detected_ms)
@@ -110,8 +118,10 @@ class History:
         """Every kept record, newest end first (ties: latest detected first); sorted once per version."""
         version, records = self._sorted
         if version != self.version:
-            records = tuple(sorted(self._records, key=lambda r: (r.end_ms, r.seq), reverse=True))
-            self._sorted = (self.version, records)
+            with self._lock:
+                version = self.version
+                records = tuple(sorted(self._records, key=lambda r: (r.end_ms, r.seq), reverse=True))
+            self._sorted = (version, records)
         return records
 
     def latest(self, task_id: str) -> FinishedRun | None:

@@ -23,6 +23,7 @@ from service.query.answers import QueryService
 from service.settings import Settings, load_settings
 from service.snapshot.pipeline import build_pipeline
 from service.snapshot.refresher import RefreshFailed
+from service.snapshot.worker import RefreshLoop
 from service.source.redis_source import create_client
 
 logger = logging.getLogger("service.http.app")
@@ -49,11 +50,16 @@ def create_app(
     owns_client = redis is None
     client = create_client(settings) if redis is None else redis
     rt = settings.running_tasks
-    pipeline = build_pipeline(settings, client, clock)
+    # The refreshes run on a loop of their own, in a thread, so that no read load can starve them (see
+    # service.snapshot.worker); a client given by the caller stays on the caller's loop, with the refreshes.
+    refresh_loop = RefreshLoop() if owns_client and rt.cache_enabled and rt.refresh_thread else None
+    pipeline = build_pipeline(settings, client, clock, refresh_loop)
     refresher = pipeline.refresher
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if refresh_loop is not None:
+            refresh_loop.start()
         if rt.cache_enabled:
             # The first snapshot before the first request; a Redis that is down, or a first scan over its budget,
             # only delays it to the job (which goes on from what the failed scan decoded).
@@ -65,12 +71,15 @@ def create_app(
                     failure.detail,
                     rt.refresh_interval,
                 )
-            refresher.start()
+            await refresher.start()
         try:
             yield
         finally:
             await refresher.stop()
-            if owns_client:
+            if refresh_loop is not None:
+                await refresh_loop.run(client.aclose())  # its connections live on that loop
+                await refresh_loop.stop()
+            elif owns_client:
                 await client.aclose()
 
     queries = QueryService(rt, pipeline.history)

@@ -12,6 +12,7 @@ from service.domain.history import History
 from service.domain.tracker import Tracker
 from service.settings import Settings
 from service.snapshot.refresher import Refresher
+from service.snapshot.worker import RefreshLoop
 from service.source.redis_source import RedisSource
 from service.source.scanner import Scanner
 
@@ -23,10 +24,16 @@ class Pipeline:
     history: History
 
 
-def build_pipeline(settings: Settings, client: aioredis.Redis, clock: Callable[[], int] | None = None) -> Pipeline:
+def build_pipeline(
+    settings: Settings,
+    client: aioredis.Redis,
+    clock: Callable[[], int] | None = None,
+    loop: RefreshLoop | None = None,
+) -> Pipeline:
+    """`loop`: the refreshes' own loop (service.snapshot.worker); `client` is then used on that loop only."""
     rt = settings.running_tasks
     source = RedisSource(client, fetch_max_bytes=rt.fetch_max_bytes)
     history = History(rt.history_size, clock)
     tracker = Tracker(rt.producer_key_ttl, stall_after=rt.stall_after, on_departures=history.record)
     scanner = Scanner(source, rt, clock, finished_sink=tracker.observe_finished)
-    return Pipeline(source, Refresher(scanner, tracker, rt, clock), history)
+    return Pipeline(source, Refresher(scanner, tracker, rt, clock, loop), history)

@@ -20,6 +20,7 @@ from service.domain.tracker import TaskView, Tracker
 from service.settings import RunningTasksSettings
 from service.shapes.operations import JobInfo, LastRefresh, SnapshotInfo
 from service.snapshot.snapshot import Snapshot, build_snapshot
+from service.snapshot.worker import RefreshLoop
 from service.source.failures import Failure, classify, describe
 from service.source.scanner import Scanner
 
@@ -96,8 +97,12 @@ class Refresher:
         tracker: Tracker,
         settings: RunningTasksSettings,
         clock: Callable[[], int] | None = None,
+        loop: RefreshLoop | None = None,
     ) -> None:
+        """`loop`: run every refresh, and the job, on that loop of their own (see service.snapshot.worker); the
+        refresher is then used from the serving loop as from any other."""
         self._scanner = scanner
+        self._loop = loop
         self._tracker = tracker
         self._settings = settings
         self._clock = clock or (lambda: int(time.time() * 1000))
@@ -133,6 +138,8 @@ class Refresher:
 
     async def refresh(self, trigger: str = "job") -> Snapshot:
         """Scan now, or join the scan already running; install and return the new snapshot."""
+        if self._loop is not None and not self._loop.is_current():
+            return await self._loop.run(self.refresh(trigger))
         if self._inflight is None:
             self._inflight = asyncio.create_task(self._refresh(trigger))
             self._inflight.add_done_callback(self._clear_inflight)
@@ -279,10 +286,13 @@ class Refresher:
         except Exception:  # pragma: no cover - the job boundary must not die
             logger.exception("refresh job failed unexpectedly")
 
-    def start(self) -> None:
+    async def start(self) -> None:
         """Schedule the job every `refresh_interval` (one at a time, missed runs coalesced)."""
+        if self._loop is not None and not self._loop.is_current():
+            await self._loop.run(self.start())
+            return
         self._stopped = False
-        scheduler = AsyncIOScheduler(timezone="UTC")
+        scheduler = AsyncIOScheduler(timezone="UTC", event_loop=asyncio.get_running_loop())
         scheduler.add_job(
             self.run_job,
             "interval",
@@ -300,6 +310,9 @@ class Refresher:
         self.counters.job_runs_skipped += 1
 
     async def stop(self) -> None:
+        if self._loop is not None and not self._loop.is_current():
+            await self._loop.run(self.stop())
+            return
         self._stopped = True
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)

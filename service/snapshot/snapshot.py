@@ -18,8 +18,10 @@ from service.source.scanner import ScanStats
 # A task with its JSON head, rendered when the task's view changed; the same tuple while it does not.
 Entry = tuple[TaskView, bytes]
 _encode = msgspec.json.Encoder().encode
-# Heads rendered between two turns given to the event loop while a snapshot is built.
-_HEADS_PER_TURN = 1000
+# The event loop gets a turn after this much work while a snapshot's tasks are gathered: a task looked up counts
+# one, a head rendered as many as _RENDER_WORK lookups (about what rendering one costs).
+_WORK_PER_TURN = 4096
+_RENDER_WORK = 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,15 +69,17 @@ async def build_snapshot(
     requests served meanwhile."""
     known = {} if previous is None else previous.entries
     entries: dict[str, Entry] = {}
-    rendered = 0
+    work = 0
     for view in tasks:
         entry = known.get(view.task_id)
         if entry is None or entry[0] is not view:
             entry = (view, task_head(view))
-            rendered += 1
-            if rendered % _HEADS_PER_TURN == 0:
-                await asyncio.sleep(0)
+            work += _RENDER_WORK
         entries[view.task_id] = entry
+        work += 1
+        if work >= _WORK_PER_TURN:
+            work = 0
+            await asyncio.sleep(0)
     if previous is not None and _same_tasks(previous.tasks, tasks):
         body, segments = previous.rendered, previous.segments
     else:

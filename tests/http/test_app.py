@@ -303,3 +303,32 @@ async def test_readiness_without_cache_is_a_ping() -> None:
         server.connected = False
         assert (await http.get("/readyz")).status_code == 503
         assert (await http.get("/healthz")).status_code == 200  # the process still answers
+
+
+# -- the refreshes' own loop (issue 15, item 5) --------------------------------------------------------------
+
+
+@pytest.mark.real_redis
+@pytest.mark.parametrize("threaded", [True, False])
+async def test_refreshes_run_on_their_own_thread_unless_told_not_to(redis_url: str, threaded: bool) -> None:
+    import threading
+
+    import redis as sync_redis
+
+    with sync_redis.Redis.from_url(redis_url) as client:
+        client.set("request:id:a", producer_value(10), ex=3600)
+    app = create_app(make_settings(url=redis_url, refresh_interval=0.1, refresh_thread=threaded))
+    threads: list[str] = []
+    app.state.refresher.listeners.append(lambda record, failure: threads.append(threading.current_thread().name))
+    async with running_app(app) as http:
+        assert (await http.get(RUNNING)).json()["data"]["totalTasks"] == 1
+        await asyncio.sleep(0.5)  # the job's ticks
+        refresher = app.state.refresher
+        refresher.snapshot = dataclasses.replace(refresher.snapshot, built_monotonic=-1000.0)  # stale: a live scan
+        live = await http.get(RUNNING)
+        assert live.json()["data"]["totalTasks"] == 1
+        assert live.headers["cache-control"] == "no-cache"
+    assert len(threads) >= 3  # startup, the job, the live scan
+    expected = {"refresh"} if threaded else {threading.main_thread().name}
+    assert set(threads) == expected
+    assert not any(thread.name == "refresh" for thread in threading.enumerate())  # stopped with the app
