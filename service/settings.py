@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import os
 import re
 import tomllib
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from typing import Annotated, Any
+from urllib.parse import unquote, urlsplit
+
+import msgspec
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "settings.toml"
 ENV_PREFIX = "SERVICE__"
@@ -22,12 +22,14 @@ class SettingsError(ValueError):
     """A setting is missing, of the wrong type, out of range or unknown."""
 
 
-def _bounds(low: float | None = None, high: float | None = None) -> dict[str, Any]:
-    return {"low": low, "high": high}
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A table of settings.toml; `validate` checks what the field types cannot (one field against another)."""
+
+    def validate(self) -> None:
+        return None
 
 
-@dataclass(frozen=True)
-class RedisSettings:
+class RedisSettings(_Section, frozen=True, forbid_unknown_fields=True):
     url: str = "redis://127.0.0.1:6379/0"
 
     def validate(self) -> None:
@@ -36,10 +38,9 @@ class RedisSettings:
             raise SettingsError(f"redis.url = {redact_url(self.url)!r}: scheme must be redis://, rediss:// or unix://")
 
 
-@dataclass(frozen=True)
-class ServerSettings:
+class ServerSettings(_Section, frozen=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
-    port: int = field(default=8000, metadata=_bounds(1, 65535))
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
     log_level: str = "info"
     # peers whose X-Forwarded-For names the client (addresses or networks); nobody else's is believed
     trusted_proxies: tuple[str, ...] = ()
@@ -59,27 +60,26 @@ class ServerSettings:
                 ) from None
 
 
-@dataclass(frozen=True)
-class RunningTasksSettings:
-    redis_timeout: int = field(default=5000, metadata=_bounds(1))  # ms, every Redis call and the connect
-    scan_batch_size: int = field(default=100, metadata=_bounds(1, 100_000))  # SCAN COUNT and keys per fetch
-    max_scan_time: int = field(default=10_000, metadata=_bounds(1))  # ms, budget of one full scan
+class RunningTasksSettings(_Section, frozen=True, forbid_unknown_fields=True):
+    redis_timeout: Annotated[int, msgspec.Meta(ge=1)] = 5000  # ms, every Redis call and the connect
+    scan_batch_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 100  # SCAN COUNT and keys per fetch
+    max_scan_time: Annotated[int, msgspec.Meta(ge=1)] = 10_000  # ms, budget of one full scan
     cache_enabled: bool = True
-    cache_ttl: int = field(default=60, metadata=_bounds(1))  # s
-    worker_count: int = field(default=10, metadata=_bounds(1, 256))
-    refresh_interval: float = field(default=2, metadata=_bounds(0.05))  # s
+    cache_ttl: Annotated[int, msgspec.Meta(ge=1)] = 60  # s
+    worker_count: Annotated[int, msgspec.Meta(ge=1, le=256)] = 10
+    refresh_interval: Annotated[float, msgspec.Meta(ge=0.05)] = 2  # s
     key_pattern: str = "request:id:*"
     running_statuses: tuple[str, ...] = ("pending", "processing", "running")
-    producer_key_ttl: int = field(default=3600, metadata=_bounds(0))  # s; 0 = unknown
-    fetch_max_bytes: int = field(default=1_048_576, metadata=_bounds(1024))  # bytes one value fetch may return
-    full_read_every: int = field(default=30, metadata=_bounds(1))  # every Nth scan reads even unchanged values
+    producer_key_ttl: Annotated[int, msgspec.Meta(ge=0)] = 3600  # s; 0 = unknown
+    fetch_max_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_048_576  # bytes one value fetch may return
+    full_read_every: Annotated[int, msgspec.Meta(ge=1)] = 30  # every Nth scan reads even unchanged values
     # refreshes on an event loop of their own, in a thread: a read load cannot starve them (false: on the serving loop)
     refresh_thread: bool = True
     # the query API (issue 5)
-    stall_after: int = field(default=300, metadata=_bounds(1))  # s without a change before a task is stalled
-    history_size: int = field(default=10_000, metadata=_bounds(1, 1_000_000))  # finished tasks kept in memory
-    query_cache_size: int = field(default=256, metadata=_bounds(0, 100_000))  # query results kept; 0 = none
-    query_cache_bytes: int = field(default=64 * 1_048_576, metadata=_bounds(0))  # bytes those results may hold
+    stall_after: Annotated[int, msgspec.Meta(ge=1)] = 300  # s without a change before a task is stalled
+    history_size: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000  # finished tasks kept in memory
+    query_cache_size: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 256  # query results kept; 0 = none
+    query_cache_bytes: Annotated[int, msgspec.Meta(ge=0)] = 64 * 1_048_576  # bytes those results may hold
 
     def validate(self) -> None:
         if self.refresh_interval > self.cache_ttl:
@@ -100,12 +100,15 @@ _BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 MIN_TOKEN_LENGTH = 16
 # a mistyped environment variable whose name holds one of these may hold a secret: its value is not shown
 _SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD")
+_SECRET_SECTIONS = frozenset({"auth"})  # tables whose values are never shown, not even a mistyped key's
 
 
-@dataclass(frozen=True)
-class AuthSettings:
+class AuthSettings(_Section, frozen=True, forbid_unknown_fields=True):
     # Empty: no authentication. Never shown: not in repr, errors, logs or cache-stats.
-    tokens: tuple[str, ...] = field(default=(), repr=False, metadata={"secret": True})
+    tokens: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"AuthSettings(tokens=[{', '.join('***' for _ in self.tokens)}])"
 
     def validate(self) -> None:
         for index, token in enumerate(self.tokens, 1):
@@ -121,17 +124,17 @@ class AuthSettings:
                 )
 
 
-@dataclass(frozen=True)
-class RateLimitSettings:
-    requests_per_second: float = field(default=20, metadata=_bounds(0))  # per client; 0 disables the limit
-    burst: int = field(default=40, metadata=_bounds(1, 1_000_000))  # requests a client may make at once
-    max_clients: int = field(default=10_000, metadata=_bounds(1, 10_000_000))  # buckets kept; oldest dropped
+class RateLimitSettings(_Section, frozen=True, forbid_unknown_fields=True):
+    # Per client (its token, else its address); 0, the default: no limit. A fleet of dashboards behind one NAT is
+    # one address: a limit on by default refused most of its polls, and a refusal cost about what an answer does.
+    requests_per_second: Annotated[float, msgspec.Meta(ge=0)] = 0
+    burst: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 40  # requests a client may make at once
+    max_clients: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 10_000  # buckets kept; oldest dropped
 
 
-@dataclass(frozen=True)
-class CorsSettings:
+class CorsSettings(_Section, frozen=True, forbid_unknown_fields=True):
     allowed_origins: tuple[str, ...] = ()  # e.g. ["https://dash.example.com"]; ["*"]: any; empty: no CORS
-    max_age: int = field(default=600, metadata=_bounds(0, 86_400))  # s browsers may cache a preflight answer
+    max_age: Annotated[int, msgspec.Meta(ge=0, le=86_400)] = 600  # s browsers may cache a preflight answer
 
     def validate(self) -> None:
         for origin in self.allowed_origins:
@@ -145,8 +148,7 @@ class CorsSettings:
                 )
 
 
-@dataclass(frozen=True)
-class LoggingSettings:
+class LoggingSettings(_Section, frozen=True, forbid_unknown_fields=True):
     format: str = "plain"  # or "json": one object per line
     access_log: bool = True  # one line per request
 
@@ -155,111 +157,120 @@ class LoggingSettings:
             raise SettingsError(f"logging.format = {self.format!r}: must be plain or json")
 
 
-@dataclass(frozen=True)
-class Settings:
-    redis: RedisSettings = field(default_factory=RedisSettings)
-    server: ServerSettings = field(default_factory=ServerSettings)
-    running_tasks: RunningTasksSettings = field(default_factory=RunningTasksSettings)
-    auth: AuthSettings = field(default_factory=AuthSettings)
-    rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
-    cors: CorsSettings = field(default_factory=CorsSettings)
-    logging: LoggingSettings = field(default_factory=LoggingSettings)
+class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    running_tasks: RunningTasksSettings = msgspec.field(default_factory=RunningTasksSettings)
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    rate_limit: RateLimitSettings = msgspec.field(default_factory=RateLimitSettings)
+    cors: CorsSettings = msgspec.field(default_factory=CorsSettings)
+    logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
 
     def redacted(self) -> dict[str, Any]:
         """The settings in effect as plain data, with any password in the Redis URL and every token replaced."""
-        data = dataclasses.asdict(self)
+        data: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(self))  # as JSON has them: lists
         data["redis"]["url"] = redact_url(self.redis.url)
-        data["running_tasks"]["running_statuses"] = list(self.running_tasks.running_statuses)
         data["auth"]["tokens"] = ["***"] * len(self.auth.tokens)
         return data
 
 
+# Query parameters of a Redis URL (redis-py reads them as connection options) whose value is a credential or
+# names one: masked wherever a URL is shown or logged, whatever their case or encoding.
+_SECRET_QUERY_WORDS = ("pass", "secret", "token", "key", "auth", "cred")
+
+
 def redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+    """`url` with every credential it carries replaced by ***: the password of `user:password@` (or `:password@`)
+    and the value of any query parameter that holds a secret (`?password=...`, `ssl_password=`, ...). A URL that
+    does not parse shows nothing of itself."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+        parts.port  # noqa: B018  (raises for a port that is not one)
+    except ValueError:
+        return "***"
+    head, sep, query = url.partition("?")
+    if password is not None:
+        scheme, _, rest = head.partition("://")
+        authority, slash, path = rest.partition("/")
+        userinfo, _, host = authority.rpartition("@")
+        head = f"{scheme}://{userinfo.partition(':')[0]}:***@{host}{slash}{path}"
+    if query:
+        pairs = []
+        for pair in query.split("&"):
+            name, equals, _ = pair.partition("=")
+            secret = any(word in unquote(name).lower() for word in _SECRET_QUERY_WORDS)
+            pairs.append(f"{name}=***" if equals and secret else pair)
+        query = "&".join(pairs)
+    return head + sep + query
 
 
-def _section_types() -> dict[str, type[Any]]:
-    hints = typing.get_type_hints(Settings)
-    return {f.name: hints[f.name] for f in dataclasses.fields(Settings)}
+# -- reading: TOML and environment into the structs, errors as one line naming the key and the value ---------------
 
 
-def _coerce(key: str, value: Any, hint: Any, from_env: bool) -> Any:
-    """Check (and, for environment strings, parse) one value against its declared type."""
-    origin = typing.get_origin(hint)
-    if hint is bool:
-        if from_env and isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on"):
-            return True
-        if from_env and isinstance(value, str) and value.strip().lower() in ("false", "0", "no", "off"):
-            return False
-        if isinstance(value, bool):
-            return value
-        raise SettingsError(f"{key} = {value!r}: expected true or false")
-    if hint is int:
-        if from_env and isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise SettingsError(f"{key} = {value!r}: expected an integer")
-    if hint is float:
-        if from_env and isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise SettingsError(f"{key} = {value!r}: expected a number")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise SettingsError(f"{key} = {value!r}: expected a string")
-    if origin is tuple:
-        if from_env and isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-        raise SettingsError(f"{key} = {value!r}: expected a list of strings")
-    raise SettingsError(f"{key}: unsupported type {hint!r}")  # pragma: no cover - a programming error
+def _section_types() -> dict[str, type[_Section]]:
+    return {field.name: field.type for field in msgspec.structs.fields(Settings)}
 
 
-def _build_section(name: str, cls: type[Any], raw: Mapping[str, Any], env_keys: set[str]) -> Any:
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    # in a section holding a secret, a mistyped key may hold the secret itself: no value is ever shown
-    secret_section = any(f.metadata.get("secret") for f in known.values())
-    for key in raw:
-        if key not in known:
-            shown = "***" if secret_section else repr(raw[key])
-            raise SettingsError(f"{name}.{key} = {shown}: unknown setting (known: {', '.join(known)})")
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        dotted = f"{name}.{key}"
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _from_env(text: str, hint: Any) -> Any:
+    """An environment string as the value the field's type wants (its bounds are checked with the rest)."""
+    base = typing.get_args(hint)[0] if typing.get_origin(hint) is Annotated else hint
+    if base is bool:
+        word = text.strip().lower()
+        return True if word in _TRUE else False if word in _FALSE else text
+    if typing.get_origin(base) is tuple:
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+    if base in (int, float):
         try:
-            coerced = _coerce(dotted, value, hints[key], from_env=key in env_keys)
-        except SettingsError as exc:
-            if known[key].metadata.get("secret"):
-                raise SettingsError(str(exc).replace(f"{dotted} = {value!r}", f"{dotted} = ***", 1)) from None
-            raise
-        low, high = known[key].metadata.get("low"), known[key].metadata.get("high")
-        if low is not None and coerced < low:
-            raise SettingsError(f"{dotted} = {value!r}: must be >= {low}")
-        if high is not None and coerced > high:
-            raise SettingsError(f"{dotted} = {value!r}: must be <= {high}")
-        values[key] = coerced
-    section = cls(**values)
-    validate = getattr(section, "validate", None)  # the cross-field checks of sections that have them
-    if validate is not None:
-        validate()
+            return msgspec.convert(text.strip(), base, strict=False)
+        except msgspec.ValidationError:
+            return text  # refused below, with the value as it was given
+    return text
+
+
+# msgspec's words for a type -> ours, for the value's key
+_EXPECTED = {
+    "int": "expected an integer",
+    "float": "expected a number",
+    "bool": "expected true or false",
+    "str": "expected a string",
+    "array": "expected a list of strings",
+}
+_BOUND = re.compile(r"Expected `\w+` (>=|<=) (\S+)")
+_TYPE = re.compile(r"Expected `(\w+)`")
+
+
+def _explain(message: str, list_item: bool) -> str:
+    """What msgspec's validation message means for one setting, in this module's words."""
+    bound = _BOUND.match(message)
+    if bound:
+        return f"must be {bound.group(1)} {bound.group(2)}"
+    kind = _TYPE.match(message)
+    if list_item or (kind and kind.group(1) == "array"):
+        return _EXPECTED["array"]
+    return _EXPECTED.get(kind.group(1) if kind else "", message)
+
+
+def _build_section(name: str, cls: type[_Section], raw: Mapping[str, Any], env_keys: set[str]) -> _Section:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    # a section holding a secret shows no value at all: a mistyped key may hold the secret itself
+    secret = name in _SECRET_SECTIONS
+    for key in raw:
+        if key not in hints:
+            shown = "***" if secret else repr(raw[key])
+            raise SettingsError(f"{name}.{key} = {shown}: unknown setting (known: {', '.join(hints)})")
+    values = {key: _from_env(value, hints[key]) if key in env_keys else value for key, value in raw.items()}
+    try:
+        section = msgspec.convert(values, cls, strict=True)
+    except msgspec.ValidationError as exc:
+        message, _, path = str(exc).partition(" - at `$.")
+        key = path.rstrip("`").split("[", 1)[0] if path else next(iter(raw), "")
+        shown = "***" if secret else repr(raw.get(key))
+        raise SettingsError(f"{name}.{key} = {shown}: {_explain(message, '[' in path)}") from None
+    section.validate()
     return section
 
 
@@ -310,4 +321,4 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None 
     if "PORT" in env:
         override("server", "port", env["PORT"])
     built = {name: _build_section(name, cls, data.get(name, {}), from_env[name]) for name, cls in sections.items()}
-    return Settings(**built)
+    return Settings(**built)  # type: ignore[arg-type]  # each section is its field's type

@@ -89,7 +89,7 @@ def test_document_follows_the_settings() -> None:
     running = open_doc["paths"]["/codebase-embedder/api/v1/tasks/running"]["get"]
     assert running["security"] == []
     assert "401" not in running["responses"]
-    assert "429" in running["responses"]  # the limit is on by default
+    assert "429" not in running["responses"]  # the limit is off by default
     secured = build_document(settings_from_mapping(FUZZ_SETTINGS))["paths"]
     assert secured["/codebase-embedder/api/v1/tasks/running"]["get"]["security"] == [{"bearerAuth": []}]
     assert "401" in secured["/metrics"]["get"]["responses"]

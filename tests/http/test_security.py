@@ -302,3 +302,15 @@ async def test_no_token_or_redis_password_in_any_log_line(caplog: pytest.LogCapt
     for line in lines:  # ...and no line, in either format, holds a secret
         for secret in (TOKEN_A, TOKEN_B, WRONG, password, wrong_password):
             assert secret not in line, line
+
+
+async def test_a_fleet_of_dashboards_behind_one_address_is_never_refused_by_default() -> None:
+    # the shipped defaults: no rate limit (issue 15, item 4); 1,000 dashboards behind one NAT share one address
+    app = make_app()
+    assert app.state.limiter is None
+    async with serving(app, peer="203.0.113.7") as http:
+        first = await http.get(RUNNING)
+        etag = first.headers["etag"]
+        answers = [(await http.get(RUNNING, headers={"If-None-Match": etag})).status_code for _ in range(2000)]
+    assert first.status_code == 200
+    assert set(answers) == {304}
