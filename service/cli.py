@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -14,7 +15,7 @@ import redis.asyncio as aioredis
 import uvicorn
 
 from service.domain.times import format_time
-from service.settings import Settings, SettingsError, load_settings, redact_url
+from service.settings import ServerSettings, Settings, SettingsError, load_settings, redact_url
 from service.snapshot.refresher import RefreshFailed
 from service.snapshot.snapshot import Snapshot
 from service.source.failures import Failure
@@ -42,24 +43,43 @@ def _settings(args: argparse.Namespace, **running_tasks: object) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     from service.http.access_log import configure_logging
     from service.http.app import create_app
+    from service.http.server import ServerLimits, fit_to_fd_limit, uvicorn_config
 
     settings = _settings(args)
+    given = {name: getattr(args, name) for name in _LIMITS if getattr(args, name) is not None}
+    try:
+        limits = dataclasses.replace(ServerLimits.from_settings(settings.server), **given)
+    except ValueError as exc:
+        print(f"error: invalid server limits: {exc}", file=sys.stderr)
+        return 2
     configure_logging(settings)
     host = args.host or settings.server.host
     port = args.port or settings.server.port
+    limits = fit_to_fd_limit(limits)  # raises the process's file descriptor limit if it must
     # As the Procfile runs it: our log format (log_config=None keeps uvicorn from replacing it), one access line
     # per request (ours, not uvicorn's), and forwarded addresses believed only by our middleware, and only from
-    # server.trusted_proxies (uvicorn would trust X-Forwarded-For from 127.0.0.1 by default).
-    uvicorn.run(
+    # server.trusted_proxies (uvicorn would trust X-Forwarded-For from 127.0.0.1 by default). Our HTTP protocol
+    # caps the size of request heads and the time to send them (service.http.server).
+    config = uvicorn_config(
         create_app(settings),
-        host=host,
-        port=port,
+        host,
+        port,
+        limits,
         log_level=settings.server.log_level,
         log_config=None,
         access_log=False,
         proxy_headers=False,
     )
-    return 0
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    # as uvicorn.run: a server that did not start (port taken, lifespan failed) exits with 3
+    return 0 if server.started else 3
+
+
+_LIMITS = ("max_header_bytes", "header_timeout", "keep_alive_timeout", "max_connections")
 
 
 # -- scan ----------------------------------------------------------------------------------------------------
@@ -204,6 +224,35 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default: server.host of the settings)")
     serve.add_argument("--port", type=int, help="port to listen on (default: $PORT or server.port)")
     serve.add_argument("--settings", help="settings file (default: $SERVICE_SETTINGS or ./settings.toml)")
+    limits = ServerSettings()
+    serve.add_argument(
+        "--max-header-bytes",
+        type=int,
+        metavar="BYTES",
+        help=f"largest request head (request line and headers); past it 431 and close "
+        f"(default: server.max_header_bytes, {limits.max_header_bytes})",
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="time to send a request's head from its first byte, and a new connection's first byte; "
+        f"past it 408 and close (default: server.header_timeout, {limits.header_timeout:g})",
+    )
+    serve.add_argument(
+        "--keep-alive-timeout",
+        type=int,
+        metavar="SECONDS",
+        help="idle time of a keep-alive connection between requests "
+        f"(default: server.keep_alive_timeout, {limits.keep_alive_timeout})",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        metavar="N",
+        help="open connections at which further requests get 503; the file descriptor limit is raised to fit "
+        f"(default: server.max_connections, {limits.max_connections})",
+    )
     serve.set_defaults(func=cmd_serve)
 
     scan = commands.add_parser(

@@ -44,6 +44,13 @@ class ServerSettings(_Section, frozen=True, forbid_unknown_fields=True):
     log_level: str = "info"
     # peers whose X-Forwarded-For names the client (addresses or networks); nobody else's is believed
     trusted_proxies: tuple[str, ...] = ()
+    # What one client may cost before its request reaches the app (service.http.server explains each default):
+    # a request's head (line and headers) in bytes, past it 431; seconds to send it, past them 408; seconds a
+    # keep-alive connection may idle between requests; open connections at which further requests get 503.
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=16 * 1_048_576)] = 64 * 1024
+    header_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
+    keep_alive_timeout: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 5
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 8192
 
     def validate(self) -> None:
         if self.log_level not in ("critical", "error", "warning", "info", "debug"):
@@ -239,7 +246,7 @@ _EXPECTED = {
     "str": "expected a string",
     "array": "expected a list of strings",
 }
-_BOUND = re.compile(r"Expected `\w+` (>=|<=) (\S+)")
+_BOUND = re.compile(r"Expected `\w+` (>=|<=|>|<) (\S+)")
 _TYPE = re.compile(r"Expected `(\w+)`")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
+from dataclasses import asdict
 from itertools import accumulate
 from typing import Any
 
@@ -22,6 +23,7 @@ from starlette.types import Scope
 
 from service import __version__
 from service.http.delivery import ServeCounters
+from service.http.server import REFUSALS
 from service.snapshot.refresher import Refresher, RefreshRecord
 from service.source.failures import Failure
 
@@ -237,6 +239,15 @@ class _RefresherCollector(Collector):
             "Answers from a snapshot that were 304 Not Modified (If-None-Match).",
             self._served.not_modified,
         )
+        refused = CounterMetricFamily(
+            f"{PREFIX}http_refused",
+            "Connections refused or closed before their request reached the app, by reason: header_too_large "
+            "(431), header_timeout (408), idle_timeout (no first byte), body_timeout.",
+            labels=["reason"],
+        )
+        for reason, count in asdict(REFUSALS).items():
+            refused.add_metric([reason], count)
+        yield refused
         yield _counter(
             "producer_times_clamped",
             "Producer times later than the scan that read them (or a start after the end), clamped to what was "
@@ -266,10 +277,24 @@ def route_template(scope: Scope) -> str:
     route = scope.get("route")
     if isinstance(route, BaseRoute):
         return str(getattr(route, "path", UNMATCHED))
-    # rejected before routing (401, 429): find the route the request was meant for
+    # Rejected before routing (401, 429): the route the request was meant for. Matching every route's pattern
+    # cost a refusal more than a whole 304: the answer is kept per path (a bounded number of them, since any
+    # client can send any path).
     app = scope.get("app")
-    for candidate in getattr(app, "routes", ()):
-        match, _ = candidate.matches(scope)
-        if match is not Match.NONE:
-            return str(getattr(candidate, "path", UNMATCHED))
-    return UNMATCHED
+    path = scope["path"]
+    known = _templates.get((id(app), path))
+    if known is None:
+        known = UNMATCHED
+        for candidate in getattr(app, "routes", ()):
+            match, _ = candidate.matches({**scope, "method": "GET"})  # the template does not depend on the method
+            if match is not Match.NONE:
+                known = str(getattr(candidate, "path", UNMATCHED))
+                break
+        if len(_templates) >= _MAX_TEMPLATES:
+            _templates.clear()
+        _templates[(id(app), path)] = known
+    return known
+
+
+_templates: dict[tuple[int, str], str] = {}
+_MAX_TEMPLATES = 4096

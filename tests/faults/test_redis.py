@@ -180,7 +180,7 @@ def test_procfile_command_serves_and_bad_settings_stop_startup(redis_url: str) -
     env = {**os.environ, "REDIS_URL": redis_url, "PORT": str(port)}
     root = Path(__file__).resolve().parents[2]
     procfile = (root / "Procfile").read_text().split(":", 1)[1].strip()
-    command = procfile.replace("uvicorn", f"{sys.executable} -m uvicorn", 1).replace("0.0.0.0", "127.0.0.1")
+    command = procfile.replace("python", sys.executable, 1).replace("0.0.0.0", "127.0.0.1")
     server = subprocess.Popen(
         ["bash", "-c", command], cwd=root, env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
     )
@@ -200,7 +200,7 @@ def test_procfile_command_serves_and_bad_settings_stop_startup(redis_url: str) -
         server.wait(timeout=10)
 
     bad = subprocess.run(
-        [sys.executable, "-m", "uvicorn", "service.app:app", "--port", str(port)],
+        ["bash", "-c", command],
         cwd=root,
         env={**env, "SERVICE__RUNNING_TASKS__SCAN_BATCH_SIZE": "0"},
         capture_output=True,

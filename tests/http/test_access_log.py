@@ -253,7 +253,7 @@ def test_the_procfile_service_logs_json_once_per_request_and_trusts_no_proxy_by_
     }
     root = Path(__file__).resolve().parents[2]
     procfile = (root / "Procfile").read_text().split(":", 1)[1].strip()
-    command = procfile.replace("uvicorn", f"{sys.executable} -m uvicorn", 1).replace("0.0.0.0", "127.0.0.1")
+    command = procfile.replace("python", sys.executable, 1).replace("0.0.0.0", "127.0.0.1")
     server = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=root, env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 15
