@@ -83,9 +83,7 @@ def test_every_query_parameter_of_the_api_is_logged_as_sent() -> None:
 
     document = build_document(Settings())
     names = {
-        parameter["name"]
-        for parameter in document["components"]["parameters"].values()
-        if parameter["in"] == "query"
+        parameter["name"] for parameter in document["components"]["parameters"].values() if parameter["in"] == "query"
     }
     assert names == set(LOGGED_PARAMETERS)
 
