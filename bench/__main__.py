@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
@@ -17,15 +16,13 @@ import platform
 import statistics
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
-import redis.asyncio as aioredis
 
 from bench import refresh, workload
 from bench.processes import (
@@ -353,33 +350,6 @@ def _refreshes(before: dict[str, Any], after: dict[str, Any]) -> str:
 # -- 4, 5. responsive during back-to-back refreshes, gentle on Redis ------------------------------------------
 
 
-@contextlib.contextmanager
-def _producer(url: str, ids: frozenset[str], fraction_per_second: float) -> Iterator[None]:
-    """Rewrites a share of the running tasks every second, one task at a time as the embedder does, until the
-    block ends. (Batched rewrites, 500 values per MGET and per pipeline of SETs, held Redis long enough to double
-    the Redis probe's p99.9 during refreshes: that was the bench's producer, not the service nor the embedder.)"""
-    stop = threading.Event()
-    ordered = sorted(ids)
-
-    def run() -> None:
-        async def loop() -> None:
-            rep = 1000
-            async with aioredis.Redis.from_url(url) as client:
-                while not stop.is_set():
-                    await workload.rewrite_running(client, ordered, fraction_per_second, seed=rep, seconds=1.0)
-                    rep += 1
-
-        asyncio.run(loop())
-
-    thread = threading.Thread(target=run, name="producer", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-
-
 def _latencystats(url: str) -> dict[str, float]:
     """Redis' own p99.9 per command (INFO latencystats, since the last CONFIG RESETSTAT), in ms."""
     with redis.Redis.from_url(url) as client:
@@ -399,7 +369,10 @@ def steady_rows(loads: workload.Workloads, mode: Mode) -> list[Row]:
     idle_probe = _json(probe.communicate(timeout=seconds + 60)[0])
     # refresh_interval at its minimum: the job starts the next refresh as soon as the last one is done
     env = service_env(url, refresh_interval=0.05)
-    with Server("bench.served:service_app", env, "/readyz") as svc, _producer(url, loads.full.running_ids, 0.01):
+    with (
+        Server("bench.served:service_app", env, "/readyz") as svc,
+        workload.producer(url, loads.full.running_ids, 0.01),
+    ):
         _say("steady load: 200 req/s during back-to-back refreshes")
         svc.get_json("/bench/loop")  # reset the watch
         before = svc.get_json("/bench/loop")

@@ -38,7 +38,7 @@ def one_side(url: str, ids: frozenset[str], threaded: bool, connections: int, se
         time.sleep(2)  # past the first refreshes
         etag = server.get(RUNNING)[1]["etag"]
         with contextlib.ExitStack() as stack:
-            stack.enter_context(_producer(url, ids))
+            stack.enter_context(workload.producer(url, ids, 0.01))
             first, before = _generation(server)
             started = time.monotonic()
             load = processes.closed_loop(server.url(RUNNING), seconds, connections, {"If-None-Match": etag})
@@ -52,29 +52,6 @@ def one_side(url: str, ids: frozenset[str], threaded: bool, connections: int, se
         "failed": after["counters"]["refreshesFailed"] - before["counters"]["refreshesFailed"],
         "last_refresh_ms": after["lastRefresh"]["durationMs"],
     }
-
-
-@contextlib.contextmanager
-def _producer(url: str, ids: frozenset[str]) -> Any:
-    # the embedder's pace: 1 % of the running tasks rewritten per second, in a thread of this process
-    import threading
-
-    stop = threading.Event()
-
-    def run() -> None:
-        seed = 0
-        while not stop.is_set():
-            seed += 1
-            asyncio.run(workload.touch_running(url, ids, 0.01, seed))
-            stop.wait(1.0)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=30)
 
 
 def main() -> None:

@@ -68,13 +68,15 @@ async def closed(url: str, connections: int, duration: float, headers: list[str]
     host, port, raw = _raw(url, headers)
     deadline = time.perf_counter() + duration
     counts = {"requests": 0, "errors": 0}
+    statuses: dict[str, int] = {}
 
     async def client() -> None:
         conn = _Connection(host, port)
         while time.perf_counter() < deadline:
             try:
-                await conn.request(raw)
+                status, _, _ = await conn.request(raw)
                 counts["requests"] += 1
+                statuses[str(status)] = statuses.get(str(status), 0) + 1
             except (OSError, ValueError, asyncio.IncompleteReadError):
                 counts["errors"] += 1
                 conn = _Connection(host, port)
@@ -82,7 +84,8 @@ async def closed(url: str, connections: int, duration: float, headers: list[str]
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(connections)))
     elapsed = time.perf_counter() - started
-    return {"requests": counts["requests"], "errors": counts["errors"], "rps": counts["requests"] / elapsed}
+    rps = counts["requests"] / elapsed
+    return {"requests": counts["requests"], "errors": counts["errors"], "rps": rps, "statuses": statuses}
 
 
 async def rate(url: str, per_second: float, duration: float, track_etag: bool) -> dict[str, object]:
