@@ -253,8 +253,8 @@ _TYPE = re.compile(r"Expected `(\w+)`")
 def _explain(message: str, list_item: bool) -> str:
     """What msgspec's validation message means for one setting, in this module's words."""
     bound = _BOUND.match(message)
-    if bound:
-        return f"must be {bound.group(1)} {bound.group(2)}"
+    if bound:  # a float's bound as declared: `>= 0`, not msgspec's `>= 0.0`
+        return f"must be {bound.group(1)} {bound.group(2).removesuffix('.0')}"
     kind = _TYPE.match(message)
     if list_item or (kind and kind.group(1) == "array"):
         return _EXPECTED["array"]
@@ -267,7 +267,8 @@ def _build_section(name: str, cls: type[_Section], raw: Mapping[str, Any], env_k
     secret = name in _SECRET_SECTIONS
     for key in raw:
         if key not in hints:
-            shown = "***" if secret else repr(raw[key])
+            # so may an unknown key named like one, in any section (`SERVICE__REDIS__PASSWORD`)
+            shown = "***" if secret or any(word in key.upper() for word in _SECRET_WORDS) else repr(raw[key])
             raise SettingsError(f"{name}.{key} = {shown}: unknown setting (known: {', '.join(hints)})")
     values = {key: _from_env(value, hints[key]) if key in env_keys else value for key, value in raw.items()}
     try:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import typing
 from pathlib import Path
+from typing import Annotated, Any
 
 import msgspec
 import pytest
@@ -190,3 +192,138 @@ def test_bad_token_settings_name_the_key_but_not_the_token(raw: dict, env: dict[
 def test_bad_operations_settings_name_the_key_and_the_value(raw: dict, message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         settings_from_mapping(raw)
+
+
+# -- the conversion comes from the struct declarations: what they make possible, and what a msgspec upgrade may move --
+
+
+def _bounds() -> list[tuple[str, str, Any, str]]:
+    """(section, key, a value just outside, the bound's text) for every bound declared on a settings field."""
+    cases = []
+    for section in msgspec.structs.fields(Settings):
+        hints = typing.get_type_hints(section.type, include_extras=True)
+        for key, hint in hints.items():
+            if typing.get_origin(hint) is not Annotated:
+                continue
+            base, meta = typing.get_args(hint)
+            step = 1 if base is int else 0.01
+            if meta.ge is not None:
+                cases.append((section.name, key, meta.ge - step, f">= {meta.ge}"))
+            if meta.gt is not None:
+                cases.append((section.name, key, meta.gt, f"> {meta.gt}"))
+            if meta.le is not None:
+                cases.append((section.name, key, meta.le + step, f"<= {meta.le}"))
+    return cases
+
+
+def test_bounds_are_found() -> None:
+    found = {(section, key, bound.split()[0]) for section, key, _, bound in _bounds()}
+    assert ("server", "port", ">=") in found and ("server", "port", "<=") in found
+    assert ("server", "header_timeout", ">") in found
+    assert ("running_tasks", "refresh_interval", ">=") in found
+    assert len(found) >= 25
+
+
+@pytest.mark.parametrize(("section", "key", "value", "bound"), _bounds())
+def test_every_bound_on_either_side_names_the_key_the_value_and_the_bound(
+    section: str, key: str, value: Any, bound: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        settings_from_mapping({section: {key: value}})
+    assert str(caught.value).startswith(f"{section}.{key} = {value!r}: must be {bound}")
+    env = {f"SERVICE__{section.upper()}__{key.upper()}": str(value)}
+    with pytest.raises(SettingsError) as caught:
+        settings_from_mapping({}, env)
+    assert str(caught.value) == f"{section}.{key} = {str(value)!r}: must be {bound}"
+
+
+def test_values_on_a_bound_are_accepted() -> None:
+    settings = settings_from_mapping(
+        {"server": {"port": 65535, "header_timeout": 3600}, "rate_limit": {"requests_per_second": 0}},
+        {"SERVICE__RUNNING_TASKS__REFRESH_INTERVAL": "0.05", "SERVICE__RUNNING_TASKS__PRODUCER_KEY_TTL": "0"},
+    )
+    assert (settings.server.port, settings.server.header_timeout) == (65535, 3600.0)
+    assert (settings.running_tasks.refresh_interval, settings.running_tasks.producer_key_ttl) == (0.05, 0)
+    assert settings_from_mapping({}, {"PORT": "1"}).server.port == 1
+
+
+def test_floats_from_the_environment_and_from_toml() -> None:
+    env = {
+        "SERVICE__SERVER__HEADER_TIMEOUT": " 2.5 ",
+        "SERVICE__RATE_LIMIT__REQUESTS_PER_SECOND": "12",
+        "SERVICE__RUNNING_TASKS__REFRESH_INTERVAL": "1e-1",
+    }
+    settings = settings_from_mapping({}, env)
+    assert settings.server.header_timeout == 2.5
+    assert settings.rate_limit.requests_per_second == 12.0
+    assert type(settings.rate_limit.requests_per_second) is float  # an integer string for a float field: a float
+    assert settings.running_tasks.refresh_interval == 0.1
+    toml = settings_from_mapping({"server": {"header_timeout": 30}})  # a TOML integer for a float: accepted
+    assert toml.server.header_timeout == 30.0 and type(toml.server.header_timeout) is float
+
+
+@pytest.mark.parametrize(
+    ("raw", "env", "message"),
+    [
+        ({}, {"SERVICE__SERVER__HEADER_TIMEOUT": "soon"}, "server.header_timeout = 'soon': expected a number"),
+        ({}, {"SERVICE__RUNNING_TASKS__REFRESH_INTERVAL": "nan"}, "running_tasks.refresh_interval = 'nan': must be"),
+        ({"server": {"header_timeout": "2.5"}}, {}, "server.header_timeout = '2.5': expected a number"),
+        ({"server": {"header_timeout": True}}, {}, "server.header_timeout = True: expected a number"),
+        ({"running_tasks": {"worker_count": 2.0}}, {}, "running_tasks.worker_count = 2.0: expected an integer"),
+        ({"running_tasks": {"worker_count": None}}, {}, "running_tasks.worker_count = None: expected an integer"),
+        ({"running_tasks": {"key_pattern": 5}}, {}, "running_tasks.key_pattern = 5: expected a string"),
+        ({"running_tasks": 5}, {}, "running_tasks = 5: expected a table"),
+        (
+            {"running_tasks": {"running_statuses": ["pending", 1]}},
+            {},
+            "running_tasks.running_statuses = \\['pending', 1\\]: expected a list of strings",
+        ),
+    ],
+)
+def test_values_msgspec_refuses_are_explained_in_our_words(raw: dict, env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=f"^{message}") as caught:
+        settings_from_mapping(raw, env)
+    assert "Expected `" not in str(caught.value) and "$." not in str(caught.value)  # no msgspec wording leaks
+
+
+def test_lists_and_booleans_from_the_environment() -> None:
+    env = {
+        "SERVICE__RUNNING_TASKS__RUNNING_STATUSES": " queued ,, running , ",
+        "SERVICE__CORS__ALLOWED_ORIGINS": "",
+        "SERVICE__RUNNING_TASKS__CACHE_ENABLED": " Off ",
+        "SERVICE__LOGGING__ACCESS_LOG": "YES",
+        "SERVICE__RUNNING_TASKS__SCAN_BATCH_SIZE": " 500 ",
+    }
+    settings = settings_from_mapping({}, env)
+    assert settings.running_tasks.running_statuses == ("queued", "running")  # a tuple, blanks dropped
+    assert settings.cors.allowed_origins == ()
+    assert settings.running_tasks.cache_enabled is False and settings.logging.access_log is True
+    assert settings.running_tasks.scan_batch_size == 500
+    with pytest.raises(SettingsError, match="^running_tasks.running_statuses = \\[\\]: must be non-empty"):
+        settings_from_mapping({}, {"SERVICE__RUNNING_TASKS__RUNNING_STATUSES": " , "})
+
+
+def test_the_environment_overrides_the_file_and_keeps_its_other_keys() -> None:
+    raw = {"running_tasks": {"worker_count": 3, "cache_ttl": 120}}
+    settings = settings_from_mapping(raw, {"SERVICE__RUNNING_TASKS__WORKER_COUNT": "7"})
+    assert (settings.running_tasks.worker_count, settings.running_tasks.cache_ttl) == (7, 120)
+
+
+def test_settings_are_frozen_hashable_and_default_constructible() -> None:
+    settings = settings_from_mapping({}, {"SERVICE__AUTH__TOKENS": TOKEN_A})
+    assert hash(settings) == hash(settings_from_mapping({"auth": {"tokens": [TOKEN_A]}}))
+    with pytest.raises(AttributeError):
+        settings.running_tasks.worker_count = 1  # type: ignore[misc]
+    for section in msgspec.structs.fields(Settings):
+        assert section.type() == getattr(Settings(), section.name)
+        with pytest.raises(msgspec.ValidationError, match="unknown field"):  # forbid_unknown_fields is declared
+            msgspec.convert({"no_such_key": 1}, section.type)
+
+
+def test_an_unknown_key_named_like_a_secret_is_not_shown() -> None:
+    for raw, env in (({}, {"SERVICE__REDIS__PASSWORD": "hunter2"}), ({"redis": {"password": "hunter2"}}, {})):
+        with pytest.raises(SettingsError, match="^redis.password = \\*\\*\\*: unknown setting") as caught:
+            settings_from_mapping(raw, env)
+        assert "hunter2" not in str(caught.value)
+    with pytest.raises(SettingsError, match="^redis.db = 3: unknown setting"):  # other unknown keys stay shown
+        settings_from_mapping({"redis": {"db": 3}})

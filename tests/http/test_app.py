@@ -324,6 +324,7 @@ async def test_refreshes_run_on_their_own_thread_unless_told_not_to(redis_url: s
         assert (await http.get(RUNNING)).json()["data"]["totalTasks"] == 1
         await asyncio.sleep(0.5)  # the job's ticks
         refresher = app.state.refresher
+        await refresher.stop()  # no more ticks: the next refresh is the request's
         refresher.snapshot = dataclasses.replace(refresher.snapshot, built_monotonic=-1000.0)  # stale: a live scan
         live = await http.get(RUNNING)
         assert live.json()["data"]["totalTasks"] == 1
