@@ -273,3 +273,116 @@ async def test_rediss_to_a_plain_port_is_an_unreachable_redis_that_says_tls(redi
         error = (await http.get(STATS)).json()["data"]["lastRefresh"]["error"]
     assert response.status_code == 503
     assert "TLS handshake" in error and "rediss://" in error
+
+
+# -- the keyspace changing under a scan; auth and maxclients (issue 15: the fault suite) ------------------------
+
+
+def seed_many(url: str, count: int) -> None:
+    with redis.Redis.from_url(url) as client, client.pipeline(transaction=False) as pipe:
+        for i in range(count):
+            pipe.set(f"request:id:m{i}", VALUE, ex=3600)
+        pipe.execute()
+
+
+async def _during_a_scan(app: Any, event: Callable[[], None]) -> list[int]:
+    """Run `event` once the next refresh has read its first page; meanwhile poll the running list. Returns the
+    statuses the polls got; the refresh must end as a refresh does (a snapshot, or RefreshFailed), never worse."""
+    from service.snapshot.refresher import RefreshFailed
+
+    refresher = app.state.refresher
+    scanner = refresher.scanner
+    statuses: list[int] = []
+    refresh = asyncio.ensure_future(refresher.refresh("job"))
+    while scanner.current is None or scanner.current.pages < 1:
+        await asyncio.sleep(0.001)
+    await asyncio.to_thread(event)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://service") as http:
+        while not refresh.done():
+            statuses.append((await http.get(RUNNING)).status_code)
+            await asyncio.sleep(0.005)
+    try:
+        await refresh
+    except RefreshFailed:
+        pass
+    return statuses
+
+
+async def test_a_flushall_mid_scan_loses_nothing_that_is_still_there(own_redis_server: RedisServerProcess) -> None:
+    seed_many(own_redis_server.url, 20_000)
+    app = create_app(make_settings(url=own_redis_server.url, refresh_interval=60, scan_batch_size=50))
+    async with running_app(app) as http:
+
+        def flush() -> None:
+            with redis.Redis.from_url(own_redis_server.url) as admin:
+                admin.flushall()
+                admin.set("request:id:after", VALUE, ex=3600)
+
+        statuses = await _during_a_scan(app, flush)
+        await app.state.refresher.refresh("job")
+        body = (await http.get(RUNNING)).json()
+        vanished = (await http.get(f"{RUNNING[: -len('running')]}stats")).json()["data"]["finished"]["byOutcome"]
+    assert set(statuses) <= {200}  # the last snapshot served meanwhile
+    assert [task["taskId"] for task in body["data"]["tasks"]] == ["after"]
+    assert vanished["vanished"] == 20_000  # every task the flush removed, recorded as vanished
+
+
+async def test_a_redis_replaced_mid_scan_is_followed(own_redis_server: RedisServerProcess) -> None:
+    seed_many(own_redis_server.url, 20_000)
+    app = create_app(make_settings(url=own_redis_server.url, refresh_interval=60, scan_batch_size=50))
+    async with running_app(app) as http:
+
+        def replace() -> None:
+            own_redis_server.stop()  # another, empty server on the same address
+            own_redis_server.start()
+            seed(own_redis_server.url, count=2)
+
+        statuses = await _during_a_scan(app, replace)
+        await app.state.refresher.refresh("job")
+        body = (await http.get(RUNNING)).json()
+    assert set(statuses) <= {200}
+    assert sorted(task["taskId"] for task in body["data"]["tasks"]) == ["t0", "t1"]
+
+
+async def test_auth_turned_on_is_a_503_and_turned_off_recovers(own_redis_server: RedisServerProcess) -> None:
+    seed(own_redis_server.url)
+    app = create_app(make_settings(url=own_redis_server.url, refresh_interval=0.2, cache_ttl=1))
+    async with running_app(app) as http:
+        with redis.Redis.from_url(own_redis_server.url) as admin:
+            admin.config_set("requirepass", "now-a-password-0123")
+            admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+
+        async def refused() -> bool:
+            return (await http.get(RUNNING)).status_code == 503
+
+        await wait_for(refused)
+        stats = (await http.get(STATS)).json()["data"]
+        assert "now-a-password" not in str(stats)
+        with redis.Redis.from_url(own_redis_server.url, password="now-a-password-0123") as admin:
+            admin.config_set("requirepass", "")
+
+        async def served() -> bool:
+            return (await http.get(RUNNING)).status_code == 200
+
+        await wait_for(served)
+    assert stats["counters"]["redisUnavailable"] >= 1
+
+
+async def test_maxclients_reached_is_a_503_and_recovers(own_redis_server: RedisServerProcess) -> None:
+    seed(own_redis_server.url)
+    app = create_app(make_settings(url=own_redis_server.url, refresh_interval=0.2, cache_ttl=1))
+    async with running_app(app) as http:
+        with redis.Redis.from_url(own_redis_server.url) as admin:
+            admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")  # ours included
+            admin.config_set("maxclients", 1)  # this admin connection is the one
+
+            async def refused() -> bool:
+                return (await http.get(RUNNING)).status_code == 503
+
+            await wait_for(refused)
+            admin.config_set("maxclients", 10_000)
+
+        async def served() -> bool:
+            return (await http.get(RUNNING)).status_code == 200
+
+        await wait_for(served)
