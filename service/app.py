@@ -7,7 +7,7 @@ from typing import Any
 
 from service.http.access_log import configure_logging
 from service.http.app import create_app
-from service.settings import SettingsError, load_settings
+from service.settings import SettingsError, load_settings, log_settings_source, settings_file
 
 __all__ = ["create_app"]
 
@@ -17,12 +17,13 @@ def __getattr__(name: str) -> Any:
     # environment; bad settings stop startup with one line.
     if name == "app":
         try:
-            settings = load_settings()
+            source, settings = settings_file(), load_settings()
         except SettingsError as exc:
             print(f"error: invalid settings: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
         configure_logging(settings)
-        application = create_app(settings)
+        log_settings_source(source)
+        application = create_app(settings, settings_from=source)
         globals()["app"] = application
         return application
     raise AttributeError(name)

@@ -14,8 +14,17 @@ from collections.abc import Sequence
 import redis.asyncio as aioredis
 import uvicorn
 
+from service import __version__
 from service.domain.times import format_time
-from service.settings import ServerSettings, Settings, SettingsError, load_settings, redact_url
+from service.settings import (
+    ServerSettings,
+    Settings,
+    SettingsError,
+    load_settings,
+    log_settings_source,
+    redact_url,
+    settings_file,
+)
 from service.snapshot.refresher import RefreshFailed
 from service.snapshot.snapshot import Snapshot
 from service.source.failures import Failure
@@ -53,6 +62,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: invalid server limits: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings)
+    source = settings_file(args.settings)
+    log_settings_source(source)
     host = args.host or settings.server.host
     port = args.port or settings.server.port
     limits = fit_to_fd_limit(limits)  # raises the process's file descriptor limit if it must
@@ -61,7 +72,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # server.trusted_proxies (uvicorn would trust X-Forwarded-For from 127.0.0.1 by default). Our HTTP protocol
     # caps the size of request heads and the time to send them (service.http.server).
     config = uvicorn_config(
-        create_app(settings),
+        create_app(settings, settings_from=source),
         host,
         port,
         limits,
@@ -217,13 +228,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    parser = argparse.ArgumentParser(prog=_prog(), description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the service", description="Run the service (as the Procfile).")
     serve.add_argument("--host", help="address to listen on (default: server.host of the settings)")
     serve.add_argument("--port", type=int, help="port to listen on (default: $PORT or server.port)")
-    serve.add_argument("--settings", help="settings file (default: $SERVICE_SETTINGS or ./settings.toml)")
+    serve.add_argument(
+        "--settings", help="settings file (default: $SERVICE_SETTINGS, else ./settings.toml, else built-in defaults)"
+    )
     limits = ServerSettings()
     serve.add_argument(
         "--max-header-bytes",
@@ -267,7 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--max-scan-time", type=int, help="budget of the scan in ms (default: 10000)")
     scan.add_argument("--json", action="store_true", help="print exactly the body GET .../tasks/running returns")
     scan.add_argument("--quiet", action="store_true", help="no progress indicator even on a terminal")
-    scan.add_argument("--settings", help="settings file (default: $SERVICE_SETTINGS or ./settings.toml)")
+    scan.add_argument(
+        "--settings", help="settings file (default: $SERVICE_SETTINGS, else ./settings.toml, else built-in defaults)"
+    )
     scan.set_defaults(func=cmd_scan)
 
     demo = commands.add_parser(
@@ -303,6 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--anomalies", action="store_true", help="also write the malformed keys producers leave")
     simulate.set_defaults(func=cmd_simulate)
     return parser
+
+
+def _prog() -> str:
+    # `running-tasks` (the console script) or `python -m service`, as it was started
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "python -m service" if name in ("", "__main__.py", "-c") else name
 
 
 def main(argv: Sequence[str] | None = None) -> int:

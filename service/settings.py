@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 import tomllib
@@ -14,7 +15,10 @@ from urllib.parse import unquote, urlsplit
 
 import msgspec
 
+# The file the repository ships, every setting at its default with what it means. Read when it is the working
+# directory's settings.toml (or named); an installed service without one runs on the built-in defaults.
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "settings.toml"
+LOCAL_FILE = "settings.toml"
 ENV_PREFIX = "SERVICE__"
 
 
@@ -282,20 +286,38 @@ def _build_section(name: str, cls: type[_Section], raw: Mapping[str, Any], env_k
     return section
 
 
-def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
-    """Read the TOML file (default `settings.toml`, or `$SERVICE_SETTINGS`), then apply environment overrides."""
+def settings_file(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Path | None:
+    """Where the settings are read from: `path` (the command line's --settings), else $SERVICE_SETTINGS, else
+    `settings.toml` in the working directory when there is one; None: the built-in defaults."""
     env = os.environ if env is None else env
-    if path is None:
-        path = env.get("SERVICE_SETTINGS") or DEFAULT_PATH
-    path = Path(path)
+    if path is not None:
+        return Path(path)
+    if env.get("SERVICE_SETTINGS"):
+        return Path(env["SERVICE_SETTINGS"])
+    local = Path.cwd() / LOCAL_FILE
+    return local.resolve() if local.is_file() else None
+
+
+def log_settings_source(file: Path | None) -> None:
+    """One line at startup: which file the settings came from."""
+    logging.getLogger("service.settings").info(
+        "settings: %s", "built-in defaults (no settings file)" if file is None else f"read from {file}"
+    )
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read the settings file (see `settings_file`), then apply the environment's overrides."""
+    env = os.environ if env is None else env
+    file = settings_file(path, env)
     raw: dict[str, Any] = {}
-    if path.exists():
+    if file is not None:
+        if not file.is_file():
+            named = "settings file" if path is not None else "SERVICE_SETTINGS"
+            raise SettingsError(f"{named} = {str(file)!r}: no such file")
         try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+            raw = tomllib.loads(file.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise SettingsError(f"{path}: not valid TOML: {exc}") from exc
-    elif path != DEFAULT_PATH:
-        raise SettingsError(f"SERVICE_SETTINGS = {str(path)!r}: no such file")
+            raise SettingsError(f"{file}: not valid TOML: {exc}") from exc
     return settings_from_mapping(raw, env)
 
 

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 import textwrap
+import time
+import zipfile
 from importlib import metadata
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.devtools.embedded import free_port
 
 
 def _runtime_requirements() -> list[str]:
@@ -58,3 +67,84 @@ def test_the_demo_without_redis_server_or_fakeredis_says_what_to_install() -> No
     assert result.returncode == 1
     assert "pip install -e '.[demo]'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_console_script_and_the_version() -> None:
+    scripts = [entry for entry in metadata.entry_points(group="console_scripts") if entry.name == "running-tasks"]
+    assert [entry.value for entry in scripts] == ["service.cli:main"]
+    version = metadata.version("running-tasks-service")
+    for command in ([sys.executable, "-m", "service", "--version"], [sys.executable, "-c", _SCRIPT, "--version"]):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip().endswith(f" {version}")
+
+
+# what the console script runs, as its wrapper does
+_SCRIPT = "import sys; from service.cli import main; sys.argv[0] = 'running-tasks'; sys.exit(main())"
+
+
+def test_the_wheel_holds_every_package_and_says_it_is_typed(tmp_path: Path) -> None:
+    # what `pip install .` installs: the wheel, built from this tree
+    root = Path(__file__).resolve().parent.parent
+    build = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(root)]
+    result = subprocess.run(build, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (wheel,) = tmp_path.glob("running_tasks_service-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "service/py.typed" in names
+    packages = {path.parent.relative_to(root).as_posix() for path in (root / "service").rglob("__init__.py")}
+    assert {name.rsplit("/", 1)[0] for name in names if name.endswith("/__init__.py")} == packages
+    assert not any(name.startswith(("tests/", "bench/")) for name in names)
+
+
+@pytest.mark.real_redis
+def test_an_installed_service_reads_the_settings_toml_of_its_working_directory(redis_url: str, tmp_path: Path) -> None:
+    """A non-editable install (the wheel, in a venv of its own) run in a directory holding settings.toml reads
+    that file, says so at startup and in cache-stats; in a directory without one it runs on the defaults."""
+    root = Path(__file__).resolve().parent.parent
+    wheels, venv = tmp_path / "wheels", tmp_path / "venv"
+    build = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(root)]
+    assert subprocess.run(build, capture_output=True, timeout=300).returncode == 0
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    (wheel,) = wheels.glob("*.whl")
+    install = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", str(wheel)], capture_output=True, text=True, timeout=600
+    )
+    assert install.returncode == 0, install.stderr[-2000:]
+    here = tmp_path / "deploy"
+    here.mkdir()
+    port = free_port()
+    (here / "settings.toml").write_text(f"[server]\nport = {port}\n\n[running_tasks]\nstall_after = 123\n")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SERVICE")}
+    env.update(REDIS_URL=redis_url)
+    server = subprocess.Popen(
+        [str(venv / "bin" / "running-tasks"), "serve"], cwd=here, env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                stats = httpx.get(f"http://127.0.0.1:{port}/codebase-embedder/api/v1/tasks/cache-stats", timeout=2)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None and time.monotonic() < deadline, "the installed service did not start"
+                time.sleep(0.2)
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=30)
+    data = stats.json()["data"]
+    assert data["settingsFile"] == str((here / "settings.toml").resolve())
+    assert data["settings"]["running_tasks"]["stall_after"] == 123
+    assert f"settings: read from {(here / 'settings.toml').resolve()}" in err
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    probe = "from service.settings import Settings, load_settings, settings_file; "
+    probe += "print(settings_file(), load_settings() == Settings())"
+    defaults = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", probe],
+        cwd=elsewhere,
+        env={key: value for key, value in env.items() if key not in ("REDIS_URL", "PORT")},
+        capture_output=True,
+        text=True,
+    )
+    assert defaults.stdout.split() == ["None", "True"], defaults.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import msgspec
 import redis.asyncio as aioredis
@@ -20,7 +21,7 @@ from service.http.middleware import build_limiter, build_middleware
 from service.http.openapi import build_document
 from service.http.routes import EXCEPTION_HANDLERS, Endpoints, build_routes
 from service.query.answers import QueryService
-from service.settings import Settings, load_settings
+from service.settings import Settings, load_settings, settings_file
 from service.snapshot.pipeline import build_pipeline
 from service.snapshot.refresher import RefreshFailed
 from service.snapshot.worker import RefreshLoop
@@ -44,9 +45,12 @@ def create_app(
     settings: Settings | None = None,
     redis: aioredis.Redis | None = None,
     clock: Callable[[], int] | None = None,
+    settings_from: Path | None = None,
 ) -> Starlette:
-    """The service. `redis` replaces the client made from `settings.redis.url` (and is then not closed by us)."""
-    settings = load_settings() if settings is None else settings
+    """The service. `redis` replaces the client made from `settings.redis.url` (and is then not closed by us);
+    `settings_from` is the file `settings` were read from, shown in cache-stats (read here when not given)."""
+    if settings is None:
+        settings_from, settings = settings_file(), load_settings()
     owns_client = redis is None
     client = create_client(settings) if redis is None else redis
     rt = settings.running_tasks
@@ -84,7 +88,7 @@ def create_app(
 
     queries = QueryService(rt, pipeline.history)
     delivery = Delivery(rt.refresh_interval)
-    endpoints = Endpoints(settings, refresher, queries, delivery, pipeline.source)
+    endpoints = Endpoints(settings, refresher, queries, delivery, pipeline.source, settings_from)
     running = endpoints.running
     metrics = Metrics(refresher, delivery.counters, rt.running_statuses, rt.cache_ttl)
     limiter = build_limiter(settings)

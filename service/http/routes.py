@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict
+from pathlib import Path
 
 from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.requests import Request
@@ -41,9 +42,16 @@ class Endpoints:
     """What the handlers share: the refresher, the queries and the delivery, given by `create_app`."""
 
     def __init__(
-        self, settings: Settings, refresher: Refresher, queries: QueryService, delivery: Delivery, source: RedisSource
+        self,
+        settings: Settings,
+        refresher: Refresher,
+        queries: QueryService,
+        delivery: Delivery,
+        source: RedisSource,
+        settings_from: Path | None = None,
     ) -> None:
         self.settings = settings
+        self.settings_from = settings_from
         self.refresher = refresher
         self.queries = queries
         self.delivery = delivery
@@ -144,6 +152,7 @@ async def cache_stats(request: Request) -> Response:
             counters=counters,
             job=refresher.job_info(),
             settings=settings.redacted(),
+            settings_file=None if endpoints.settings_from is None else str(endpoints.settings_from),
             query_cache=endpoints.queries.cache_stats(),
         )
     )

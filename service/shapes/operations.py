@@ -76,6 +76,9 @@ class CacheStats(msgspec.Struct, rename="camel"):
     counters: dict[str, Count]
     job: JobInfo
     settings: Annotated[dict[str, Any], msgspec.Meta(description="the settings in effect; secrets shown as ***")]
+    settings_file: Annotated[
+        str | None, msgspec.Meta(description="the file the settings were read from; null: built-in defaults")
+    ]
     query_cache: QueryCacheInfo
 
 
