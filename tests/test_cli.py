@@ -6,6 +6,7 @@ import asyncio
 import os
 import pty
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -218,6 +219,12 @@ def test_demo_serves_moving_tasks_and_stops_on_ctrl_c(kind: str) -> None:
             if moved:
                 break
         assert moved, "no task changed between two requests"
+        # the banner's shell command works as printed, from anywhere, with no venv activated
+        (shell,) = [line.split("from a shell", 1)[1].strip() for line in lines if "from a shell" in line]
+        env = {key: value for key, value in os.environ.items() if key not in ("VIRTUAL_ENV", "PYTHONPATH")}
+        scanned = subprocess.run(shlex.split(shell), cwd="/", env=env, capture_output=True, text=True, timeout=60)
+        assert scanned.returncode == 0, scanned.stderr
+        assert " running of " in scanned.stdout
     finally:
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=30)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shlex
 import shutil
 import socket
 import sys
@@ -65,7 +66,8 @@ async def _demo(host: str, port: int, tasks: int, seed: int, redis: EmbeddedRedi
         print(f"demo: embedded Redis ({redis.kind}) at {redis.url}, {tasks} simulated tasks moving")
         for name, url in urls(host, port):
             print(f"  {name:<14} {url}")
-        print(f"  {'from a shell':<14} python -m service scan --redis-url {redis.url}")
+        # the interpreter by its path: the command works as printed, whether or not the venv is activated
+        print(f"  {'from a shell':<14} {shlex.quote(sys.executable)} -m service scan --redis-url {redis.url}")
         print("Ctrl-C stops everything.", flush=True)
     try:
         await serving
