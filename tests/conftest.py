@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -69,3 +71,16 @@ async def running_app(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
             yield client
+
+
+def first_answer(process: subprocess.Popen[Any], url: str, timeout: float = 30.0, **get: Any) -> httpx.Response:
+    """The first answer to `GET url` from the server `process` starts, once it listens; fails the test when the
+    process exits first or `timeout` seconds pass. `get`: httpx.get's other arguments (headers...)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return httpx.get(url, **{"timeout": 2, **get})
+        except httpx.TransportError:
+            assert process.poll() is None, f"the server exited with {process.returncode} before it answered"
+            assert time.monotonic() < deadline, f"the server did not answer {url} within {timeout} s"
+            time.sleep(0.1)

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from service.devtools.embedded import free_port
 from service.devtools.simulator import Simulator, build_workload
 from service.http.app import create_app
-from tests.conftest import make_settings, running_app
+from tests.conftest import first_answer, make_settings, running_app
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNNING = "/codebase-embedder/api/v1/tasks/running"
@@ -257,14 +257,7 @@ def test_serve_runs_the_service_until_interrupted(redis_url: str, tmp_path: Path
     # and so must uvicorn, which by default believes X-Forwarded-For from 127.0.0.1.
     spoofed = {"X-Forwarded-For": "203.0.113.9"}
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                response = httpx.get(f"{base}{RUNNING}", headers={"X-Request-ID": "serve-0", **spoofed}, timeout=2)
-                break
-            except httpx.TransportError:
-                assert process.poll() is None and time.monotonic() < deadline, "serve did not start"
-                time.sleep(0.1)
+        response = first_answer(process, f"{base}{RUNNING}", 20, headers={"X-Request-ID": "serve-0", **spoofed})
         assert response.status_code == 200
         assert response.json()["data"]["totalTasks"] > 0
         stats_path = "/codebase-embedder/api/v1/tasks/cache-stats"

@@ -7,15 +7,14 @@ import re
 import subprocess
 import sys
 import textwrap
-import time
 import zipfile
 from importlib import metadata
 from pathlib import Path
 
-import httpx
 import pytest
 
 from service.devtools.embedded import free_port
+from tests.conftest import first_answer
 
 
 def _runtime_requirements() -> list[str]:
@@ -121,14 +120,7 @@ def test_an_installed_service_reads_the_settings_toml_of_its_working_directory(r
         [str(venv / "bin" / "running-tasks"), "serve"], cwd=here, env=env, stderr=subprocess.PIPE, text=True
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                stats = httpx.get(f"http://127.0.0.1:{port}/codebase-embedder/api/v1/tasks/cache-stats", timeout=2)
-                break
-            except httpx.TransportError:
-                assert server.poll() is None and time.monotonic() < deadline, "the installed service did not start"
-                time.sleep(0.2)
+        stats = first_answer(server, f"http://127.0.0.1:{port}/codebase-embedder/api/v1/tasks/cache-stats", 60)
     finally:
         server.terminate()
         _, err = server.communicate(timeout=30)

@@ -103,13 +103,12 @@ class RunningList:
         return answer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["query_string"]:
-            query = self._queries.parse_running(Request(scope).query_params.multi_items())
-            snapshot, live = await self._refresher.current()
-            rendered = self._queries.running(snapshot, query)
-        else:
-            snapshot, live = await self._refresher.current()
-            rendered = snapshot.rendered
+        # a refused parameter is answered before any scan
+        query = (
+            self._queries.parse_running(Request(scope).query_params.multi_items()) if scope["query_string"] else None
+        )
+        snapshot, live = await self._refresher.current()
+        rendered = snapshot.rendered if query is None else self._queries.running(snapshot, query)
         await self._delivery.send(scope, send, rendered, snapshot, live)
 
 

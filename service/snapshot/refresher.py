@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -88,6 +89,25 @@ class RefreshRecord:
 RefreshListener = Callable[[RefreshRecord, Failure | None], None]
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _on_refresh_loop(
+    method: Callable[Concatenate[Refresher, _P], Coroutine[Any, Any, _R]],
+) -> Callable[Concatenate[Refresher, _P], Coroutine[Any, Any, _R]]:
+    """The method runs on the refresher's own loop when it has one (service.snapshot.worker), whichever loop
+    calls it: the scan, the job and what they share stay on that loop."""
+
+    async def on_its_loop(self: Refresher, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        if self._loop is not None and not self._loop.is_current():
+            return await self._loop.run(method(self, *args, **kwargs))
+        return await method(self, *args, **kwargs)
+
+    functools.update_wrapper(on_its_loop, method)
+    return on_its_loop
+
+
 class Refresher:
     """Owns the current snapshot and everything that replaces it."""
 
@@ -136,10 +156,9 @@ class Refresher:
 
     # -- the scan, shared ------------------------------------------------------------------------------
 
+    @_on_refresh_loop
     async def refresh(self, trigger: str = "job") -> Snapshot:
         """Scan now, or join the scan already running; install and return the new snapshot."""
-        if self._loop is not None and not self._loop.is_current():
-            return await self._loop.run(self.refresh(trigger))
         if self._inflight is None:
             self._inflight = asyncio.create_task(self._refresh(trigger))
             self._inflight.add_done_callback(self._clear_inflight)
@@ -286,11 +305,9 @@ class Refresher:
         except Exception:  # pragma: no cover - the job boundary must not die
             logger.exception("refresh job failed unexpectedly")
 
+    @_on_refresh_loop
     async def start(self) -> None:
         """Schedule the job every `refresh_interval` (one at a time, missed runs coalesced)."""
-        if self._loop is not None and not self._loop.is_current():
-            await self._loop.run(self.start())
-            return
         self._stopped = False
         scheduler = AsyncIOScheduler(timezone="UTC", event_loop=asyncio.get_running_loop())
         scheduler.add_job(
@@ -309,10 +326,8 @@ class Refresher:
     def _on_skipped_run(self, event: JobSubmissionEvent) -> None:
         self.counters.job_runs_skipped += 1
 
+    @_on_refresh_loop
     async def stop(self) -> None:
-        if self._loop is not None and not self._loop.is_current():
-            await self._loop.run(self.stop())
-            return
         self._stopped = True
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)

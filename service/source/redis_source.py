@@ -102,8 +102,12 @@ _BACKOFF_BASE, _BACKOFF_CAP = 0.01, 0.25  # s
 _HEALTH_CHECK_SECONDS = 30
 
 
+_RETRIED = (redis.exceptions.ConnectionError,)
+
+
 def reconnecting() -> Retry:
-    return Retry(ExponentialBackoff(cap=_BACKOFF_CAP, base=_BACKOFF_BASE), _RETRIES)
+    """What is retried (`_RETRIED`), how often and after what pause: the client's and RedisSource's alike."""
+    return Retry(ExponentialBackoff(cap=_BACKOFF_CAP, base=_BACKOFF_BASE), _RETRIES, supported_errors=_RETRIED)
 
 
 def create_client(settings: Settings) -> aioredis.Redis:
@@ -123,7 +127,7 @@ def create_client(settings: Settings) -> aioredis.Redis:
         # the scan runs `worker_count` fetches at once beside the scanner and live requests
         max_connections=settings.running_tasks.worker_count + 8,
         retry=reconnecting(),
-        retry_on_error=[redis.exceptions.ConnectionError],
+        retry_on_error=list(_RETRIED),
         health_check_interval=_HEALTH_CHECK_SECONDS,
         **options,
     )
@@ -142,7 +146,6 @@ class RedisSource:
         # whether the connections speak TLS: a failure to connect is then most often a handshake that failed
         self.tls = issubclass(client.connection_pool.connection_class, aioredis.SSLConnection)
         self._retry = reconnecting()
-        self._retry.update_supported_errors([redis.exceptions.ConnectionError])
         self._fetch_max_bytes = fetch_max_bytes
         self._scan_sha = client.register_script(_SCAN_LUA).sha
 

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from service.devtools.embedded import free_port
 from service.devtools.simulator import Simulator
+from tests.conftest import first_answer
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNING = "/codebase-embedder/api/v1/tasks/running"
@@ -56,15 +57,8 @@ def test_a_poll_flood_from_one_address_is_served_and_the_snapshot_stays_fresh(re
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, "service did not start"
-            time.sleep(0.1)
+        # serve listens once its first snapshot is built: ready from its first answer
+        assert first_answer(server, f"{base}/readyz").status_code == 200
         etag = httpx.get(f"{base}{RUNNING}").headers["etag"]
         before = httpx.get(f"{base}{STATS}").json()["data"]
         rss_before, fds_before = _rss_kib(server.pid), _fds(server.pid)

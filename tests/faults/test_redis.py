@@ -17,7 +17,7 @@ import redis
 
 from service.devtools.embedded import RedisServerProcess, free_port
 from service.http.app import create_app
-from tests.conftest import make_settings, running_app
+from tests.conftest import first_answer, make_settings, running_app
 
 RUNNING = "/codebase-embedder/api/v1/tasks/running"
 STATS = "/codebase-embedder/api/v1/tasks/cache-stats"
@@ -185,14 +185,7 @@ def test_procfile_command_serves_and_bad_settings_stop_startup(redis_url: str) -
         ["bash", "-c", command], cwd=root, env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
     )
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                response = httpx.get(f"http://127.0.0.1:{port}{RUNNING}", timeout=1)
-                break
-            except httpx.TransportError:
-                assert server.poll() is None and time.monotonic() < deadline, "service did not start"
-                time.sleep(0.1)
+        response = first_answer(server, f"http://127.0.0.1:{port}{RUNNING}", timeout=15)
         assert response.status_code == 200
         assert response.json()["data"]["totalTasks"] == 3
     finally:

@@ -10,7 +10,6 @@ import random
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +34,7 @@ from service.http.access_log import (
 )
 from service.http.app import create_app
 from service.settings import settings_from_mapping
-from tests.conftest import running_app
+from tests.conftest import first_answer, running_app
 
 RUNNING = "/codebase-embedder/api/v1/tasks/running"
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
@@ -254,14 +253,7 @@ def test_the_procfile_service_logs_json_once_per_request_and_trusts_no_proxy_by_
     command = procfile.replace("python", sys.executable, 1).replace("0.0.0.0", "127.0.0.1")
     server = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=root, env=env, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                assert server.poll() is None and time.monotonic() < deadline, "service did not start"
-                time.sleep(0.1)
+        first_answer(server, f"http://127.0.0.1:{port}/healthz", timeout=15)
         # uvicorn on its own would believe X-Forwarded-For from 127.0.0.1; with no trusted_proxies, nobody is
         forwarded = {"X-Forwarded-For": "203.0.113.9", "X-Request-ID": "procfile-1"}
         ok = httpx.get(f"http://127.0.0.1:{port}{RUNNING}", headers={**forwarded, "Authorization": f"Bearer {token}"})
