@@ -12,9 +12,10 @@ from dataclasses import asdict
 from itertools import accumulate
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
@@ -33,6 +34,12 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 _OUTCOMES: dict[Failure | None, str] = {None: "ok", **{failure: failure.value for failure in Failure}}
 # Served from the snapshot: well under a millisecond; a live scan: up to max_scan_time.
 _REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# The running tasks' gauges, and the names they had before 0.3.0, kept for one release (removed in 0.4.0).
+_RUNNING_NAMES = (("running", ""), ("tasks", " Deprecated: the same as running_tasks_running; removed in 0.4.0."))
+_STALLED_NAMES = (
+    ("running_stalled", ""),
+    ("stalled", " Deprecated: the same as running_tasks_running_stalled; removed in 0.4.0."),
+)
 _REFRESH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -42,6 +49,10 @@ class Metrics:
     def __init__(
         self, refresher: Refresher, served: ServeCounters, running_statuses: Iterable[str], cache_ttl: float
     ) -> None:
+        # No `_created` series: prometheus-client would add them to its own counters and histograms but not to
+        # the ones collected here, and no query of ours needs them. The switch is process-wide (the library
+        # has no other); nothing else in the process exposes metrics.
+        disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = _RequestCollector()
         self.registry.register(self.requests)
@@ -72,6 +83,7 @@ class Metrics:
         self.registry.register(_BuildInfo())
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         refresher.listeners.append(self.observe_refresh)
 
     def observe_refresh(self, record: RefreshRecord, failure: Failure | None) -> None:
@@ -166,21 +178,25 @@ class _RefresherCollector(Collector):
             1 if snapshot is not None and snapshot.is_fresh(self._ttl) else 0,
         )
         yield _gauge("scan_in_progress", "1 while a scan is running.", 1 if refresher.scanning else 0)
-        tasks = GaugeMetricFamily(
-            f"{PREFIX}tasks", "Running tasks in the snapshot served, by status.", labels=["status"]
-        )
         counts = dict.fromkeys(self._statuses, 0)
+        stalled = 0
         if snapshot is not None:
             for task in snapshot.tasks:
                 counts[task.process] = counts.get(task.process, 0) + 1
-        for status, count in sorted(counts.items()):
-            tasks.add_metric([status], count)
-        yield tasks
-        yield _gauge(
-            "stalled",
-            "Running tasks in the snapshot served that are stalled: unchanged for stall_after seconds.",
-            0 if snapshot is None else sum(1 for task in snapshot.tasks if task.stalled),
-        )
+                stalled += task.stalled
+        for name, note in _RUNNING_NAMES:
+            running = GaugeMetricFamily(
+                PREFIX + name, f"Running tasks in the snapshot served, by status.{note}", labels=["status"]
+            )
+            for status, count in sorted(counts.items()):
+                running.add_metric([status], count)
+            yield running
+        for name, note in _STALLED_NAMES:
+            yield _gauge(
+                name,
+                "Running tasks in the snapshot served that are stalled: unchanged for stall_after seconds." + note,
+                stalled,
+            )
         if snapshot is not None:
             yield _gauge("snapshot_age_seconds", "Age of the snapshot served.", snapshot.age())
             yield _gauge(
@@ -273,10 +289,11 @@ def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily
 
 
 def route_template(scope: Scope) -> str:
-    """The path template of the route that answered (or would have answered) the request, else UNMATCHED."""
+    """The path of the route that answered (or would have answered) the request as the OpenAPI document writes
+    it (`/…/running/{taskId}`, no converter), else UNMATCHED."""
     route = scope.get("route")
     if isinstance(route, BaseRoute):
-        return str(getattr(route, "path", UNMATCHED))
+        return str(getattr(route, "path_format", UNMATCHED))
     # Rejected before routing (401, 429): the route the request was meant for. Matching every route's pattern
     # cost a refusal more than a whole 304: the answer is kept per path (a bounded number of them, since any
     # client can send any path).
@@ -288,7 +305,7 @@ def route_template(scope: Scope) -> str:
         for candidate in getattr(app, "routes", ()):
             match, _ = candidate.matches({**scope, "method": "GET"})  # the template does not depend on the method
             if match is not Match.NONE:
-                known = str(getattr(candidate, "path", UNMATCHED))
+                known = str(getattr(candidate, "path_format", UNMATCHED))
                 break
         if len(_templates) >= _MAX_TEMPLATES:
             _templates.clear()

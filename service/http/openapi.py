@@ -246,7 +246,7 @@ def parameters(settings: Settings) -> dict[str, dict[str, Any]]:
             "live scan produced).",
         ),
         "TaskId": _parameter(
-            "task_id", "path", "The task's id (the key's suffix), percent-encoded; any character, `/` included."
+            "taskId", "path", "The task's id (the key's suffix), percent-encoded; any character, `/` included."
         ),
         "ClientId": _list_parameter(
             "clientId",
@@ -348,7 +348,7 @@ OPERATIONS: list[Operation] = [
         ),
     ),
     Operation(
-        f"{API_PREFIX}/running/{{task_id}}",
+        f"{API_PREFIX}/running/{{taskId}}",
         "get",
         "getRunningTask",
         "One running task",

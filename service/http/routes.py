@@ -117,7 +117,7 @@ async def running_task(request: Request) -> Response:
     queries = endpoints.queries
     projection = queries.parse_task(_params(request))
     snapshot, live = await endpoints.refresher.current()
-    task_id = request.path_params["task_id"]
+    task_id = request.path_params["taskId"]
     rendered = queries.task(snapshot, task_id, projection)
     if rendered is None:
         return error(ErrorCode.NOT_FOUND, queries.not_running(task_id))
@@ -216,7 +216,7 @@ def build_routes(running: RunningList) -> list[Route]:
     running.route = Route(RUNNING_PATH, running, methods=["GET"])
     return [
         running.route,
-        Route(f"{API_PREFIX}/running/{{task_id:task_id}}", running_task, methods=["GET"]),
+        Route(f"{API_PREFIX}/running/{{taskId:task_id}}", running_task, methods=["GET"]),
         Route(f"{API_PREFIX}/finished", finished_tasks, methods=["GET"]),
         Route(f"{API_PREFIX}/stats", task_stats, methods=["GET"]),
         Route(f"{API_PREFIX}/cache-stats", cache_stats, methods=["GET"]),

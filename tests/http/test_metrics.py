@@ -68,6 +68,40 @@ async def test_requests_are_labelled_by_route_template_and_a_closed_set_of_metho
     assert routes == {RUNNING, STATS, "unmatched"}  # no raw path ever became a label
 
 
+async def test_the_route_label_is_the_openapi_path() -> None:
+    app = create_app(make_settings(), redis=fakeredis.FakeAsyncRedis())
+    async with running_app(app) as http:
+        await http.get(f"{RUNNING}/some%2Ftask")  # 404: not running, but the route matched
+        data = samples((await http.get("/metrics")).text)
+        document = (await http.get("/openapi.json")).json()
+    task_route = f"{RUNNING}/{{taskId}}"
+    assert value(data, "running_tasks_http_requests_total", route=task_route, method="GET", status="404") == 1
+    routes = {dict(labels)["route"] for name, labels in data if name == "running_tasks_http_requests_total"}
+    assert routes <= set(document["paths"]) | {"unmatched"}
+
+
+async def test_standard_collectors_and_no_created_series() -> None:
+    app = create_app(make_settings(), redis=fakeredis.FakeAsyncRedis())
+    async with running_app(app) as http:
+        await http.get(RUNNING)
+        text = (await http.get("/metrics")).text
+    names = {family.name for family in text_string_to_metric_families(text)}
+    assert {"python_gc_objects_collected", "python_gc_collections", "python_info", "process_cpu_seconds"} <= names
+    assert "_created" not in text
+
+
+async def test_renamed_gauges_keep_their_old_names_for_one_release() -> None:
+    redis = fakeredis.FakeAsyncRedis()
+    await redis.set("request:id:a", producer_value(10))
+    app = create_app(make_settings(), redis=redis)
+    async with running_app(app) as http:
+        data = samples((await http.get("/metrics")).text)
+    for status in ("processing", "pending"):
+        assert value(data, "running_tasks_tasks", status=status) == value(data, "running_tasks_running", status=status)
+    assert value(data, "running_tasks_running", status="processing") == 1
+    assert value(data, "running_tasks_stalled") == value(data, "running_tasks_running_stalled") == 0
+
+
 async def test_rejected_requests_keep_their_route_label() -> None:
     settings = settings_from_mapping(
         {"auth": {"tokens": [TOKEN]}, "rate_limit": {"requests_per_second": 0.1, "burst": 2}}
@@ -104,9 +138,9 @@ async def test_refreshes_snapshot_and_last_scan() -> None:
     assert value(data, "running_tasks_snapshot_fresh") == 1
     assert 0 <= value(data, "running_tasks_snapshot_age_seconds") < 60
     assert value(data, "running_tasks_snapshot_timestamp_seconds") == snapshot.built_ms / 1000
-    assert value(data, "running_tasks_tasks", status="processing") == 2
-    assert value(data, "running_tasks_tasks", status="pending") == 1
-    assert value(data, "running_tasks_tasks", status="running") == 0  # every configured status has a series
+    assert value(data, "running_tasks_running", status="processing") == 2
+    assert value(data, "running_tasks_running", status="pending") == 1
+    assert value(data, "running_tasks_running", status="running") == 0  # every configured status has a series
     assert value(data, "running_tasks_last_scan_keys_scanned") == 5
     assert value(data, "running_tasks_last_scan_values_fetched") == 5
     assert value(data, "running_tasks_last_scan_values_malformed") == 1
@@ -150,7 +184,7 @@ async def test_stalled_tasks_in_the_snapshot() -> None:
         await app.state.refresher.run_job()
         third = samples((await http.get("/metrics")).text)
         stats = (await http.get("/codebase-embedder/api/v1/tasks/stats")).json()["data"]
-    assert [value(data, "running_tasks_stalled") for data in (first, second, third)] == [1, 2, 1]
+    assert [value(data, "running_tasks_running_stalled") for data in (first, second, third)] == [1, 2, 1]
     assert stats["running"]["stalled"] == 1  # the gauge and the stats endpoint count the same snapshot
 
 
@@ -191,7 +225,7 @@ async def test_no_snapshot_yet() -> None:
         data = samples((await http.get("/metrics")).text)
     assert value(data, "running_tasks_snapshot_generation") == 0
     assert value(data, "running_tasks_snapshot_fresh") == 0
-    assert value(data, "running_tasks_stalled") == 0
+    assert value(data, "running_tasks_running_stalled") == 0
     assert ("running_tasks_snapshot_age_seconds", frozenset()) not in data  # no age without a snapshot
 
 
@@ -264,7 +298,7 @@ async def test_promtool_accepts_the_live_output(redis_url: str) -> None:
     data = samples(text)
     assert value(data, "running_tasks_http_requests_total", route=STATS, method="GET", status="429") == 1
     assert value(data, "running_tasks_last_scan_tasks_matched") > 0
-    assert value(data, "running_tasks_stalled") > 0  # the workload has tasks whose TTL says they stopped
+    assert value(data, "running_tasks_running_stalled") > 0  # the workload has tasks whose TTL says they stopped
     checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert checked.stdout.strip() == "" and checked.stderr.strip() == "", checked.stdout + checked.stderr

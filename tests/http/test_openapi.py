@@ -280,7 +280,7 @@ def test_answers_the_fuzzer_rarely_sees_match_the_document(fuzz_base_url: str) -
     assert listed["data"]["totalTasks"] > 0
     for task in listed["data"]["tasks"]:
         full_task.validate(task)
-    by_id = _schema_of(f"{RUNNING}/{{task_id}}", "200")
+    by_id = _schema_of(f"{RUNNING}/{{taskId}}", "200")
     for task in listed["data"]["tasks"][:20]:
         for query in ("", "?fileList=summary", "?fields=taskId,stalled,fileList", "?fields=startTime&fileList=none"):
             response = httpx.get(f"{fuzz_base_url}{RUNNING}/{quote(task['taskId'])}{query}", headers=auth)
@@ -295,7 +295,7 @@ def test_answers_the_fuzzer_rarely_sees_match_the_document(fuzz_base_url: str) -
     gone = httpx.get(f"{fuzz_base_url}{RUNNING}/{quote(finished[0]['taskId'])}", headers=auth)
     assert gone.status_code == 404
     assert "left the running state as vanished" in gone.json()["message"]
-    _validator(_schema_of(f"{RUNNING}/{{task_id}}", "404")).validate(gone.json())
+    _validator(_schema_of(f"{RUNNING}/{{taskId}}", "404")).validate(gone.json())
 
 
 @pytest.mark.real_redis
