@@ -204,7 +204,7 @@ def test_demo_serves_moving_tasks_and_stops_on_ctrl_c(kind: str) -> None:
         text=True,
     )
     try:
-        lines = _wait_for_line(process, "Ctrl-C stops everything.")
+        lines = _wait_for_line(process, "Ctrl-C (or SIGTERM, SIGHUP) stops everything.")
         assert lines[0].startswith(f"demo: embedded Redis ({kind}) at redis://127.0.0.1:")
         url = f"http://127.0.0.1:{port}{RUNNING}"
         assert any(url in line for line in lines)
@@ -231,6 +231,64 @@ def test_demo_serves_moving_tasks_and_stops_on_ctrl_c(kind: str) -> None:
     assert process.returncode == 0, err
     assert out.strip().endswith("demo stopped.")
     assert "Traceback" not in err
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
+
+
+@pytest.mark.real_redis
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_demo_leaves_nothing_behind_on_sigterm_and_sighup(signum: signal.Signals) -> None:
+    if not os.environ.get("REQUIRE_REAL_REDIS") and not _has_redis_server():
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "demo", "--port", str(port), "--redis", "redis-server"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = _wait_for_line(process, "Ctrl-C (or SIGTERM, SIGHUP) stops everything.")
+        (redis_pid,) = _children(process.pid)
+        directory = Path(f"/proc/{redis_pid}/cwd").readlink()  # redis-server works in its --dir
+        assert directory.name.startswith("redis-test-")
+        assert directory.is_dir()
+        redis_url = re.search(r"redis://\S+", lines[0])
+        assert redis_url is not None
+        assert httpx.get(f"http://127.0.0.1:{port}{RUNNING}", timeout=10).status_code == 200
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
+    assert out.strip().endswith("demo stopped.")
+    assert "Traceback" not in err
+    assert _gone(redis_pid), "the demo's redis-server outlived it"
+    assert not directory.exists(), "the demo's temporary directory outlived it"
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(redis_url.group(0), socket_connect_timeout=1).ping()
 
 
 def _has_redis_server() -> bool:

@@ -54,7 +54,11 @@ class RedisServerProcess:
         self._extra_args = extra_args
         self._dir = tempfile.TemporaryDirectory(prefix="redis-test-")
         self._process: subprocess.Popen[bytes] | None = None
-        self.start()
+        try:
+            self.start()
+        except BaseException:  # a signal while starting, too: no server and no directory left behind
+            self.close()
+            raise
 
     def start(self, timeout: float = 10.0) -> None:
         """Start (or start again, on the same port) and wait until it answers PING."""
@@ -64,11 +68,14 @@ class RedisServerProcess:
         args += ["--dir", self._dir.name, "--logfile", str(Path(self._dir.name) / "redis.log"), *self._extra_args]
         self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
-        while not _answers_ping(self.port):
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"redis-server did not start on port {self.port}")
-            time.sleep(0.02)
+        try:
+            while not _answers_ping(self.port):
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start on port {self.port}")
+                time.sleep(0.02)
+        except BaseException:
+            self.stop()
+            raise
 
     @property
     def pid(self) -> int:

@@ -185,8 +185,13 @@ class Simulator:
         large_fraction: float = 0.01,
         large_files: int = 2000,
         files: int | None = None,
+        stall_hold: float | None = None,
     ) -> None:
         self.rng = random.Random(seed)
+        # Seconds a stalled task's key is kept before `tick` deletes it (the embedder's clean-up); None: it runs
+        # down its TTL. Either way a stalled task counts towards `tasks` until its key is gone, so that the
+        # running list holds about the number of tasks asked for, not that many plus every recent stall.
+        self.stall_hold = stall_hold
         self.files = files  # every new task's file count; None: the realistic distribution
         self.key_ttl = key_ttl
         self.newer_producer_fraction = newer_producer_fraction
@@ -195,6 +200,7 @@ class Simulator:
         # A handful of clients, each uploading many times, as in a real deployment.
         self._clients = [_task_id(self.rng) for _ in range(8)]
         self._active: list[SimTask] = []
+        self._stalled: list[tuple[SimTask, int]] = []  # (task, when its key is gone, epoch ms)
 
     def new_task(self, *, files: int | None = None, outcome: str | None = None) -> SimTask:
         """A freshly uploaded task at 0 %, usually "processing", sometimes still "pending"."""
@@ -312,17 +318,22 @@ class Simulator:
                 pass
 
     async def tick(self, client: redis.Redis, *, tasks: int, now_ms: int) -> list[SimTask]:
-        """One step of `run`: advance live tasks, replace finished or stalled ones, write what changed."""
-        warm_up = not self._active
+        """One step of `run`: advance live tasks, replace finished ones and stalled ones whose key is gone, write
+        what changed. About `tasks` keys are running at any time, stalled ones included."""
+        warm_up = not self._active and not self._stalled
         changed: list[SimTask] = []
         alive: list[SimTask] = []
         for task in self._active:
-            # A stalled task stops changing: it is dropped here and its key runs down its TTL.
             if self.advance(task):
                 changed.append(task)
                 if task.running:
                     alive.append(task)
-        while len(alive) < tasks:
+            elif task.running:  # it stopped changing: stalled until its key is deleted or expires
+                hold = self.key_ttl if self.stall_hold is None else self.stall_hold
+                self._stalled.append((task, now_ms + int(hold * 1000)))
+        gone = [task for task, gone_ms in self._stalled if gone_ms <= now_ms]
+        self._stalled = [(task, gone_ms) for task, gone_ms in self._stalled if gone_ms > now_ms]
+        while len(alive) + len(self._stalled) < tasks:
             task = self.new_task()
             if warm_up:
                 # Start the first population at random points so it does not move in lockstep.
@@ -334,6 +345,8 @@ class Simulator:
                 alive.append(task)
         self._active = alive
         await self.write(client, changed, now_ms)
+        if gone and self.stall_hold is not None:
+            await client.delete(*(task.key() for task in gone))
         return changed
 
 

@@ -52,7 +52,7 @@ class Metrics:
         # No `_created` series: prometheus-client would add them to its own counters and histograms but not to
         # the ones collected here, and no query of ours needs them. The switch is process-wide (the library
         # has no other); nothing else in the process exposes metrics.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # the library has no hints on it
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = _RequestCollector()
         self.registry.register(self.requests)

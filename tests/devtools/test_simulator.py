@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import fakeredis
+import orjson
 import pytest
 
 from service.devtools.simulator import (
@@ -423,6 +424,29 @@ def test_ticks_keep_the_population_and_progress_only_grows_in_redis() -> None:
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_ticks_keep_about_the_tasks_asked_for_stalled_ones_included() -> None:
+    """15 simulated minutes of the demo's settings: stalled tasks count until the simulator deletes their key,
+    so the running list holds the number asked for, never that many plus every recent stall."""
+
+    async def scenario() -> tuple[list[int], int]:
+        client = fakeredis.FakeAsyncRedis()
+        sim = Simulator(5, key_ttl=600, stall_hold=90)
+        counts = []
+        stalls = 0
+        for i in range(600):
+            await sim.tick(client, tasks=12, now_ms=NOW_MS + i * 1500)
+            values = await client.mget(await client.keys("request:id:*"))
+            counts.append(sum(orjson.loads(value)["process"] in RUNNING for value in values if value is not None))
+            stalls = max(stalls, len(sim._stalled))
+        await client.aclose()
+        return counts, stalls
+
+    counts, stalls = asyncio.run(scenario())
+    assert stalls > 0, "the run had stalled tasks"
+    assert max(counts) <= 12
+    assert min(counts) >= 11  # a task that finishes leaves between ticks; the next tick starts another
 
 
 def counting_clock(stop: asyncio.Event, ticks: int) -> Callable[[], int]:
