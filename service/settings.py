@@ -10,7 +10,7 @@ import tomllib
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import msgspec
@@ -86,6 +86,12 @@ class RunningTasksSettings(_Section, frozen=True, forbid_unknown_fields=True):
     full_read_every: Annotated[int, msgspec.Meta(ge=1)] = 30  # every Nth scan reads even unchanged values
     # refreshes on an event loop of their own, in a thread: a read load cannot starve them (false: on the serving loop)
     refresh_thread: bool = True
+    # the change feed (docs/operations.md, "The change feed"): follow Redis' invalidation pushes (CLIENT TRACKING,
+    # broadcasting mode) and apply what changed in batches; SCAN stays the reconciler
+    change_feed: Literal["auto", "on", "off"] = "auto"
+    change_batch_ms: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 20  # ms names are gathered before a batch
+    reconcile_interval: Annotated[float, msgspec.Meta(ge=1)] = 60  # s between full scans while the feed runs
+    change_buffer: Annotated[int, msgspec.Meta(ge=1)] = 100_000  # names held at once; past it, a full scan
     # the query API (issue 5)
     stall_after: Annotated[int, msgspec.Meta(ge=1)] = 300  # s without a change before a task is stalled
     history_size: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000  # finished tasks kept in memory

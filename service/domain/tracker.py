@@ -149,6 +149,48 @@ class Tracker:
         self._finished = {}
         return [task_id for task_id, _ in gone]
 
+    def apply(self, running: Iterable[Observation], finished: Iterable[Observation], absent: Iterable[str]) -> int:
+        """Take in what the change feed's batch read, between scans: running tasks' new values, tasks now in a
+        finished status, and tasks whose key is gone or holds no running task. Departures go to the sink at once.
+        Returns how many tracked tasks departed."""
+        self.observe(running)
+        self._merge_added()
+        gone: list[Departure] = []
+        for obs in finished:
+            state = self._states.get(obs.task.task_id)
+            if state is not None:
+                self._forget(obs.task.task_id, state)
+                gone.append(self._departure(state, obs))
+        for task_id in absent:
+            state = self._states.get(task_id)
+            if state is not None:
+                self._forget(task_id, state)
+                gone.append(Departure(state.view, state.seen_ms, None, state.seen_ms))
+        if gone and self._on_departures is not None:
+            self._on_departures(gone)
+        return len(gone)
+
+    def _forget(self, task_id: str, state: _State) -> None:
+        del self._states[task_id]
+        self._unseen.pop(task_id, None)
+        self._finished.pop(task_id, None)
+        self._order.pop(bisect.bisect_left(self._order, (-state.view.start_ms, task_id)))
+
+    def retime(self, now_ms: int) -> int:
+        """What time alone changes, with no value read: a task turns stalled, a passed estimate is made again.
+        Returns how many views changed."""
+        changed = 0
+        for state in self._states.values():
+            view = state.view
+            stalled = now_ms - view.update_ms >= self._stall_ms
+            eta_ms = view.eta_ms
+            if eta_ms is not None and eta_ms < now_ms:
+                eta_ms = estimate_completion(state.anchor, state.last, now_ms)
+            if stalled != view.stalled or eta_ms != view.eta_ms:
+                state.view = msgspec.structs.replace(view, stalled=stalled, eta_ms=eta_ms)
+                changed += 1
+        return changed
+
     def _departure(self, state: _State, final: Observation | None) -> Departure:
         if final is None:
             return Departure(state.view, state.seen_ms, None, state.seen_ms)
@@ -172,10 +214,13 @@ class Tracker:
             yield [entry[2].view for entry in order[start : start + size]]
 
     def _merge_added(self) -> None:
-        if self._added:
+        if len(self._added) <= 64:  # a few (a feed's batch): in place, no pass over the whole order
+            for entry in self._added:
+                bisect.insort(self._order, entry)
+        else:
             self._order.extend(self._added)
             self._order.sort()
-            self._added = []
+        self._added = []
 
     def _observed_update(self, obs: Observation, previous: int | None, changed: bool) -> int:
         task = obs.task

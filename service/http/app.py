@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
@@ -41,6 +42,14 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return error(ErrorCode.INTERNAL)
 
 
+async def _on(loop: RefreshLoop | None, coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run `coroutine` on the refreshes' own loop when there is one (what it starts lives there)."""
+    if loop is None:
+        await coroutine
+    else:
+        await loop.run(coroutine)
+
+
 def create_app(
     settings: Settings | None = None,
     redis: aioredis.Redis | None = None,
@@ -59,12 +68,16 @@ def create_app(
     refresh_loop = RefreshLoop() if owns_client and rt.cache_enabled and rt.refresh_thread else None
     pipeline = build_pipeline(settings, client, clock, refresh_loop)
     refresher = pipeline.refresher
+    follower = pipeline.follower
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if refresh_loop is not None:
             refresh_loop.start()
         if rt.cache_enabled:
+            # The change feed first (when it is on): what is written while the first scan runs is announced.
+            await _on(refresh_loop, follower.start())
+            await _on(refresh_loop, follower.wait_first_attempt(rt.redis_timeout / 1000))
             # The first snapshot before the first request; a Redis that is down, or a first scan over its budget,
             # only delays it to the job (which goes on from what the failed scan decoded).
             try:
@@ -79,6 +92,7 @@ def create_app(
         try:
             yield
         finally:
+            await _on(refresh_loop, follower.stop())
             await refresher.stop()
             if refresh_loop is not None:
                 await refresh_loop.run(client.aclose())  # its connections live on that loop
@@ -88,9 +102,9 @@ def create_app(
 
     queries = QueryService(rt, pipeline.history)
     delivery = Delivery(rt.refresh_interval)
-    endpoints = Endpoints(settings, refresher, queries, delivery, pipeline.source, settings_from)
+    endpoints = Endpoints(settings, refresher, queries, delivery, pipeline.source, settings_from, follower)
     running = endpoints.running
-    metrics = Metrics(refresher, delivery.counters, rt.running_statuses, rt.cache_ttl)
+    metrics = Metrics(refresher, delivery.counters, rt.running_statuses, rt.cache_ttl, follower)
     limiter = build_limiter(settings)
     if limiter is not None:
         metrics.add_gauge("rate_limit_clients", "Clients whose rate-limit bucket is remembered.", lambda: len(limiter))

@@ -25,6 +25,7 @@ from starlette.types import Scope
 from service import __version__
 from service.http.delivery import ServeCounters
 from service.http.server import REFUSALS
+from service.snapshot.follower import LATENCY_BUCKETS, Follower
 from service.snapshot.refresher import Refresher, RefreshRecord
 from service.source.failures import Failure
 
@@ -40,6 +41,9 @@ _STALLED_NAMES = (
     ("running_stalled", ""),
     ("stalled", " Deprecated: the same as running_tasks_running_stalled; removed in 0.4.0."),
 )
+# job: periodic; startup; request: a live scan; reconcile: the feed's periodic check; feed: asked for by the feed
+_TRIGGERS = ("job", "startup", "request", "reconcile", "feed")
+_FEED_STATES = ("off", "connecting", "live", "reconnecting", "fallback")
 _REFRESH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -47,7 +51,12 @@ class Metrics:
     """The app's registry: request and refresh metrics observed as they happen, the rest read when scraped."""
 
     def __init__(
-        self, refresher: Refresher, served: ServeCounters, running_statuses: Iterable[str], cache_ttl: float
+        self,
+        refresher: Refresher,
+        served: ServeCounters,
+        running_statuses: Iterable[str],
+        cache_ttl: float,
+        follower: Follower | None = None,
     ) -> None:
         # No `_created` series: prometheus-client would add them to its own counters and histograms but not to
         # the ones collected here, and no query of ours needs them. The switch is process-wide (the library
@@ -58,15 +67,16 @@ class Metrics:
         self.registry.register(self.requests)
         self.refresh_duration = Histogram(
             f"{PREFIX}refresh_duration_seconds",
-            "Duration of snapshot refreshes (full scans), by trigger (job, startup, request) and outcome.",
+            "Duration of snapshot refreshes (full scans), by trigger (job, startup, request, reconcile, feed) and "
+            "outcome.",
             ["trigger", "outcome"],
             buckets=_REFRESH_BUCKETS,
             registry=self.registry,
         )
         self.refreshes = Counter(
             f"{PREFIX}refreshes",
-            "Snapshot refreshes, by trigger (job, startup, request) and outcome (ok, timeout, redis_unavailable, "
-            "error).",
+            "Snapshot refreshes (full scans), by trigger (job, startup, request, reconcile, feed) and outcome (ok, "
+            "timeout, redis_unavailable, error).",
             ["trigger", "outcome"],
             registry=self.registry,
         )
@@ -75,12 +85,14 @@ class Metrics:
             "Scans started by a request because the snapshot was missing or stale, or the cache is disabled.",
             registry=self.registry,
         )
-        for trigger in ("job", "startup", "request"):  # every series exists from the start, at zero
+        for trigger in _TRIGGERS:  # every series exists from the start, at zero
             for outcome in _OUTCOMES.values():
                 self.refreshes.labels(trigger, outcome)
         self.state = _RefresherCollector(refresher, served, tuple(running_statuses), cache_ttl)
         self.registry.register(self.state)
         self.registry.register(_BuildInfo())
+        if follower is not None:
+            self.registry.register(_FeedCollector(follower))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
@@ -143,6 +155,51 @@ class _RequestCollector(Collector):
             duration.add_metric(values, list(zip(self._bounds, accumulate(counts), strict=True)), total)
         yield requests
         yield duration
+
+
+class _FeedCollector(Collector):
+    """The change feed's state and counters (service.snapshot.follower), read when Prometheus scrapes."""
+
+    _COUNTERS = (
+        ("names", "names", "Key names the change feed announced under the pattern."),
+        ("null_announcements", "everything", "Null announcements (FLUSHALL, FLUSHDB): each a full scan."),
+        ("swapdb", "swaps", "SWAPDB seen in INFO commandstats (not announced): each a full scan."),
+        ("overflows", "overflows", "Times more names were pending than change_buffer holds: a full scan."),
+        ("batches", "batches", "Batches of announced keys read and applied."),
+        ("batch_failures", "batch_failures", "Batches whose reads failed: a full scan followed."),
+        ("keys_read", "keys_read", "Values read by the change feed's batches."),
+        ("departures", "departures", "Tasks that left the running state through a batch."),
+        ("reconnects", "reconnects", "Times the change feed's connection was made again."),
+        ("rescans", "rescans", "Full scans the change feed asked for."),
+        ("reconciliations", "reconciliations", "Reconciliation scans while the change feed was live."),
+        ("missed", "missed", "Changes reconciliation scans found that the feed had not announced (alert on it)."),
+    )
+
+    def __init__(self, follower: Follower) -> None:
+        self._follower = follower
+
+    def collect(self) -> Iterable[Metric]:
+        follower = self._follower
+        state = GaugeMetricFamily(
+            f"{PREFIX}change_feed_state",
+            "1 for the change feed's current state (live: snapshots follow Redis' announcements).",
+            labels=["state"],
+        )
+        for name in _FEED_STATES:
+            state.add_metric([name], 1 if follower.state == name else 0)
+        yield state
+        counters = follower.counters
+        for name, attribute, documentation in self._COUNTERS:
+            yield _counter(f"change_feed_{name}", documentation, getattr(counters, attribute))
+        latency = HistogramMetricFamily(
+            f"{PREFIX}change_feed_latency_seconds",
+            "From a name's arrival to the installed snapshot that holds its value.",
+        )
+        bounds = [repr(bound) for bound in LATENCY_BUCKETS] + ["+Inf"]
+        latency.add_metric(
+            [], list(zip(bounds, accumulate(counters.latency_counts), strict=True)), counters.latency_sum
+        )
+        yield latency
 
 
 class _BuildInfo(Collector):

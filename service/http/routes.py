@@ -18,6 +18,7 @@ from service.query.answers import QueryService
 from service.query.params import QueryError
 from service.settings import Settings
 from service.shapes.operations import CacheStats, Health, Ready
+from service.snapshot.follower import Follower
 from service.snapshot.refresher import Refresher, RefreshFailed
 from service.source.redis_source import RedisSource
 
@@ -48,9 +49,11 @@ class Endpoints:
         queries: QueryService,
         delivery: Delivery,
         source: RedisSource,
-        settings_from: Path | None = None,
+        settings_from: Path | None,
+        follower: Follower,
     ) -> None:
         self.settings = settings
+        self.follower = follower
         self.settings_from = settings_from
         self.refresher = refresher
         self.queries = queries
@@ -153,6 +156,7 @@ async def cache_stats(request: Request) -> Response:
             settings=settings.redacted(),
             settings_file=None if endpoints.settings_from is None else str(endpoints.settings_from),
             query_cache=endpoints.queries.cache_stats(),
+            change_feed=endpoints.follower.info(),
         )
     )
 

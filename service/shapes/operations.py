@@ -50,6 +50,34 @@ class JobInfo(msgspec.Struct, rename="camel"):
     next_run: str | None
 
 
+class ChangeFeedInfo(msgspec.Struct, rename="camel"):
+    """The change feed (docs/operations.md, "The change feed")."""
+
+    mode: Annotated[Literal["auto", "on", "off"], msgspec.Meta(description="the change_feed setting")]
+    state: Annotated[
+        Literal["off", "connecting", "live", "reconnecting", "fallback"],
+        msgspec.Meta(description="live: snapshots follow Redis' announcements; otherwise periodic full scans"),
+    ]
+    reason: Annotated[str | None, msgspec.Meta(description="why the feed is not live, when it is not")]
+    names_received: Count
+    names_ignored: Annotated[Count, msgspec.Meta(description="names under the prefix that the pattern excludes")]
+    null_announcements: Annotated[Count, msgspec.Meta(description="FLUSHALL, FLUSHDB: each a full scan")]
+    swapdb_seen: Annotated[Count, msgspec.Meta(description="SWAPDB, which Redis does not announce: a full scan")]
+    overflows: Annotated[Count, msgspec.Meta(description="times more names were pending than change_buffer")]
+    batches: Count
+    batch_failures: Count
+    keys_read: Count
+    departures: Annotated[Count, msgspec.Meta(description="tasks that left the running state through a batch")]
+    reconnects: Count
+    rescans: Annotated[Count, msgspec.Meta(description="full scans the feed asked for")]
+    reconciliations: Annotated[Count, msgspec.Meta(description="reconciliation scans while the feed was live")]
+    missed: Annotated[Count, msgspec.Meta(description="changes reconciliation scans found unannounced; 0 normally")]
+    last_missed: Count
+    pending: Annotated[Count, msgspec.Meta(description="names waiting for the next batch")]
+    reconcile_interval_seconds: float
+    batch_ms: int
+
+
 class HistoryInfo(msgspec.Struct):
     kept: Count
     size: int
@@ -80,6 +108,7 @@ class CacheStats(msgspec.Struct, rename="camel"):
         str | None, msgspec.Meta(description="the file the settings were read from; null: built-in defaults")
     ]
     query_cache: QueryCacheInfo
+    change_feed: ChangeFeedInfo
 
 
 class Health(msgspec.Struct):

@@ -9,10 +9,13 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from service.domain.history import History
+from service.domain.tasks import task_id_prefix
 from service.domain.tracker import Tracker
 from service.settings import Settings
+from service.snapshot.follower import Follower
 from service.snapshot.refresher import Refresher
 from service.snapshot.worker import RefreshLoop
+from service.source.change_feed import ChangeFeed
 from service.source.redis_source import RedisSource
 from service.source.scanner import Scanner
 
@@ -22,6 +25,7 @@ class Pipeline:
     source: RedisSource
     refresher: Refresher
     history: History
+    follower: Follower
 
 
 def build_pipeline(
@@ -36,4 +40,7 @@ def build_pipeline(
     history = History(rt.history_size, clock)
     tracker = Tracker(rt.producer_key_ttl, stall_after=rt.stall_after, on_departures=history.record)
     scanner = Scanner(source, rt, clock, finished_sink=tracker.observe_finished)
-    return Pipeline(source, Refresher(scanner, tracker, rt, clock, loop), history)
+    refresher = Refresher(scanner, tracker, rt, clock, loop)
+    prefix = task_id_prefix(rt.key_pattern).encode()
+    follower = Follower(refresher, lambda: ChangeFeed(client, prefix, rt.redis_timeout / 1000), rt, source.swapdb_calls)
+    return Pipeline(source, refresher, history, follower)

@@ -23,7 +23,7 @@ from service.shapes.operations import JobInfo, LastRefresh, SnapshotInfo
 from service.snapshot.snapshot import Snapshot, build_snapshot
 from service.snapshot.worker import RefreshLoop
 from service.source.failures import Failure, classify, describe
-from service.source.scanner import Scanner
+from service.source.scanner import KeyReads, Scanner, ScanStats
 
 logger = logging.getLogger("service.snapshot.refresher")
 
@@ -139,11 +139,25 @@ class Refresher:
         self.counters = Counters()
         self.listeners: list[RefreshListener] = []
         self._failing: Failure | None = None
+        # A full scan and a change feed's batch never run at once: both change the tracker and the scanner's memory.
+        self._lock = asyncio.Lock()
+        # Set by the change feed's follower (service.snapshot.follower) while its feed is live: the job then only
+        # applies what time changes, and scans fully every `reconcile_interval`.
+        self.feed_live = False
+        self._last_full_scan = 0.0  # monotonic, the end of the last complete scan
+        # task keys the last complete scan found changed, appeared or gone: what a reconciliation measures
+        self.last_scan_changes: set[bytes] = set()
+        self.ticks = 0  # snapshots made for what time alone changed (the job, while the feed is live)
 
     @property
     def scanning(self) -> bool:
         """Whether a scan is running right now."""
         return self._inflight is not None
+
+    @property
+    def failing(self) -> bool:
+        """Whether the last refresh failed."""
+        return self._failure is not None
 
     @property
     def scanner(self) -> Scanner:
@@ -172,6 +186,10 @@ class Refresher:
             task.exception()  # retrieved here so that a failure nobody awaited is not reported as lost
 
     async def _refresh(self, trigger: str) -> Snapshot:
+        async with self._lock:
+            return await self._full_scan(trigger)
+
+    async def _full_scan(self, trigger: str) -> Snapshot:
         started_ms = self._clock()
         started = time.perf_counter()
         self._tracker.begin_scan()
@@ -190,14 +208,11 @@ class Refresher:
         finally:
             if collecting:
                 gc.enable()
-        self._tracker.end_scan()
-        views: list[TaskView] = []
-        for part in self._tracker.views_in_slices():  # tens of thousands of tasks: yield between slices
-            await asyncio.sleep(0)
-            views += part
-        self._generation += 1
-        snapshot = await build_snapshot(self._generation, views, stats, self._clock(), self.snapshot, self._etag_prefix)
-        self.snapshot = snapshot
+        departed = self._tracker.end_scan()
+        prefix = self._scanner.prefix
+        self.last_scan_changes = self._scanner.changed | {prefix + task_id.encode() for task_id in departed}
+        self._last_full_scan = time.monotonic()
+        snapshot = await self._install(stats)
         # What survives a refresh lives until a later refresh replaces it, and reference counting frees it then
         # (it forms no cycles). Frozen, the cyclic collector no longer walks it on every full collection, each of
         # which was an event-loop stall with a large workload.
@@ -229,6 +244,42 @@ class Refresher:
             duration,
         )
         return snapshot
+
+    async def _install(self, stats: ScanStats) -> Snapshot:
+        """The next snapshot, from the tracker's views; `stats` are the last complete scan's."""
+        views: list[TaskView] = []
+        for part in self._tracker.views_in_slices():  # tens of thousands of tasks: yield between slices
+            await asyncio.sleep(0)
+            views += part
+        self._generation += 1
+        snapshot = await build_snapshot(self._generation, views, stats, self._clock(), self.snapshot, self._etag_prefix)
+        self.snapshot = snapshot
+        return snapshot
+
+    @_on_refresh_loop
+    async def apply_changes(self, keys: list[bytes]) -> KeyReads | None:
+        """A change feed's batch: read the values of `keys`, take them in, and install the next snapshot, made
+        from the previous one plus those tasks (only they are rendered again). None before the first complete
+        scan, which reads them anyway. Raises the client's errors."""
+        async with self._lock:
+            if self.snapshot is None:
+                return None
+            reads = await self._scanner.read_keys(keys)
+            self._tracker.apply(reads.running, reads.finished, reads.absent)
+            self._tracker.retime(self._clock())
+            await self._install(self.snapshot.stats)
+            return reads
+
+    @_on_refresh_loop
+    async def tick(self) -> Snapshot | None:
+        """What time alone changes (stalled, a passed estimate), without reading Redis: the job's work while the
+        change feed is live."""
+        async with self._lock:
+            if self.snapshot is None:
+                return None
+            self._tracker.retime(self._clock())
+            self.ticks += 1
+            return await self._install(self.snapshot.stats)
 
     def _record_failure(self, exc: Exception, trigger: str, started_ms: int, started: float) -> RefreshFailed:
         failure_kind = classify(exc)
@@ -296,7 +347,14 @@ class Refresher:
         if self._stopped:
             return  # a tick the scheduler had already handed to the loop when it shut down
         try:
-            await self.refresh("job")
+            if not self.feed_live or self._failure is not None:
+                # periodic scans without the feed, and after a failure until one succeeds: the feed's connection
+                # may live on while Redis fails the others
+                await self.refresh("job")
+            elif time.monotonic() - self._last_full_scan >= self._settings.reconcile_interval:
+                await self.refresh("reconcile")
+            else:
+                await self.tick()
         except RefreshFailed:
             pass  # counted and logged where it happened
         except asyncio.CancelledError:

@@ -33,36 +33,50 @@ WRONG_TYPE = -3
 # bound. Redis does the work of SCAN plus two lookups per key.
 # On Redis 6, which has no PEXPIRETIME, the expiry comes from PTTL and the clock (a millisecond of rounding
 # then costs a re-read now and then).
-_SCAN_LUA = """
-local page = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
+_KEY_LUA = """
+local function describe(out, now_ms, keys)
+  local expiretime = true
+  for _, key in ipairs(keys) do
+    local at
+    if expiretime then
+      at = redis.pcall('PEXPIRETIME', key)
+      if type(at) == 'table' then expiretime = false end
+    end
+    if not expiretime then
+      -- Redis before 7.0 has no PEXPIRETIME: the same instant from the TTL, give or take a millisecond
+      at = redis.call('PTTL', key)
+      if at >= 0 then at = now_ms + at end
+    end
+    local size = 0
+    if at ~= -2 then
+      size = redis.pcall('STRLEN', key)
+      if type(size) == 'table' then
+        at, size = -3, 0
+      end
+    end
+    out[#out + 1] = key
+    out[#out + 1] = at
+    out[#out + 1] = size
+  end
+  return out
+end
 local now = redis.call('TIME')
 local now_ms = now[1] * 1000 + math.floor(now[2] / 1000)
-local out = {page[1], now_ms}
-local expiretime = true
-for _, key in ipairs(page[2]) do
-  local at
-  if expiretime then
-    at = redis.pcall('PEXPIRETIME', key)
-    if type(at) == 'table' then expiretime = false end
-  end
-  if not expiretime then
-    -- Redis before 7.0 has no PEXPIRETIME: the same instant from the TTL, give or take a millisecond
-    at = redis.call('PTTL', key)
-    if at >= 0 then at = now_ms + at end
-  end
-  local size = 0
-  if at ~= -2 then
-    size = redis.pcall('STRLEN', key)
-    if type(size) == 'table' then
-      at, size = -3, 0
-    end
-  end
-  out[#out + 1] = key
-  out[#out + 1] = at
-  out[#out + 1] = size
-end
-return out
 """
+_SCAN_LUA = (
+    _KEY_LUA
+    + """
+local page = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
+return describe({page[1], now_ms}, now_ms, page[2])
+"""
+)
+# The same description of keys named by the change feed (service.source.change_feed); the keys come as KEYS.
+_LOOKUP_LUA = (
+    _KEY_LUA
+    + """
+return describe({'0', now_ms}, now_ms, KEYS)
+"""
+)
 
 
 class KeyMeta(NamedTuple):
@@ -148,6 +162,7 @@ class RedisSource:
         self._retry = reconnecting()
         self._fetch_max_bytes = fetch_max_bytes
         self._scan_sha = client.register_script(_SCAN_LUA).sha
+        self._lookup_sha = client.register_script(_LOOKUP_LUA).sha
 
     async def _command(self, *args: bytes) -> Any:
         """One command on a pooled connection, packed here rather than by the client, sent again on a fresh
@@ -178,6 +193,26 @@ class RedisSource:
             await self.client.script_load(_SCAN_LUA)
             reply = await self.client.evalsha(self._scan_sha, 0, cursor, pattern, count)
         return reply
+
+    async def lookup(self, keys: list[bytes]) -> ScanPage:
+        """Each of `keys` with its expiry time and length, as a SCAN page would tell them, in one round trip."""
+        args = (self._lookup_sha.encode(), b"%d" % len(keys), *keys)
+        try:
+            reply = await self._command(b"EVALSHA", *args)
+        except redis.exceptions.NoScriptError:  # a restarted or flushed Redis: load it again
+            await self.client.script_load(_LOOKUP_LUA)
+            reply = await self._command(b"EVALSHA", *args)
+        return ScanPage(int(reply[1]), reply[2::3], reply[3::3], reply[4::3])
+
+    async def swapdb_calls(self) -> int | None:
+        """How many SWAPDB commands Redis has run (INFO commandstats), None when it will not say: client tracking
+        announces no SWAPDB (Redis 7.0), so the change feed watches this count instead."""
+        try:
+            stats = await self.client.info("commandstats")
+        except redis.exceptions.ResponseError:  # INFO denied (ACL) or renamed away
+            return None
+        entry = stats.get("cmdstat_swapdb")
+        return int(entry["calls"]) if isinstance(entry, dict) else 0
 
     async def ping(self) -> bool:
         return bool(await self.client.ping())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -39,6 +40,16 @@ class ScanStats:
 
     def as_dict(self) -> dict[str, int | float]:
         return dataclasses.asdict(self)
+
+
+@dataclass(slots=True)
+class KeyReads:
+    """What reading a set of named keys found (service.snapshot.follower's batches)."""
+
+    stats: ScanStats
+    running: list[Observation]  # running tasks, with their new values
+    finished: list[Observation]  # tasks now in a finished status
+    absent: list[str]  # task ids whose key is gone, of another type or holds no task: not running
 
 
 # What the scanner remembers of a value it decoded: the task if running, its status if finished,
@@ -96,10 +107,18 @@ class Scanner:
         self._scans = 0
         self._deadline = 0.0  # event-loop time at which the current scan is over its budget
         self.current: ScanStats | None = None
+        # keys whose value the last scan read and found different from what was remembered (or new): what a
+        # reconciliation scan finds that the change feed did not announce
+        self.changed: set[bytes] = set()
 
     @property
     def source(self) -> RedisSource:
         return self._source
+
+    @property
+    def prefix(self) -> bytes:
+        """The task keys' literal prefix: a key is this plus the task id."""
+        return self._prefix
 
     async def scan(self, sink: PageSink) -> ScanStats:
         """One full scan; `sink` gets each page's running tasks as soon as the page is decoded.
@@ -109,6 +128,7 @@ class Scanner:
         self.current = stats  # readable while the scan runs, e.g. by a progress display
         started = time.perf_counter()
         decoded: dict[bytes, _Memory] = {}
+        self.changed = set()
         self._scans += 1
         # A producer rewrite (SET EX) always moves a key's expiry, so a value with the expiry it had in the last
         # scan is not read again. Every `full_read_every`-th scan reads them all anyway, so that a
@@ -266,6 +286,8 @@ class Scanner:
                 continue
             fingerprint = hash(value)
             known = previous.get(key)
+            if known is None or known[0] != fingerprint:
+                self.changed.add(key)
             if known is not None and known[0] == fingerprint:
                 entry = known[3]
                 # The same memory object when nothing moved: a full read then leaves no new objects for the
@@ -284,6 +306,42 @@ class Scanner:
                 decoded[key] = (fingerprint, expire_at, size, entry)
             if (task := _counted(entry, stats)) is not None:
                 yield Observation(task, fingerprint, pttl, seen_ms)
+
+    async def read_keys(self, keys: list[bytes]) -> KeyReads:
+        """Read and decode the values of `keys` (keys under the pattern that the change feed named) with the
+        scan's own lookups, byte-bounded fetches and decoding, and remember them as a scan would: the next scan
+        does not read them again. Not while a scan runs (the refresher keeps the two apart)."""
+        stats = ScanStats(started_ms=self._clock())
+        page = await self._source.lookup(keys)
+        seen_ms = self._clock()
+        plen = len(self._prefix)
+        memory = self._decoded
+        absent: list[str] = []
+        wanted: _Batch = []
+        for meta in page.metas():
+            key, expire_at = meta.key, meta.expire_at
+            stats.keys_scanned += 1
+            if expire_at in (MISSING, WRONG_TYPE) or key == self._prefix:
+                memory.pop(key, None)
+                stats.expired += expire_at == MISSING
+                stats.malformed += expire_at == WRONG_TYPE
+                stats.empty_id += key == self._prefix
+                with contextlib.suppress(UnicodeDecodeError):
+                    absent.append(key[plen:].decode())
+            else:
+                wanted.append((meta, seen_ms))
+        values = await self._source.read([meta for meta, _ in wanted]) if wanted else []
+        stats.fetches += 1 if wanted else 0
+        finished: list[Observation] = []
+        running = list(self._decode_fetched(wanted, values, stats, memory, finished))
+        settled = {obs.task.task_id for obs in running} | {obs.task.task_id for obs in finished}
+        for meta, _ in wanted:
+            with contextlib.suppress(UnicodeDecodeError):
+                task_id = meta.key[plen:].decode()
+                if task_id not in settled:
+                    absent.append(task_id)  # gone since the lookup, malformed, or finished and known as such
+        stats.duration_ms = round(self._clock() - stats.started_ms, 3)
+        return KeyReads(stats, running, finished, absent)
 
     def _decode(self, task_id: str, value: bytes) -> StoredTask | None:
         """The value's task, or None when it is malformed. Whatever one value makes the decoder raise stays with

@@ -106,8 +106,13 @@ async def test_redis_dying_keeps_the_last_snapshot_until_it_is_stale(own_redis_s
 
 async def test_a_hung_redis_cannot_pile_up_refreshes(own_redis_server: RedisServerProcess) -> None:
     seed(own_redis_server.url)
-    settings = make_settings(
-        url=own_redis_server.url, refresh_interval=0.05, cache_ttl=1, redis_timeout=1500, max_scan_time=1000
+    settings = make_settings(  # the periodic scans' behaviour (the feed's: tests/snapshot/test_follower.py)
+        url=own_redis_server.url,
+        refresh_interval=0.05,
+        cache_ttl=1,
+        redis_timeout=1500,
+        max_scan_time=1000,
+        change_feed="off",
     )
     app = create_app(settings)
     refresher = app.state.refresher
