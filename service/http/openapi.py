@@ -5,7 +5,14 @@ endpoints; a test checks it against the app's routes.
 The data schemas are generated from the structs the service encodes its answers from (service.shapes) by
 `msgspec.json.schema_components`, so the document cannot drift from what is sent; `_refine` then adds only what
 a struct's types cannot say: the configured running statuses, the vocabulary's outcomes and file names, the
-query's page bounds. Enumerations and bounds come from the modules that enforce them.
+query's page bounds, and one error schema per failure (`Error` with its `code` fixed). Enumerations and bounds
+come from the modules that enforce them.
+
+The document is written so that client generators take it whole (tests/http/test_generated_client.py runs
+openapi-python-client and datamodel-code-generator on it): a single-valued `Literal` is a `const`, not a
+one-item `enum` (no generator types a boolean enum); every error response names a complete schema of its own,
+not an `allOf` that narrows `Error` (openapi-python-client cannot merge an integer with a `const`, and drops
+the response); no `oneOf`.
 
 To describe a new endpoint: a shape for its answer in service.shapes (listed in `ANSWERS`), its query parameters
 in `parameters()`, and an `Operation` in `OPERATIONS` (its access level decides the 401/429 answers and the
@@ -13,6 +20,7 @@ security requirement)."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -61,7 +69,8 @@ def ok_name(shape: type) -> str:
 
 
 def schemas(settings: Settings) -> dict[str, dict[str, Any]]:
-    """The data schemas: generated from the shapes, refined (`_refine`), and `Instant` (a query parameter's)."""
+    """The data schemas: generated from the shapes, stated as generators read them (`_constants`), refined
+    (`_refine`), the failures' (`_errors`), and `Instant` (a query parameter's)."""
     envelopes = [Ok[shape] for shape in ANSWERS]  # type: ignore[valid-type]  # made at run time
     refs, generated = msgspec.json.schema_components([*envelopes, *OTHER_SHAPES], ref_template=ref("{name}")["$ref"])
     # msgspec names the envelope around X (the first refs) `Ok_X_`; the document calls it `XOk`
@@ -77,8 +86,22 @@ def schemas(settings: Settings) -> dict[str, dict[str, Any]]:
         properties = schema.get("properties", {})
         required = set(schema.get("required", ()))
         schema["required"] = [key for key, value in properties.items() if key in required or "default" in value]
+    _constants(components)
     _refine(components, settings.running_tasks.running_statuses)
-    return {**components, "Instant": INSTANT}
+    return {**components, **_errors(components["Error"]), "Instant": INSTANT}
+
+
+def _constants(node: Any) -> None:
+    """msgspec states a `Literal` of one value as a one-item `enum`; generators type a `const` (a `Literal` in
+    Python) but not a boolean enum, and make a one-member Python enum of the others."""
+    if isinstance(node, dict):
+        if len(node.get("enum", ())) == 1:
+            node["const"] = node.pop("enum")[0]
+        for value in node.values():
+            _constants(value)
+    elif isinstance(node, list):
+        for item in node:
+            _constants(item)
 
 
 def _refine(components: dict[str, dict[str, Any]], running_statuses: Sequence[str]) -> None:
@@ -138,13 +161,34 @@ def _headers(extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return {**common, **(extra or {})}
 
 
-def _error(code: ErrorCode, **narrowed: Any) -> dict[str, Any]:
-    """`Error` with `code` (and the properties of `narrowed`) fixed for one failure."""
-    return {"allOf": [ref("Error"), {"properties": {"code": {"const": code.status}, **narrowed}}]}
+_LEFT = f"left the running state as ({'|'.join(OUTCOMES)}) at .+ \\(see /tasks/finished\\)"
+
+# The failures an operation may answer, each the schema `Error` with `code` fixed to its status (and `message`
+# narrowed where it has a form of its own): a generated client parses each into a class of its own.
+ERRORS: dict[str, tuple[ErrorCode, dict[str, Any]]] = {
+    "Unauthorized": (ErrorCode.UNAUTHORIZED, {}),
+    "NotRunning": (ErrorCode.NOT_FOUND, {"pattern": f"^task .* is not running(: it {_LEFT})?$"}),
+    "TooManyRequests": (ErrorCode.TOO_MANY_REQUESTS, {}),
+    "InternalError": (ErrorCode.INTERNAL, {}),
+    "RedisUnavailable": (ErrorCode.REDIS_UNAVAILABLE, {}),
+    "Timeout": (ErrorCode.TIMEOUT, {}),
+}
 
 
-def _error_response(code: ErrorCode, description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    return json_response(f"{description} (message: {code.message})", _error(code), headers)
+def _errors(error: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The schemas of `ERRORS`, made from the generated schema of `Error`."""
+    made = {}
+    for name, (code, message) in ERRORS.items():
+        schema = copy.deepcopy(error)
+        schema.update(title=name, description=f"{error['description']} Here {code.status}.")
+        schema["properties"]["code"] = {"const": code.status, "default": code.status}  # as BadRequest's
+        schema["properties"]["message"].update(message)
+        made[name] = schema
+    return made
+
+
+def _error_response(name: str, description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    return json_response(f"{description} (message: {ERRORS[name][0].message})", ref(name), headers)
 
 
 _SNAPSHOT_HEADERS = {"ETag": ref("ETag", "headers"), "X-Snapshot-Generation": ref("SnapshotGeneration", "headers")}
@@ -156,18 +200,18 @@ RESPONSES: dict[str, dict[str, Any]] = {
         ref("BadRequest"),
     ),
     "Unauthorized": _error_response(
-        ErrorCode.UNAUTHORIZED,
+        "Unauthorized",
         "No valid bearer token",
         {"WWW-Authenticate": {"description": 'Bearer realm="running-tasks"', "schema": {"type": "string"}}},
     ),
     "TooManyRequests": _error_response(
-        ErrorCode.TOO_MANY_REQUESTS,
+        "TooManyRequests",
         "The client's rate limit is used up",
         {"Retry-After": {"description": "seconds to wait", "schema": {"type": "string", "pattern": "^[1-9][0-9]*$"}}},
     ),
-    "InternalError": _error_response(ErrorCode.INTERNAL, "An unexpected error; the details are in the log only"),
-    "RedisUnavailable": _error_response(ErrorCode.REDIS_UNAVAILABLE, "Redis cannot be reached"),
-    "Timeout": _error_response(ErrorCode.TIMEOUT, "The scan exceeded its time budget"),
+    "InternalError": _error_response("InternalError", "An unexpected error; the details are in the log only"),
+    "RedisUnavailable": _error_response("RedisUnavailable", "Redis cannot be reached"),
+    "Timeout": _error_response("Timeout", "The scan exceeded its time budget"),
     "NotModified": {
         "description": "The answer still has an ETag of If-None-Match",
         "headers": _headers(_SNAPSHOT_HEADERS),
@@ -323,10 +367,8 @@ def _answers(description: str, shape: type, more: dict[str, Any] | None = None) 
 
 
 _BAD_REQUEST = {"400": ref("BadRequest", "responses")}
-_LEFT = f"left the running state as ({'|'.join(OUTCOMES)}) at .+ \\(see /tasks/finished\\)"
 _NOT_RUNNING = json_response(
-    "The task is not running; when the history saw it leave, the message says how and when",
-    _error(ErrorCode.NOT_FOUND, message={"pattern": f"^task .* is not running(: it {_LEFT})?$"}),
+    "The task is not running; when the history saw it leave, the message says how and when", ref("NotRunning")
 )
 
 _TEXT = {"schema": {"type": "string"}}

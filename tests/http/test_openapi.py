@@ -34,12 +34,12 @@ from service.domain.times import parse_time
 from service.domain.vocabulary import FILE_OPERATES, FILE_STATUSES, OUTCOME_ALIASES, OUTCOMES
 from service.http import security
 from service.http.app import create_app
-from service.http.openapi import OPERATIONS, Access, build_document
+from service.http.openapi import ERRORS, OPERATIONS, Access, build_document
 from service.query.finished import DEFAULT_FINISHED_PAGE_SIZE
 from service.query.params import DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_PAGE_SIZE, parse_instant
 from service.query.project import BASE_FIELDS
 from service.settings import Settings, settings_from_mapping
-from service.shapes.envelope import Ok
+from service.shapes.envelope import Error, Ok
 from service.shapes.stats import TaskStats
 from service.shapes.tasks import FinishedTask, Outcome, Task
 
@@ -126,14 +126,37 @@ def test_document_states_the_vocabulary_and_the_bounds() -> None:
         assert schemas[shape]["properties"]["page"]["maximum"] == MAX_PAGE
         assert schemas[shape]["properties"]["pageSize"]["maximum"] == MAX_PAGE_SIZE
     assert "oneOf" not in schemas["Distribution"]
-    # each error response narrows `code` with a const: the shared Error schema states no enum of its own
+    # the shared Error schema states no enum of its own; each failure's schema is Error with its code fixed
     assert schemas["Error"]["properties"]["code"] == {"type": "integer"}
+    for name, (code, _) in ERRORS.items():
+        assert schemas[name]["properties"]["code"]["const"] == code.status, name
+        assert list(schemas[name]["properties"]) == list(schemas["Error"]["properties"]), name
+    assert schemas["BadRequest"]["properties"]["code"]["const"] == 400
+    # a single-valued Literal is a const (generators type it), never a one-item enum
+    assert schemas["RunningTasksOk"]["properties"]["success"] == {"const": True, "default": True}
+    assert not [node for node in _nodes(DOCUMENT) if len(node.get("enum", ())) == 1]
+    # and no composition a generator has to merge or choose from (each error names a complete schema)
+    assert not [node for node in _nodes(DOCUMENT) if {"allOf", "oneOf"} & node.keys()]
+
+
+def _nodes(node: Any) -> Iterator[dict[str, Any]]:
+    """Every object in `node`, `node` included."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _nodes(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _nodes(item)
 
 
 def _shape_of(component: str) -> type[msgspec.Struct] | None:
-    """The struct a component of the document is generated from (`XOk`: the envelope `Ok` around X)."""
+    """The struct a component of the document is generated from (`XOk`: the envelope `Ok` around X; a failure of
+    ERRORS: `Error`)."""
     if component.endswith("Ok"):
         return Ok
+    if component in ERRORS:
+        return Error
     for module in (service.shapes.tasks, service.shapes.stats, service.shapes.operations, service.shapes.envelope):
         found = getattr(module, component, None)
         if isinstance(found, type) and issubclass(found, msgspec.Struct):
