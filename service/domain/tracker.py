@@ -149,26 +149,31 @@ class Tracker:
         self._finished = {}
         return [task_id for task_id, _ in gone]
 
-    def apply(self, running: Iterable[Observation], finished: Iterable[Observation], absent: Iterable[str]) -> int:
+    def apply(
+        self, running: list[Observation], finished: Iterable[Observation], absent: Iterable[str]
+    ) -> dict[str, TaskView | None]:
         """Take in what the change feed's batch read, between scans: running tasks' new values, tasks now in a
         finished status, and tasks whose key is gone or holds no running task. Departures go to the sink at once.
-        Returns how many tracked tasks departed."""
+        Returns the tasks touched: id -> its view now, None when it is no longer running."""
         self.observe(running)
         self._merge_added()
+        touched: dict[str, TaskView | None] = {obs.task.task_id: self._states[obs.task.task_id].view for obs in running}
         gone: list[Departure] = []
         for obs in finished:
             state = self._states.get(obs.task.task_id)
             if state is not None:
                 self._forget(obs.task.task_id, state)
                 gone.append(self._departure(state, obs))
+                touched[obs.task.task_id] = None
         for task_id in absent:
             state = self._states.get(task_id)
             if state is not None:
                 self._forget(task_id, state)
                 gone.append(Departure(state.view, state.seen_ms, None, state.seen_ms))
+                touched[task_id] = None
         if gone and self._on_departures is not None:
             self._on_departures(gone)
-        return len(gone)
+        return touched
 
     def _forget(self, task_id: str, state: _State) -> None:
         del self._states[task_id]
@@ -176,19 +181,18 @@ class Tracker:
         self._finished.pop(task_id, None)
         self._order.pop(bisect.bisect_left(self._order, (-state.view.start_ms, task_id)))
 
-    def retime(self, now_ms: int) -> int:
+    def retime(self, now_ms: int) -> dict[str, TaskView | None]:
         """What time alone changes, with no value read: a task turns stalled, a passed estimate is made again.
-        Returns how many views changed."""
-        changed = 0
-        for state in self._states.values():
+        Returns the views that changed, by task id."""
+        changed: dict[str, TaskView | None] = {}
+        for task_id, state in self._states.items():
             view = state.view
             stalled = now_ms - view.update_ms >= self._stall_ms
             eta_ms = view.eta_ms
             if eta_ms is not None and eta_ms < now_ms:
                 eta_ms = estimate_completion(state.anchor, state.last, now_ms)
             if stalled != view.stalled or eta_ms != view.eta_ms:
-                state.view = msgspec.structs.replace(view, stalled=stalled, eta_ms=eta_ms)
-                changed += 1
+                state.view = changed[task_id] = msgspec.structs.replace(view, stalled=stalled, eta_ms=eta_ms)
         return changed
 
     def _departure(self, state: _State, final: Observation | None) -> Departure:

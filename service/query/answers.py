@@ -8,7 +8,6 @@ from collections.abc import Iterable
 
 from service.domain.history import History
 from service.domain.times import format_time
-from service.domain.tracker import TaskView
 from service.query.finished import FinishedQuery, parse_finished_query, render_finished
 from service.query.params import Params
 from service.query.project import Projection, parse_projection, render_task
@@ -31,7 +30,6 @@ class QueryService:
         self.history = history
         self.cache = ResultCache(settings.query_cache_size, settings.query_cache_bytes)
         self._token = secrets.token_hex(4)  # tags of another process never match this one's
-        self._index: tuple[str, dict[str, TaskView]] = ("", {})
 
     # -- parsing (raises QueryError) -------------------------------------------------------------------
 
@@ -60,9 +58,10 @@ class QueryService:
 
     def task(self, snapshot: Snapshot, task_id: str, projection: Projection) -> Rendered | None:
         """One running task, or None; its ETag follows its content, so it survives changes to other tasks."""
-        view = self._by_id(snapshot).get(task_id)
-        if view is None:
+        entry = snapshot.entries.get(task_id)
+        if entry is None:
             return None
+        view = entry[0]
 
         def render() -> Rendered:
             body = ok_body(render_task(view, snapshot.head(view), projection))
@@ -101,9 +100,8 @@ class QueryService:
         return self.cache.get_or_render(("stats", base), render)
 
     def forget(self) -> None:
-        """Drop every cached answer and the id index: the next query is computed as on a new snapshot."""
+        """Drop every cached answer: the next query is computed as on a new snapshot."""
         self.cache.clear()
-        self._index = ("", {})
 
     def cache_stats(self) -> QueryCacheInfo:
         history = self.history
@@ -111,12 +109,3 @@ class QueryService:
             **self.cache.stats(),
             history=HistoryInfo(kept=len(history), size=history.size, version=history.version),
         )
-
-    def _by_id(self, snapshot: Snapshot) -> dict[str, TaskView]:
-        # built once per snapshot body, on the first lookup: no linear scan per request, no cost for a
-        # snapshot nobody asks a single task of
-        etag, index = self._index
-        if etag != snapshot.etag:
-            index = {view.task_id: view for view in snapshot.tasks}
-            self._index = (snapshot.etag, index)
-        return index

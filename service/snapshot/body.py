@@ -126,13 +126,18 @@ async def render_body(
             await asyncio.sleep(0)
     if run:
         segments.append(_segment(run, run_parts, reusable, separator))
+    return assemble(prefix, segments, separator, suffix), tuple(segments)
+
+
+def assemble(prefix: bytes, segments: Sequence[Segment], separator: bytes, suffix: bytes) -> RenderedBody:
+    """The body made of `segments` (each item's chunks start with `separator`) between `prefix` and `suffix`."""
     chunks = [prefix, *(chunk for segment in segments for chunk in segment.chunks), suffix]
     if segments:
         chunks[1] = chunks[1][len(separator) :]  # nothing before the first item
     chunks = [chunk for chunk in chunks if chunk]
     if len(chunks) > 1 and sum(len(chunk) for chunk in chunks) <= ONE_CHUNK_BYTES:
         chunks = [b"".join(chunks)]  # one send per request; the copy of a small body costs nothing
-    return RenderedBody(chunks), tuple(segments)
+    return RenderedBody(chunks)
 
 
 def _segment(run: list[T], run_parts: list[Sequence[bytes]], reusable: dict[int, Segment], separator: bytes) -> Segment:

@@ -20,7 +20,7 @@ from service.domain.times import format_time
 from service.domain.tracker import TaskView, Tracker
 from service.settings import RunningTasksSettings
 from service.shapes.operations import JobInfo, LastRefresh, SnapshotInfo
-from service.snapshot.snapshot import Snapshot, build_snapshot
+from service.snapshot.snapshot import Snapshot, build_snapshot, update_snapshot
 from service.snapshot.worker import RefreshLoop
 from service.source.failures import Failure, classify, describe
 from service.source.scanner import KeyReads, Scanner, ScanStats
@@ -245,14 +245,20 @@ class Refresher:
         )
         return snapshot
 
-    async def _install(self, stats: ScanStats) -> Snapshot:
-        """The next snapshot, from the tracker's views; `stats` are the last complete scan's."""
-        views: list[TaskView] = []
-        for part in self._tracker.views_in_slices():  # tens of thousands of tasks: yield between slices
-            await asyncio.sleep(0)
-            views += part
+    async def _install(self, stats: ScanStats, touched: dict[str, TaskView | None] | None = None) -> Snapshot:
+        """The next snapshot, from the tracker's views; `stats` are the last complete scan's. `touched`: only those
+        tasks may have changed since the snapshot installed last (a batch, a tick): the snapshot is updated, not
+        built again."""
         self._generation += 1
-        snapshot = await build_snapshot(self._generation, views, stats, self._clock(), self.snapshot, self._etag_prefix)
+        previous, now = self.snapshot, self._clock()
+        if touched is not None and previous is not None:
+            snapshot = await update_snapshot(self._generation, previous, touched, now, self._etag_prefix)
+        else:
+            views: list[TaskView] = []
+            for part in self._tracker.views_in_slices():  # tens of thousands of tasks: yield between slices
+                await asyncio.sleep(0)
+                views += part
+            snapshot = await build_snapshot(self._generation, views, stats, now, previous, self._etag_prefix)
         self.snapshot = snapshot
         return snapshot
 
@@ -265,9 +271,8 @@ class Refresher:
             if self.snapshot is None:
                 return None
             reads = await self._scanner.read_keys(keys)
-            self._tracker.apply(reads.running, reads.finished, reads.absent)
-            self._tracker.retime(self._clock())
-            await self._install(self.snapshot.stats)
+            touched = self._tracker.apply(reads.running, reads.finished, reads.absent)
+            await self._install(self.snapshot.stats, touched)
             return reads
 
     @_on_refresh_loop
@@ -277,9 +282,9 @@ class Refresher:
         async with self._lock:
             if self.snapshot is None:
                 return None
-            self._tracker.retime(self._clock())
+            touched = self._tracker.retime(self._clock())
             self.ticks += 1
-            return await self._install(self.snapshot.stats)
+            return await self._install(self.snapshot.stats, touched)
 
     def _record_failure(self, exc: Exception, trigger: str, started_ms: int, started: float) -> RefreshFailed:
         failure_kind = classify(exc)

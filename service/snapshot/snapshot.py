@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
+import dataclasses
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -11,16 +14,19 @@ import msgspec
 from service.domain.tracker import TaskView
 from service.shapes.envelope import OK_PREFIX
 from service.shapes.tasks import RunningTasks
-from service.snapshot.body import Rendered, RenderedBody, Segment, render_body
+from service.snapshot.body import Rendered, RenderedBody, Segment, assemble, render_body
 from service.snapshot.render import task_head
 from service.source.scanner import ScanStats
 
 # A task with its JSON head, rendered when the task's view changed; the same tuple while it does not.
 Entry = tuple[TaskView, bytes]
+# Where a task stands in the serving order (newest start first, ties by task id).
+TaskKey = tuple[int, str]
 _encode = msgspec.json.Encoder().encode
 # The event loop gets a turn after this much work while a snapshot's tasks are gathered: a task looked up counts
 # one, a head rendered as many as _RENDER_WORK lookups (about what rendering one costs).
 _WORK_PER_TURN = 4096
+_SEPARATOR, _SUFFIX = b",", b"]}}"
 _RENDER_WORK = 40
 
 
@@ -34,6 +40,7 @@ class Snapshot:
     rendered: Rendered = field(compare=False, repr=False)  # the running list's whole success envelope
     stats: ScanStats = field(compare=False)
     segments: tuple[Segment, ...] = field(default=(), compare=False, repr=False)  # how the body was cut
+    segment_keys: tuple[TaskKey, ...] = field(default=(), compare=False, repr=False)  # each segment's first task
 
     @property
     def body(self) -> RenderedBody:
@@ -81,21 +88,106 @@ async def build_snapshot(
             work = 0
             await asyncio.sleep(0)
     if previous is not None and _same_tasks(previous.tasks, tasks):
-        body, segments = previous.rendered, previous.segments
+        body, segments, keys = previous.rendered, previous.segments, previous.segment_keys
     else:
-        # the envelope and RunningTasks up to its task list, from the shapes themselves
-        prefix = OK_PREFIX + _encode(RunningTasks(total_tasks=len(tasks), tasks=[]))[: -len(b"]}")]
         made, segments = await render_body(
-            prefix,
+            _prefix(len(tasks)),
             list(entries.values()),
             _parts,
-            b",",
-            b"]}}",
+            _SEPARATOR,
+            _SUFFIX,
             ends_segment=_ends_segment,
             previous=() if previous is None else previous.segments,
         )
         body = Rendered(made, f'"{etag_prefix}-{generation}"')
-    return Snapshot(generation, built_ms, time.monotonic(), tuple(tasks), entries, body, stats, segments)
+        keys = _segment_keys(segments)
+    return Snapshot(generation, built_ms, time.monotonic(), tuple(tasks), entries, body, stats, segments, keys)
+
+
+async def update_snapshot(
+    generation: int,
+    previous: Snapshot,
+    touched: Mapping[str, TaskView | None],
+    built_ms: int,
+    etag_prefix: str,
+) -> Snapshot:
+    """The next snapshot when only the tasks of `touched` may differ from `previous` (id -> its view now, None: no
+    longer running): what a change feed's batch made. Its cost follows the changes, not the number of tasks: the
+    order is `previous`'s with the touched tasks taken out and put back in place, only they are rendered, and only
+    the segments of the body that held them or now hold them are cut again (found by their first task's place in
+    the order); every other segment is taken as it is."""
+    known = previous.entries
+    changed = {task_id: view for task_id, view in touched.items() if known.get(task_id, (None,))[0] is not view}
+    if not changed:
+        return dataclasses.replace(previous, generation=generation, built_ms=built_ms, built_monotonic=time.monotonic())
+    entries = dict(known)
+    tasks = list(previous.tasks)
+    moved: list[TaskKey] = []  # the places that changed: where touched tasks were, and where they are now
+    for task_id, view in changed.items():
+        old = known.get(task_id)
+        if old is not None:
+            key = task_key(old[0])
+            del tasks[bisect.bisect_left(tasks, key, key=task_key)]
+            moved.append(key)
+        if view is None:
+            entries.pop(task_id, None)
+        else:
+            entries[task_id] = (view, task_head(view))
+            bisect.insort(tasks, view, key=task_key)
+            moved.append(task_key(view))
+    if not previous.segments:
+        return await build_snapshot(generation, tasks, previous.stats, built_ms, previous, etag_prefix)
+    segments, keys = previous.segments, previous.segment_keys
+    affected = sorted({max(bisect.bisect_right(keys, key) - 1, 0) for key in moved})
+    made: list[Segment] = []
+    done = 0
+    for first, last in _runs(affected):
+        made += segments[done:first]
+        low = 0 if first == 0 else bisect.bisect_left(tasks, keys[first], key=task_key)
+        high = len(tasks) if last + 1 == len(segments) else bisect.bisect_left(tasks, keys[last + 1], key=task_key)
+        run = [entries[view.task_id] for view in tasks[low:high]]
+        _, cut = await render_body(
+            b"", run, _parts, _SEPARATOR, b"", ends_segment=_ends_segment, previous=segments[first : last + 1]
+        )
+        made += cut
+        done = last + 1
+    made += segments[done:]
+    body = Rendered(assemble(_prefix(len(tasks)), made, _SEPARATOR, _SUFFIX), f'"{etag_prefix}-{generation}"')
+    return Snapshot(
+        generation,
+        built_ms,
+        time.monotonic(),
+        tuple(tasks),
+        entries,
+        body,
+        previous.stats,
+        tuple(made),
+        _segment_keys(made),
+    )
+
+
+def task_key(view: TaskView) -> TaskKey:
+    return (-view.start_ms, view.task_id)
+
+
+def _prefix(total: int) -> bytes:
+    # the envelope and RunningTasks up to its task list, from the shapes themselves
+    return OK_PREFIX + _encode(RunningTasks(total_tasks=total, tasks=[]))[: -len(b"]}")]
+
+
+def _segment_keys(segments: Sequence[Segment]) -> tuple[TaskKey, ...]:
+    return tuple(task_key(segment.items[0][0]) for segment in segments)  # type: ignore[index]
+
+
+def _runs(indexes: list[int]) -> list[tuple[int, int]]:
+    """Sorted indexes as runs of consecutive ones: [1, 2, 3, 7] -> [(1, 3), (7, 7)]."""
+    runs: list[tuple[int, int]] = []
+    for index in indexes:
+        if runs and runs[-1][1] + 1 == index:
+            runs[-1] = (runs[-1][0], index)
+        else:
+            runs.append((index, index))
+    return runs
 
 
 def _parts(entry: Entry) -> tuple[bytes, bytes, bytes]:

@@ -40,11 +40,10 @@ def test_the_same_query_on_the_same_tasks_is_not_recomputed() -> None:
     assert c.etag != a.etag and bytes(c.body) == bytes(a.body)  # the page did not change, but the data it came from did
 
 
-def test_one_task_by_id_from_an_index_built_once_per_snapshot() -> None:
+def test_one_task_by_id_from_the_snapshots_own_entries() -> None:
     queries = service()
     tasks = sample()
     first = snap(1, tasks)
-    assert queries._by_id(first) is queries._by_id(first)
     found = queries.task(first, "d", Projection())
     assert found is not None
     assert orjson.loads(bytes(found.body)) == {
@@ -90,11 +89,9 @@ def test_cache_can_be_turned_off() -> None:
     assert queries.cache_stats().entries == 0
 
 
-def test_forget_drops_answers_and_the_index() -> None:
+def test_forget_drops_answers() -> None:
     queries = service()
     first = snap(1, sample())
-    index = queries._by_id(first)
     queries.running(first, queries.parse_running(params("pageSize=1")))
     queries.forget()
     assert queries.cache_stats().entries == 0 and queries.cache_stats().bytes == 0
-    assert queries._by_id(first) is not index

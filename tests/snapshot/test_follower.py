@@ -22,6 +22,7 @@ from redis.backoff import NoBackoff
 
 from service.devtools.embedded import RedisServerProcess
 from service.http.app import create_app
+from service.source import change_feed
 from tests.conftest import make_settings, running_app
 from tests.faults.test_values import HOSTILE
 
@@ -324,3 +325,33 @@ async def test_hostile_values_through_the_feed_are_counted_and_never_fail_a_batc
         info = await feed(http)
         assert info["batchFailures"] == 0 and info["rescans"] == 0
         assert (await http.get("/readyz")).status_code == 200
+
+
+async def test_a_hung_server_takes_the_feed_down_and_the_service_says_so(
+    own_redis_server: RedisServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(change_feed, "PING_SECONDS", 0.5)
+    async with following(own_redis_server.url, redis_timeout=500, cache_ttl=2) as (http, producer):
+        await producer.set("request:id:a", value(10), ex=3600)
+        await shows(http, {"a": 10}, "SET")
+        own_redis_server.pause()  # SIGSTOP: connections stay open, nothing answers
+        try:
+
+            async def down() -> bool:
+                return bool((await feed(http))["state"] == "reconnecting")
+
+            await eventually(down, "the feed noticed the silence", timeout=10)
+
+            async def unavailable() -> bool:
+                return (await http.get(f"{API}/running")).status_code in (503, 504)
+
+            await eventually(unavailable, "a stale snapshot is no longer served", timeout=10)
+        finally:
+            own_redis_server.resume()
+
+        async def live_again() -> bool:
+            return bool((await feed(http))["state"] == "live")
+
+        await eventually(live_again, "the feed is live again", timeout=15)
+        await producer.set("request:id:b", value(20), ex=3600)
+        await shows(http, {"a": 10, "b": 20}, "a write after the server came back")

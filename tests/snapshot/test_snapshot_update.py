@@ -1,0 +1,83 @@
+"""A snapshot updated from the previous one plus the touched tasks (the change feed's path) is the snapshot built
+from scratch: the same order, the same entries, the same body, byte for byte, after any sequence of additions,
+changes, moves in the order and removals."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from service.domain.tracker import TaskView
+from service.snapshot.snapshot import Snapshot, build_snapshot, task_key, update_snapshot
+from service.source.scanner import ScanStats
+
+pytestmark = pytest.mark.anyio
+
+
+def view(rng: random.Random, task_id: str, start_ms: int | None = None) -> TaskView:
+    files = rng.choice([0, 1, 3, 40, 2000])  # a few large ones: segments cut by size as well as by id
+    file_list = b"[" + b",".join(b'{"path":"f%d","status":"pending","operate":"add"}' % i for i in range(files)) + b"]"
+    return TaskView(
+        task_id,
+        rng.choice(["", "client-a"]),
+        rng.choice(["processing", "pending"]),
+        rng.randrange(101),
+        rng.randrange(1_000, 1_100) * 1000 if start_ms is None else start_ms,  # many equal starts: ties by id
+        2_000_000,
+        None,
+        files,
+        file_list,
+        rng.random() < 0.1,
+        None,
+    )
+
+
+async def from_scratch(generation: int, tasks: dict[str, TaskView]) -> Snapshot:
+    ordered = sorted(tasks.values(), key=task_key)
+    return await build_snapshot(generation, ordered, ScanStats(), 0, None, "t")
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_updates_equal_a_snapshot_built_from_scratch(seed: int) -> None:
+    rng = random.Random(seed)
+    tasks = {f"t{i:04d}": view(rng, f"t{i:04d}") for i in range(rng.choice([0, 5, 700]))}
+    current = await from_scratch(1, tasks)
+    serial = 10_000
+    for generation in range(2, 120):
+        touched: dict[str, TaskView | None] = {}
+        for _ in range(rng.choice([1, 1, 2, 5, 40])):
+            action = rng.random()
+            if action < 0.3 or not tasks:  # a new task
+                serial += 1
+                task_id = f"n{serial}"
+                tasks[task_id] = touched[task_id] = view(rng, task_id)
+            elif action < 0.55:  # gone
+                task_id = rng.choice(sorted(tasks))
+                del tasks[task_id]
+                touched[task_id] = None
+            elif action < 0.7:  # moved in the order (its start changed)
+                task_id = rng.choice(sorted(tasks))
+                tasks[task_id] = touched[task_id] = view(rng, task_id)
+            elif action < 0.9:  # changed in place
+                task_id = rng.choice(sorted(tasks))
+                tasks[task_id] = touched[task_id] = view(rng, task_id, tasks[task_id].start_ms)
+            else:  # named, but unchanged (the same value written twice)
+                task_id = rng.choice(sorted(tasks))
+                touched[task_id] = tasks[task_id]
+        current = await update_snapshot(generation, current, touched, 0, "t")
+        expected = await from_scratch(generation, tasks)
+        assert current.tasks == expected.tasks
+        assert current.entries.keys() == expected.entries.keys()
+        assert bytes(current.body) == bytes(expected.body)
+        assert current.segment_keys == tuple(task_key(s.items[0][0]) for s in current.segments)  # type: ignore[index]
+
+
+async def test_nothing_changed_keeps_the_body_and_its_etag() -> None:
+    rng = random.Random(9)
+    tasks = {f"t{i}": view(rng, f"t{i}") for i in range(50)}
+    first = await from_scratch(1, tasks)
+    again = await update_snapshot(2, first, {"t3": tasks["t3"], "absent": None}, 5, "t")
+    assert again.generation == 2
+    assert again.rendered is first.rendered
+    assert again.etag == first.etag
