@@ -7,9 +7,12 @@ import asyncio
 import dataclasses
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
+from types import FrameType
 
 import redis.asyncio as aioredis
 import uvicorn
@@ -42,7 +45,7 @@ def _settings(args: argparse.Namespace, **running_tasks: object) -> Settings:
         if value is not None:
             env[f"SERVICE__RUNNING_TASKS__{key.upper()}"] = str(value)
     if getattr(args, "redis_url", None):
-        env["REDIS_URL"] = args.redis_url
+        env["SERVICE__REDIS__URL"] = args.redis_url  # the command line beats every variable (REDIS_URL included)
     return load_settings(env=env)
 
 
@@ -82,6 +85,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         proxy_headers=False,
     )
     server = uvicorn.Server(config)
+    _exit_cleanly_on_sigterm(server)
     try:
         server.run()
     except KeyboardInterrupt:
@@ -91,6 +95,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 _LIMITS = ("max_header_bytes", "header_timeout", "keep_alive_timeout", "max_connections")
+
+
+def _exit_cleanly_on_sigterm(server: uvicorn.Server) -> None:
+    """SIGTERM (docker stop, Kubernetes, systemd) is a normal stop: after uvicorn's graceful shutdown the process
+    exits with 0. uvicorn handles SIGTERM while it serves, then raises it again for the handler it found in place,
+    which decides: the default one would kill the process (exit status 143), except as a container's PID 1, whose
+    default-handled signals the kernel ignores (exit 0); with this one it is 0 everywhere. A SIGTERM in the moment
+    before uvicorn takes over exits at once, also with 0."""
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        if not server.should_exit:  # not uvicorn's own, raised again after its shutdown
+            raise SystemExit(0)
+
+    if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+        signal.signal(signal.SIGTERM, on_sigterm)
 
 
 # -- scan ----------------------------------------------------------------------------------------------------

@@ -328,7 +328,8 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
 
 
 def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:
-    """Build settings from parsed TOML data plus environment overrides (`{}` gives the defaults)."""
+    """Build settings from parsed TOML data plus environment overrides (`{}` gives the defaults): `REDIS_URL` and
+    `PORT` override the file, and `SERVICE__<SECTION>__<KEY>` overrides both."""
     env = {} if env is None else env
     sections = _section_types()
     data: dict[str, dict[str, Any]] = {}
@@ -344,6 +345,12 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None 
         data.setdefault(section, {})[key] = value
         from_env[section].add(key)
 
+    # The platforms' conventions first (a PaaS or a Redis add-on sets them), then SERVICE__<SECTION>__<KEY>, which
+    # names this service's own setting and so wins when both are set: file < REDIS_URL, PORT < SERVICE__...
+    if "REDIS_URL" in env:
+        override("redis", "url", env["REDIS_URL"])
+    if "PORT" in env:
+        override("server", "port", env["PORT"])
     for var, value in env.items():
         if not var.startswith(ENV_PREFIX):
             continue
@@ -352,9 +359,5 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None 
             shown = "***" if any(word in var.upper() for word in _SECRET_WORDS) else repr(value)
             raise SettingsError(f"{var} = {shown}: expected SERVICE__<SECTION>__<KEY> with a known section")
         override(parts[0], parts[1], value)
-    if "REDIS_URL" in env:
-        override("redis", "url", env["REDIS_URL"])
-    if "PORT" in env:
-        override("server", "port", env["PORT"])
     built = {name: _build_section(name, cls, data.get(name, {}), from_env[name]) for name, cls in sections.items()}
     return Settings(**built)  # type: ignore[arg-type]  # each section is its field's type

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import msgspec
 import pytest
 
+from service.cli import _settings, build_parser
 from service.settings import (
     DEFAULT_PATH,
     RunningTasksSettings,
@@ -56,6 +57,32 @@ def test_environment_overrides() -> None:
     assert settings.running_tasks.scan_batch_size == 500
     assert settings.running_tasks.running_statuses == ("pending", "processing")
     assert settings.running_tasks.refresh_interval == 0.5
+
+
+def test_port_and_redis_url_override_the_file_and_yield_to_service_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The platforms' PORT and REDIS_URL (a PaaS, a Redis add-on, `docker run -e`) beat the file;
+    SERVICE__SERVER__PORT and SERVICE__REDIS__URL, this service's own names, beat them; the command line beats all."""
+    file = {"server": {"port": 7000}, "redis": {"url": "redis://file:6380/0"}}
+    platform = {"PORT": "9000", "REDIS_URL": "redis://platform:6380/1"}
+    own = {"SERVICE__SERVER__PORT": "9100", "SERVICE__REDIS__URL": "redis://own:6380/2"}
+    assert settings_from_mapping(file).server.port == 7000
+    settings = settings_from_mapping(file, platform)
+    assert (settings.server.port, settings.redis.url) == (9000, "redis://platform:6380/1")
+    for env in ({**platform, **own}, {**own, **platform}):  # whatever the order of the environment
+        settings = settings_from_mapping(file, env)
+        assert (settings.server.port, settings.redis.url) == (9100, "redis://own:6380/2")
+    # an overridden variable is not read at all; the one in effect is checked
+    assert settings_from_mapping({}, {"PORT": "http", "SERVICE__SERVER__PORT": "9100"}).server.port == 9100
+    with pytest.raises(SettingsError, match="^server.port = '0': must be >= 1$"):
+        settings_from_mapping({}, {"PORT": "9000", "SERVICE__SERVER__PORT": "0"})
+    # `scan --redis-url` beats both
+    for name, value in {**platform, **own}.items():
+        monkeypatch.setenv(name, value)
+    args = build_parser().parse_args(["scan", "--redis-url", "redis://cli:6380/3"])
+    assert _settings(args).redis.url == "redis://cli:6380/3"
+    assert _settings(build_parser().parse_args(["scan"])).redis.url == "redis://own:6380/2"
 
 
 def test_settings_file_from_environment(tmp_path: Path) -> None:
@@ -108,6 +135,8 @@ def test_invalid_toml_is_an_error(tmp_path: Path) -> None:
         ({}, {"SERVICE__NOPE__X": "1"}, "SERVICE__NOPE__X = '1': expected SERVICE__<SECTION>__<KEY>"),
         ({}, {"PORT": "0"}, "server.port = '0': must be >= 1"),
         ({}, {"PORT": "http"}, "server.port = 'http': expected an integer"),
+        ({}, {"PORT": "70000"}, "server.port = '70000': must be <= 65535"),
+        ({}, {"REDIS_URL": "http://cache:6379"}, "redis.url = 'http://cache:6379': scheme must be"),
     ],
 )
 def test_bad_settings_name_the_key_and_the_value(raw: dict, env: dict[str, str], message: str) -> None:
