@@ -98,7 +98,21 @@ async def render_body(
     ends_segment: Callable[[T], bool] = lambda item: False,
     previous: Sequence[Segment] = (),
 ) -> tuple[RenderedBody, tuple[Segment, ...]]:
-    """`prefix + separator.join(b"".join(parts(item)) for item in items) + suffix` in chunks, and its segments.
+    """`prefix + separator.join(b"".join(parts(item)) for item in items) + suffix` in chunks, and its segments
+    (see `cut_segments`)."""
+    segments = await cut_segments(items, parts, separator, ends_segment=ends_segment, previous=previous)
+    return assemble(prefix, segments, separator, suffix), segments
+
+
+async def cut_segments(
+    items: Sequence[T],
+    parts: Callable[[T], Sequence[bytes]],
+    separator: bytes,
+    *,
+    ends_segment: Callable[[T], bool] = lambda item: False,
+    previous: Sequence[Segment] = (),
+) -> tuple[Segment, ...]:
+    """`items` rendered and cut into segments, each item's chunks after `separator`.
 
     Items are cut into segments after each item `ends_segment` names (a rule of the item itself, so that the
     cuts stay where they were when other items change) or at CHUNK_BYTES. A segment of `previous` holding the
@@ -126,7 +140,7 @@ async def render_body(
             await asyncio.sleep(0)
     if run:
         segments.append(_segment(run, run_parts, reusable, separator))
-    return assemble(prefix, segments, separator, suffix), tuple(segments)
+    return tuple(segments)
 
 
 def assemble(prefix: bytes, segments: Sequence[Segment], separator: bytes, suffix: bytes) -> RenderedBody:

@@ -235,11 +235,18 @@ class Follower:
         self._wake.set()
 
     async def _batches(self) -> None:
+        # At most one batch starts per change_batch_ms: a write after a quiet spell is read at once, and the names
+        # of a burst gather while the batch before them is applied and for what is left of the interval. (Waiting
+        # a whole interval after the first name instead added the interval to every write's latency.)
+        interval = self._settings.change_batch_ms / 1000
+        started = -interval
         while True:
             await self._wake.wait()
-            if self._settings.change_batch_ms:
-                await asyncio.sleep(self._settings.change_batch_ms / 1000)
+            wait = started + interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
             self._wake.clear()
+            started = time.monotonic()
             try:
                 if self._rescan:
                     self._rescan = False

@@ -14,7 +14,7 @@ import msgspec
 from service.domain.tracker import TaskView
 from service.shapes.envelope import OK_PREFIX
 from service.shapes.tasks import RunningTasks
-from service.snapshot.body import Rendered, RenderedBody, Segment, assemble, render_body
+from service.snapshot.body import Rendered, RenderedBody, Segment, assemble, cut_segments, render_body
 from service.snapshot.render import task_head
 from service.source.scanner import ScanStats
 
@@ -146,10 +146,9 @@ async def update_snapshot(
         low = 0 if first == 0 else bisect.bisect_left(tasks, keys[first], key=task_key)
         high = len(tasks) if last + 1 == len(segments) else bisect.bisect_left(tasks, keys[last + 1], key=task_key)
         run = [entries[view.task_id] for view in tasks[low:high]]
-        _, cut = await render_body(
-            b"", run, _parts, _SEPARATOR, b"", ends_segment=_ends_segment, previous=segments[first : last + 1]
+        made += await cut_segments(
+            run, _parts, _SEPARATOR, ends_segment=_ends_segment, previous=segments[first : last + 1]
         )
-        made += cut
         done = last + 1
     made += segments[done:]
     body = Rendered(assemble(_prefix(len(tasks)), made, _SEPARATOR, _SUFFIX), f'"{etag_prefix}-{generation}"')
