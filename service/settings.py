@@ -287,7 +287,12 @@ def _build_section(name: str, cls: type[_Section], raw: Mapping[str, Any], env_k
         message, _, path = str(exc).partition(" - at `$.")
         key = path.rstrip("`").split("[", 1)[0] if path else next(iter(raw), "")
         shown = "***" if secret else repr(raw.get(key))
-        raise SettingsError(f"{name}.{key} = {shown}: {_explain(message, '[' in path)}") from None
+        hint = hints.get(key)
+        if typing.get_origin(hint) is Literal:  # one of a few words: name them
+            explained = "must be one of " + ", ".join(repr(word) for word in typing.get_args(hint))
+        else:
+            explained = _explain(message, "[" in path)
+        raise SettingsError(f"{name}.{key} = {shown}: {explained}") from None
     section.validate()
     return section
 

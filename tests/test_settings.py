@@ -356,3 +356,18 @@ def test_an_unknown_key_named_like_a_secret_is_not_shown() -> None:
         assert "hunter2" not in str(caught.value)
     with pytest.raises(SettingsError, match="^redis.db = 3: unknown setting"):  # other unknown keys stay shown
         settings_from_mapping({"redis": {"db": 3}})
+
+
+@pytest.mark.parametrize("env", [False, True])
+def test_change_feed_is_one_of_three_words(env: bool) -> None:
+    with pytest.raises(SettingsError) as caught:
+        if env:
+            settings_from_mapping({}, {"SERVICE__RUNNING_TASKS__CHANGE_FEED": "maybe"})
+        else:
+            settings_from_mapping({"running_tasks": {"change_feed": "maybe"}})
+    assert str(caught.value) == "running_tasks.change_feed = 'maybe': must be one of 'auto', 'on', 'off'"
+    for word in ("auto", "on", "off"):
+        assert (
+            settings_from_mapping({}, {"SERVICE__RUNNING_TASKS__CHANGE_FEED": word}).running_tasks.change_feed == word
+        )
+    assert settings_from_mapping({}).running_tasks.change_feed == "auto"
