@@ -86,7 +86,7 @@ async def _service_calls(client: aioredis.Redis) -> int:
     return total
 
 
-async def _probe(http: httpx.AsyncClient, client: aioredis.Redis, task_id: str, progress: int, out: Window) -> None:
+async def _probe(http: _Based, client: aioredis.Redis, task_id: str, progress: int, out: Window) -> None:
     value = orjson.dumps({"process": "processing", "totalProgress": progress, "fileList": None})
     started = time.perf_counter()
     await client.set(f"request:id:{task_id}", value, ex=3600)
@@ -133,9 +133,13 @@ class _Based:
         return await self._http.get(self._base + path)
 
 
+BATCH_MS: int | None = None  # --batch-ms: the feed's change_batch_ms (None: the default)
+
+
 @contextlib.contextmanager
 def _services(url: str, count: int, feed: bool) -> Iterator[list[Server]]:
-    env = service_env(url, change_feed="on" if feed else "off", max_scan_time=120_000, cache_ttl=600)
+    extra = {"change_batch_ms": BATCH_MS} if feed and BATCH_MS is not None else {}
+    env = service_env(url, change_feed="on" if feed else "off", max_scan_time=120_000, cache_ttl=600, **extra)
     servers: list[Server] = []
     try:
         for _ in range(count):
@@ -256,12 +260,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="6,000 task keys and 8 s windows: a smoke run")
     parser.add_argument("--output", help="also write the table as Markdown to this file")
+    parser.add_argument("--batch-ms", type=int, help="the feed's change_batch_ms (default: the setting's default)")
     args = parser.parse_args()
+    global BATCH_MS
+    BATCH_MS = args.batch_ms
     mode = QUICK if args.quick else FULL
     started = time.perf_counter()
     rows = asyncio.run(run(mode))
     header = (
-        f"python -m bench.feed{' --quick' if args.quick else ''}: {mode.sizes.tasks:,} task keys + "
+        f"python -m bench.feed{' --quick' if args.quick else ''}"
+        f"{f' --batch-ms {args.batch_ms}' if args.batch_ms is not None else ''}: {mode.sizes.tasks:,} task keys + "
         f"{mode.sizes.unrelated:,} others, 1 % of the running tasks rewritten per second, {mode.rounds} round(s) "
         f"of {mode.window:.0f} s per mode, {time.perf_counter() - started:.0f} s in all"
     )

@@ -34,8 +34,11 @@ WRONG_TYPE = -3
 # On Redis 6, which has no PEXPIRETIME, the expiry comes from PTTL and the clock (a millisecond of rounding
 # then costs a re-read now and then).
 _KEY_LUA = """
-local function describe(out, now_ms, keys)
+local function describe(out, now_ms, keys, budget)
+  -- budget: also each value, while the values read so far stay within this many bytes (one value at least);
+  -- false for a value not read (past the budget, gone, or of another type)
   local expiretime = true
+  local used = 0
   for _, key in ipairs(keys) do
     local at
     if expiretime then
@@ -57,6 +60,14 @@ local function describe(out, now_ms, keys)
     out[#out + 1] = key
     out[#out + 1] = at
     out[#out + 1] = size
+    if budget then
+      local value = false
+      if at ~= -2 and at ~= -3 and (used == 0 or used + size <= budget) then
+        value = redis.call('GET', key)
+        used = used + size
+      end
+      out[#out + 1] = value
+    end
   end
   return out
 end
@@ -67,14 +78,15 @@ _SCAN_LUA = (
     _KEY_LUA
     + """
 local page = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
-return describe({page[1], now_ms}, now_ms, page[2])
+return describe({page[1], now_ms}, now_ms, page[2], false)
 """
 )
-# The same description of keys named by the change feed (service.source.change_feed); the keys come as KEYS.
+# The same description of keys named by the change feed (service.source.change_feed), the keys as KEYS, with their
+# values up to ARGV[1] bytes: a batch of the feed is one round trip, the values consistent with their expiry.
 _LOOKUP_LUA = (
     _KEY_LUA
     + """
-return describe({'0', now_ms}, now_ms, KEYS)
+return describe({'0', now_ms}, now_ms, KEYS, tonumber(ARGV[1]))
 """
 )
 
@@ -194,15 +206,18 @@ class RedisSource:
             reply = await self.client.evalsha(self._scan_sha, 0, cursor, pattern, count)
         return reply
 
-    async def lookup(self, keys: list[bytes]) -> ScanPage:
-        """Each of `keys` with its expiry time and length, as a SCAN page would tell them, in one round trip."""
-        args = (self._lookup_sha.encode(), b"%d" % len(keys), *keys)
+    async def lookup(self, keys: list[bytes]) -> tuple[ScanPage, list[bytes | None]]:
+        """Each of `keys` with its expiry time and length, as a SCAN page would tell them, and its value while the
+        values stay within `fetch_max_bytes` (None: not read, gone, or of another type; `read` the rest), in one
+        round trip."""
+        args = (self._lookup_sha.encode(), b"%d" % len(keys), *keys, b"%d" % self._fetch_max_bytes)
         try:
             reply = await self._command(b"EVALSHA", *args)
         except redis.exceptions.NoScriptError:  # a restarted or flushed Redis: load it again
             await self.client.script_load(_LOOKUP_LUA)
             reply = await self._command(b"EVALSHA", *args)
-        return ScanPage(int(reply[1]), reply[2::3], reply[3::3], reply[4::3])
+        values = [value if isinstance(value, bytes) else None for value in reply[5::4]]
+        return ScanPage(int(reply[1]), reply[2::4], reply[3::4], reply[4::4]), values
 
     async def swapdb_calls(self) -> int | None:
         """How many SWAPDB commands Redis has run (INFO commandstats), None when it will not say: client tracking

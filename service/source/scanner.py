@@ -309,16 +309,19 @@ class Scanner:
 
     async def read_keys(self, keys: list[bytes]) -> KeyReads:
         """Read and decode the values of `keys` (keys under the pattern that the change feed named) with the
-        scan's own lookups, byte-bounded fetches and decoding, and remember them as a scan would: the next scan
-        does not read them again. Not while a scan runs (the refresher keeps the two apart)."""
+        scan's own lookups and decoding, the values in the lookup's round trip up to `fetch_max_bytes` and in
+        bounded MGETs past it, and remember them as a scan would: the next scan does not read them again. Not
+        while a scan runs (the refresher keeps the two apart)."""
         stats = ScanStats(started_ms=self._clock())
-        page = await self._source.lookup(keys)
+        page, read = await self._source.lookup(keys)
         seen_ms = self._clock()
         plen = len(self._prefix)
         memory = self._decoded
         absent: list[str] = []
         wanted: _Batch = []
-        for meta in page.metas():
+        values: list[bytes | None] = []
+        unread: list[int] = []  # places in `wanted` of values past the lookup's byte budget
+        for meta, value in zip(page.metas(), read, strict=True):
             key, expire_at = meta.key, meta.expire_at
             stats.keys_scanned += 1
             if expire_at in (MISSING, WRONG_TYPE) or key == self._prefix:
@@ -329,9 +332,15 @@ class Scanner:
                 with contextlib.suppress(UnicodeDecodeError):
                     absent.append(key[plen:].decode())
             else:
+                if value is None:
+                    unread.append(len(wanted))
                 wanted.append((meta, seen_ms))
-        values = await self._source.read([meta for meta, _ in wanted]) if wanted else []
-        stats.fetches += 1 if wanted else 0
+                values.append(value)
+        stats.fetches += 1
+        if unread:  # the rest, in MGETs bounded in bytes as a scan's
+            for place, value in zip(unread, await self._source.read([wanted[i][0] for i in unread]), strict=True):
+                values[place] = value
+            stats.fetches += 1
         finished: list[Observation] = []
         running = list(self._decode_fetched(wanted, values, stats, memory, finished))
         settled = {obs.task.task_id for obs in running} | {obs.task.task_id for obs in finished}

@@ -355,3 +355,17 @@ async def test_a_hung_server_takes_the_feed_down_and_the_service_says_so(
         await eventually(live_again, "the feed is live again", timeout=15)
         await producer.set("request:id:b", value(20), ex=3600)
         await shows(http, {"a": 10, "b": 20}, "a write after the server came back")
+
+
+async def test_a_batch_past_fetch_max_bytes_reads_the_rest_in_bounded_fetches(redis_url: str) -> None:
+    async with following(redis_url, fetch_max_bytes=1024, change_batch_ms=300) as (http, producer):
+        await producer.set("request:id:first", value(1), ex=3600)
+        await shows(http, {"first": 1}, "SET")  # the next batch waits out its interval: the writes below gather
+        padding = b" " * 700  # each value alone is within the budget, any two are past it
+        async with producer.pipeline(transaction=False) as pipe:
+            for i in range(6):
+                pipe.set(f"request:id:big{i}", value(i + 10) + padding, ex=3600)
+            await pipe.execute()
+        await shows(http, {"first": 1, **{f"big{i}": i + 10 for i in range(6)}}, "six values past the budget")
+        info = await feed(http)
+        assert info["batchFailures"] == 0 and info["rescans"] == 0

@@ -1,0 +1,166 @@
+"""python -m bench.million [--tasks N]: the change feed's large-keyspace figures (issue 17), in one run.
+
+1,000,000 task keys by default (no large task: the simulator's small and medium file lists) and a fifth as many
+other keys, in a redis-server of the bench's own. In one run:
+
+- the fetch floor: SCAN + one MGET per page, no decoding (bench.refresh.floor), the median of three;
+- cold start: from starting `python -m service serve` (change_feed = "on") to its first 200 from /readyz;
+- memory: the service's resident set once ready, against the bytes of the running tasks' values;
+- freshness: with a producer rewriting 1 % of the running tasks per second (as fast as it can, one at a time),
+  probe writes and `GET /running/{taskId}` every 5 ms until each shows, p50/p99/max.
+
+Timings are reported, never asserted; the targets are the issue's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+import httpx
+import redis.asyncio as aioredis
+
+from bench import refresh, workload
+from bench.feed import PROBE_TASKS, Window, _Based, _probe, _quantile
+from bench.processes import ROOT, SERVER_CPU, pin, service_env
+from bench.table import Row, render_markdown, render_text
+from service.devtools.embedded import RedisServerProcess, free_port
+from service.devtools.simulator import build_workload
+
+PROBE_SECONDS = 20.0
+
+
+def _serve(url: str, port: int) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SERVICE__")}
+    env.update(service_env(url, change_feed="on", max_scan_time=600_000, cache_ttl=600))
+    env["PYTHONPATH"] = str(ROOT)
+    args = [sys.executable, "-m", "service", "serve", "--port", str(port), "--log-level", "warning"]
+    process = subprocess.Popen(args, env=env, cwd=ROOT)
+    pin(process.pid, "server")
+    return process
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+async def run(tasks: int) -> tuple[list[Row], str]:
+    server = RedisServerProcess()
+    try:
+        url = server.url
+        pin(server.pid, "load")
+        started = time.perf_counter()
+        async with aioredis.Redis.from_url(url) as client:
+            summary = await build_workload(
+                client, tasks=tasks, unrelated=tasks // 5, large_fraction=0.0, now_ms=int(time.time() * 1000)
+            )
+        built = time.perf_counter() - started
+        floor = statistics.median(refresh.floor(url, workload.KEY_PATTERN, 100)[0] for _ in range(3))
+        port = free_port()
+        started = time.perf_counter()
+        process = _serve(url, port)
+        try:
+            while not _ready(port):
+                if process.poll() is not None:
+                    raise RuntimeError(f"the service exited with {process.returncode}")
+                time.sleep(0.05)
+            cold = time.perf_counter() - started
+            rss = _rss(process.pid)
+            running = sorted(summary.running_ids)
+            probe_ids, producer_ids = running[:PROBE_TASKS], frozenset(running[PROBE_TASKS:])
+            out = Window()
+            with workload.producer(url, producer_ids, 0.01):
+                async with aioredis.Redis.from_url(url) as client, httpx.AsyncClient(timeout=30) as http:
+                    base = _Based(http, f"http://127.0.0.1:{port}")
+                    probes = []
+                    t0 = time.perf_counter()
+                    number = 0
+                    while time.perf_counter() - t0 < PROBE_SECONDS:
+                        task_id = probe_ids[number % len(probe_ids)]
+                        probes.append(asyncio.create_task(_probe(base, client, task_id, 1 + number % 98, out)))
+                        number += 1
+                        await asyncio.sleep(0.2)
+                    await asyncio.gather(*probes)
+            rss_after = _rss(process.pid)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    finally:
+        server.close()
+    value_bytes = summary.running_value_bytes
+    rows = [
+        Row(
+            "1M",
+            "cold start to ready vs fetch floor",
+            f"{cold:,.1f} s",
+            f"{floor:,.1f} s",
+            f"{cold / floor:.1f}x",
+            "<= 4x",
+            cold <= 4 * floor,
+        ),  # fmt: skip
+        Row(
+            "1M",
+            "service RSS once ready vs running values' bytes",
+            f"{rss / 2**20:,.0f} MiB",
+            f"{value_bytes / 2**20:,.0f} MiB",
+            f"{rss / value_bytes:.1f}x",
+            "<= 3x",
+            rss <= 3 * value_bytes,
+            f"after {PROBE_SECONDS:.0f} s of writes: {rss_after / 2**20:,.0f} MiB",
+        ),  # fmt: skip
+    ]
+    for label, q in (("p50", 0.5), ("p99", 0.99), ("max", 1.0)):
+        value = _quantile(out.latencies, q)
+        rows.append(
+            Row(
+                "1M",
+                f"freshness, write to visible, {label}",
+                f"{value * 1000:,.1f} ms",
+                "—",
+                "—",
+                "< 100 ms" if label == "p99" else "—",
+                (value < 0.1) if label == "p99" else None,
+                f"{len(out.latencies)} probes, {out.unseen} unseen within 10 s" if label == "p50" else "",
+            )  # fmt: skip
+        )
+    header = (
+        f"python -m bench.million --tasks {tasks}: {tasks:,} task keys ({summary.running_total:,} running, "
+        f"{value_bytes / 2**20:,.0f} MiB of running values) + {tasks // 5:,} others, built in {built:.0f} s; "
+        f"service pinned to cpu {SERVER_CPU}"
+    )
+    return rows, header
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=1_000_000)
+    parser.add_argument("--output", help="also write the table as Markdown to this file")
+    args = parser.parse_args()
+    rows, header = asyncio.run(run(args.tasks))
+    print(header)
+    print(render_text(rows))
+    if args.output:
+        with open(args.output, "w") as out:
+            out.write(render_markdown(rows, header))
+
+
+if __name__ == "__main__":
+    main()
