@@ -59,8 +59,11 @@ def own_redis_server() -> Iterator[RedisServerProcess]:
 
 
 def make_settings(**running_tasks: Any) -> Settings:
-    """Settings with `running_tasks` overrides; the Redis URL is whatever client the test passes to create_app."""
+    """Settings with `running_tasks` overrides; the Redis URL is whatever client the test passes to create_app.
+    `TEST_CHANGE_FEED` (auto, on, off) is the change feed's setting where a test does not choose: CI runs the suite
+    with the default and again with `off` (the periodic scans alone)."""
     redis_section = {"url": running_tasks.pop("url")} if "url" in running_tasks else {}
+    running_tasks.setdefault("change_feed", os.environ.get("TEST_CHANGE_FEED", "auto"))
     return settings_from_mapping({"running_tasks": running_tasks, "redis": redis_section})
 
 

@@ -40,6 +40,21 @@ local function describe(out, now_ms, keys, budget)
   local expiretime = true
   local used = 0
   for _, key in ipairs(keys) do
+    local value = false
+    if budget and used < budget then
+      -- the value first: its reply says whether the key is there and a string, and how long it is (the change
+      -- feed's keys have mostly changed, so reading them is the point)
+      value = redis.pcall('GET', key)
+      if type(value) == 'table' then
+        value = false  -- another type: told below
+      elseif value then
+        if used > 0 and used + #value > budget then
+          value = false  -- past the budget: read by the caller in bounded fetches
+        else
+          used = used + #value
+        end
+      end
+    end
     local at
     if expiretime then
       at = redis.pcall('PEXPIRETIME', key)
@@ -51,7 +66,9 @@ local function describe(out, now_ms, keys, budget)
       if at >= 0 then at = now_ms + at end
     end
     local size = 0
-    if at ~= -2 then
+    if value then
+      size = #value
+    elseif at ~= -2 then
       size = redis.pcall('STRLEN', key)
       if type(size) == 'table' then
         at, size = -3, 0
@@ -61,11 +78,6 @@ local function describe(out, now_ms, keys, budget)
     out[#out + 1] = at
     out[#out + 1] = size
     if budget then
-      local value = false
-      if at ~= -2 and at ~= -3 and (used == 0 or used + size <= budget) then
-        value = redis.call('GET', key)
-        used = used + size
-      end
       out[#out + 1] = value
     end
   end

@@ -39,6 +39,7 @@ def value(progress: int, process: str = "processing") -> bytes:
 @asynccontextmanager
 async def following(url: str, **settings: Any) -> AsyncIterator[tuple[httpx.AsyncClient, aioredis.Redis]]:
     """The app over `url` (its own client and refresh thread, as in production) and a producer's client."""
+    settings.setdefault("change_feed", "on")  # whatever TEST_CHANGE_FEED says: these tests are the feed's
     app = create_app(make_settings(url=url, refresh_interval=0.5, **settings))
     # the producer reconnects after a restart, as the embedder does
     producer = aioredis.Redis.from_url(
@@ -274,7 +275,7 @@ async def test_a_name_the_feed_lost_is_found_by_reconciliation_and_counted(redis
 async def test_fallback_when_client_is_renamed_away(tmp_path: Any) -> None:
     server = RedisServerProcess(extra_args=("--rename-command", "CLIENT", ""))
     try:
-        async with following(server.url) as (http, producer):
+        async with following(server.url, change_feed="auto") as (http, producer):
             info = await feed(http)
             assert info["state"] == "fallback"
             assert "unknown command" in info["reason"].lower()
@@ -291,7 +292,7 @@ async def test_fallback_for_an_acl_user_that_may_not_use_client(redis_url: str) 
     )
     try:
         url = redis_url.replace("redis://", "redis://limited:limited-pw@")
-        async with following(url) as (http, producer):
+        async with following(url, change_feed="auto") as (http, producer):
             info = await feed(http)
             assert info["state"] == "fallback"
             assert "no permissions" in info["reason"].lower() or "noperm" in info["reason"].lower()
@@ -369,3 +370,16 @@ async def test_a_batch_past_fetch_max_bytes_reads_the_rest_in_bounded_fetches(re
         await shows(http, {"first": 1, **{f"big{i}": i + 10 for i in range(6)}}, "six values past the budget")
         info = await feed(http)
         assert info["batchFailures"] == 0 and info["rescans"] == 0
+
+
+async def test_on_insists_when_refused_and_scans_periodically_meanwhile(caplog: pytest.LogCaptureFixture) -> None:
+    server = RedisServerProcess(extra_args=("--rename-command", "CLIENT", ""))
+    try:
+        async with following(server.url, change_feed="on") as (http, producer):
+            info = await feed(http)
+            assert info["state"] == "reconnecting" and "refused" in info["reason"]
+            await producer.set("request:id:a", value(10), ex=3600)
+            await shows(http, {"a": 10}, "a periodic scan")
+        assert any(r.levelname == "ERROR" and 'change_feed = "on"' in r.getMessage() for r in caplog.records)
+    finally:
+        server.close()
