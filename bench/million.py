@@ -40,7 +40,8 @@ def _serve(url: str, port: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SERVICE__")}
     env.update(service_env(url, change_feed="on", max_scan_time=600_000, cache_ttl=600))
     env["PYTHONPATH"] = str(ROOT)
-    args = [sys.executable, "-m", "service", "serve", "--port", str(port), "--log-level", "warning"]
+    env["SERVICE__SERVER__LOG_LEVEL"] = "warning"
+    args = [sys.executable, "-m", "service", "serve", "--port", str(port)]
     process = subprocess.Popen(args, env=env, cwd=ROOT)
     pin(process.pid, "server")
     return process

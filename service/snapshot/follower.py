@@ -76,6 +76,8 @@ class Follower:
         self._pattern = settings.key_pattern.encode()
         self.state: FeedState = "off" if self._mode == "off" else "connecting"
         self.reason: str | None = None  # why the feed is not live, in words
+        if not settings.cache_enabled:  # no snapshot to keep: every request scans
+            self.state, self.reason = "off", "cache_enabled = false: every request scans"
         self.counters = FollowerCounters()
         self._pending: dict[bytes, float] = {}  # name -> monotonic time of its first arrival since taken
         self._applying: set[bytes] = set()  # names of the batch being applied

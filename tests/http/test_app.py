@@ -130,6 +130,8 @@ async def test_concurrent_requests_share_one_live_scan() -> None:
     assert len({r.content for r in responses}) == 1
     assert SlowScan.scans == 1  # one SCAN call: the keyspace fits one page, and the scan was shared
     assert app.state.refresher.counters.refreshes_ok == 1
+    feed = app.state.endpoints.follower.info()
+    assert feed.state == "off" and "cache_enabled" in feed.reason  # no snapshot to follow
 
 
 async def test_etag_and_not_modified() -> None:
