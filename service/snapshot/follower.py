@@ -253,6 +253,9 @@ class Follower:
                 if self._rescan:
                     self._rescan = False
                     self.counters.rescans += 1
+                    if self._refresher.scanning:
+                        # a scan in flight may have passed the keys that changed: wait for it, then scan anew
+                        await self._refresher.refresh("feed")
                     await self._refresher.refresh("feed")
                 elif self._pending:
                     await self._apply()
