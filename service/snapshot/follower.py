@@ -162,6 +162,12 @@ class Follower:
             except _CONNECTION_ERRORS as exc:
                 self._set_down("reconnecting", f"connection lost: {exc}")
                 logger.warning("change feed: connection lost (%s); periodic scans until it is back", exc)
+            except Exception as exc:
+                # whatever else ends the reading (a reply it cannot parse, a defect): the feed can no longer vouch
+                # for the snapshot, so never leave it marked live; connect again as after a lost connection
+                self._set_down("reconnecting", f"feed failed: {exc!r}")
+                logger.exception("change feed: reading the announcements failed; periodic scans until it is back")
+                await asyncio.sleep(_RECONNECT_CAP)
             finally:
                 self._feed = None
                 await feed.close()

@@ -383,3 +383,30 @@ async def test_on_insists_when_refused_and_scans_periodically_meanwhile(caplog: 
         assert any(r.levelname == "ERROR" and 'change_feed = "on"' in r.getMessage() for r in caplog.records)
     finally:
         server.close()
+
+
+async def test_a_feed_that_fails_unexpectedly_is_never_left_live(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with following(redis_url) as (http, producer):
+        assert (await feed(http))["state"] == "live"
+        real_names = change_feed.ChangeFeed.names
+        calls = 0
+
+        async def broken(self: change_feed.ChangeFeed) -> list[bytes] | None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise ValueError("a reply the reader cannot handle")
+            return await real_names(self)
+
+        monkeypatch.setattr(change_feed.ChangeFeed, "names", broken)
+        await producer.set("request:id:a", value(10), ex=3600)  # wakes the reader, which now fails once
+
+        async def down() -> bool:
+            return bool((await feed(http))["state"] == "reconnecting")
+
+        await eventually(down, "the feed is marked down")
+        assert "a reply the reader cannot handle" in (await feed(http))["reason"]
+        await shows(http, {"a": 10}, "the periodic scans meanwhile")
+    assert any("reading the announcements failed" in r.getMessage() for r in caplog.records)
