@@ -30,6 +30,7 @@ logger = logging.getLogger("service.snapshot.follower")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _RECONNECT_FIRST, _RECONNECT_CAP = 0.1, 5.0  # s: the pause before connecting again, doubling up to the cap
 _REFUSED_RETRY = 300.0  # s: with change_feed = "on", how long before asking a Redis that refused again
+_STOP_SECONDS = 5.0
 _CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError, TimeoutError)
 
 
@@ -109,16 +110,19 @@ class Follower:
             await asyncio.wait_for(self.first_attempt.wait(), timeout)
 
     async def stop(self) -> None:
+        """Close the feed's connection first (its reader's read ends with it), then cancel the tasks and wait for
+        them a bounded time: a shutdown never hangs on a read (one did, once in CI, cancelled mid-read)."""
+        self._refresher.feed_live = False
         tasks, self._tasks = self._tasks, []
+        feed, self._feed = self._feed, None
+        if feed is not None:
+            await feed.close()
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self._feed is not None:
-            await self._feed.close()
-            self._feed = None
-        self._refresher.feed_live = False
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=_STOP_SECONDS)
+            if pending:
+                logger.warning("change feed: %d task(s) did not stop within %.0f s; left", len(pending), _STOP_SECONDS)
 
     # -- the connection --------------------------------------------------------------------------------
 

@@ -121,4 +121,4 @@ class ChangeFeed:
                 await pinger
         if self._connection is not None:
             with contextlib.suppress(Exception):
-                await self._connection.disconnect()
+                await self._connection.disconnect(nowait=True)  # no wait for the peer: it may be gone or hung
