@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
@@ -25,7 +24,7 @@ from service.query.answers import QueryService
 from service.settings import Settings, load_settings, settings_file
 from service.snapshot.pipeline import build_pipeline
 from service.snapshot.refresher import RefreshFailed
-from service.snapshot.worker import RefreshLoop
+from service.snapshot.worker import RefreshLoop, run_on
 from service.source.redis_source import create_client
 
 logger = logging.getLogger("service.http.app")
@@ -40,14 +39,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _internal_error(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error(ErrorCode.INTERNAL)
-
-
-async def _on(loop: RefreshLoop | None, coroutine: Coroutine[Any, Any, None]) -> None:
-    """Run `coroutine` on the refreshes' own loop when there is one (what it starts lives there)."""
-    if loop is None:
-        await coroutine
-    else:
-        await loop.run(coroutine)
 
 
 def create_app(
@@ -76,8 +67,8 @@ def create_app(
             refresh_loop.start()
         if rt.cache_enabled:
             # The change feed first (when it is on): what is written while the first scan runs is announced.
-            await _on(refresh_loop, follower.start())
-            await _on(refresh_loop, follower.wait_first_attempt(rt.redis_timeout / 1000))
+            await run_on(refresh_loop, follower.start())
+            await run_on(refresh_loop, follower.wait_first_attempt(rt.redis_timeout / 1000))
             # The first snapshot before the first request; a Redis that is down, or a first scan over its budget,
             # only delays it to the job (which goes on from what the failed scan decoded).
             try:
@@ -92,7 +83,7 @@ def create_app(
         try:
             yield
         finally:
-            await _on(refresh_loop, follower.stop())
+            await run_on(refresh_loop, follower.stop())
             await refresher.stop()
             if refresh_loop is not None:
                 await refresh_loop.run(client.aclose())  # its connections live on that loop

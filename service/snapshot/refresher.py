@@ -21,7 +21,7 @@ from service.domain.tracker import TaskView, Tracker
 from service.settings import RunningTasksSettings
 from service.shapes.operations import JobInfo, LastRefresh, SnapshotInfo
 from service.snapshot.snapshot import Snapshot, build_snapshot, update_snapshot
-from service.snapshot.worker import RefreshLoop
+from service.snapshot.worker import RefreshLoop, run_on
 from service.source.failures import Failure, classify, describe
 from service.source.scanner import KeyReads, Scanner, ScanStats
 
@@ -100,9 +100,7 @@ def _on_refresh_loop(
     calls it: the scan, the job and what they share stay on that loop."""
 
     async def on_its_loop(self: Refresher, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        if self._loop is not None and not self._loop.is_current():
-            return await self._loop.run(method(self, *args, **kwargs))
-        return await method(self, *args, **kwargs)
+        return await run_on(self._loop, method(self, *args, **kwargs))
 
     functools.update_wrapper(on_its_loop, method)
     return on_its_loop
@@ -147,7 +145,6 @@ class Refresher:
         self._last_full_scan = 0.0  # monotonic, the end of the last complete scan
         # task keys the last complete scan found changed, appeared or gone: what a reconciliation measures
         self.last_scan_changes: set[bytes] = set()
-        self.ticks = 0  # snapshots made for what time alone changed (the job, while the feed is live)
 
     @property
     def scanning(self) -> bool:
@@ -283,7 +280,6 @@ class Refresher:
             if self.snapshot is None:
                 return None
             touched = self._tracker.retime(self._clock())
-            self.ticks += 1
             return await self._install(self.snapshot.stats, touched)
 
     def _record_failure(self, exc: Exception, trigger: str, started_ms: int, started: float) -> RefreshFailed:

@@ -62,6 +62,13 @@ class RefreshLoop:
         await asyncio.to_thread(self._thread.join, _JOIN_SECONDS)
 
 
+async def run_on(loop: RefreshLoop | None, coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run `coroutine` on `loop` when there is one and the caller is not on it already; else here."""
+    if loop is None or loop.is_current():
+        return await coroutine
+    return await loop.run(coroutine)
+
+
 async def _cancel_all() -> None:
     current = asyncio.current_task()
     tasks = [task for task in asyncio.all_tasks() if task is not current]
