@@ -191,20 +191,27 @@ def _wait_for_line(process: subprocess.Popen[str], prefix: str, timeout: float =
     raise AssertionError(f"no line starting with {prefix!r}: {lines}")
 
 
-@pytest.mark.parametrize("kind", ["fakeredis", "redis-server"])
-def test_demo_serves_moving_tasks_and_stops_on_ctrl_c(kind: str) -> None:
-    if kind == "redis-server" and not os.environ.get("REQUIRE_REAL_REDIS") and not _has_redis_server():
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    process = subprocess.Popen(
+DEMO_READY = "Ctrl-C (or SIGTERM, SIGHUP) stops everything."  # the banner's last line
+
+
+def _start_demo(port: int, kind: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [sys.executable, "-m", "service", "demo", "--port", str(port), "--redis", kind],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+@pytest.mark.parametrize("kind", ["fakeredis", "redis-server"])
+def test_demo_serves_moving_tasks_and_stops_on_ctrl_c(kind: str) -> None:
+    if kind == "redis-server" and not os.environ.get("REQUIRE_REAL_REDIS") and not _has_redis_server():
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    process = _start_demo(port, kind)
     try:
-        lines = _wait_for_line(process, "Ctrl-C (or SIGTERM, SIGHUP) stops everything.")
+        lines = _wait_for_line(process, DEMO_READY)
         assert lines[0].startswith(f"demo: embedded Redis ({kind}) at redis://127.0.0.1:")
         url = f"http://127.0.0.1:{port}{RUNNING}"
         assert any(url in line for line in lines)
@@ -260,15 +267,9 @@ def test_demo_leaves_nothing_behind_on_sigterm_and_sighup(signum: signal.Signals
     if not os.environ.get("REQUIRE_REAL_REDIS") and not _has_redis_server():
         pytest.skip("redis-server is not installed")
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "demo", "--port", str(port), "--redis", "redis-server"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = _start_demo(port, "redis-server")
     try:
-        lines = _wait_for_line(process, "Ctrl-C (or SIGTERM, SIGHUP) stops everything.")
+        lines = _wait_for_line(process, DEMO_READY)
         (redis_pid,) = _children(process.pid)
         directory = Path(f"/proc/{redis_pid}/cwd").readlink()  # redis-server works in its --dir
         assert directory.name.startswith("redis-test-")
