@@ -4,8 +4,10 @@ compressed variants made once on demand."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import zlib
 from collections.abc import Callable, Sequence
+from operator import attrgetter
 from typing import NamedTuple, TypeVar
 
 # Chunks of about this size: joining one is quick enough to yield to the event loop between two, and a request
@@ -27,13 +29,30 @@ T = TypeVar("T")
 class RenderedBody:
     """Immutable bytes in chunks; `encoded()` gives the compressed variants, each made once, single-flight."""
 
-    __slots__ = ("_encoded", "_made", "chunks", "length")
+    __slots__ = ("_chunks", "_encoded", "_made", "_parts", "length")
 
-    def __init__(self, chunks: Sequence[bytes]) -> None:
-        self.chunks = tuple(chunks)
-        self.length = sum(len(chunk) for chunk in self.chunks)
+    def __init__(self, chunks: Sequence[bytes], length: int | None = None) -> None:
+        """`length`: the chunks' total, when the caller knows it."""
+        self._chunks: tuple[bytes, ...] | None = tuple(chunks)
+        self._parts: Sequence[Sequence[bytes]] = ()
+        self.length = sum(map(len, self._chunks)) if length is None else length
         self._encoded: dict[str, asyncio.Future[RenderedBody]] = {}
         self._made: dict[str, RenderedBody] = {}  # the variants made: what every compressed poll looks up
+
+    @classmethod
+    def in_parts(cls, parts: Sequence[Sequence[bytes]], length: int) -> RenderedBody:
+        """The body of `parts`' chunks in order, `length` bytes, put in one sequence only when first sent: a change
+        feed's batch links a few new parts to the many it shares with the previous body, whatever their chunks."""
+        body = cls((), length)
+        body._chunks, body._parts = None, parts
+        return body
+
+    @property
+    def chunks(self) -> tuple[bytes, ...]:
+        chunks = self._chunks
+        if chunks is None:  # two threads may both make it: the same tuple, and either is kept
+            chunks = self._chunks = tuple(itertools.chain.from_iterable(self._parts))
+        return chunks
 
     def __len__(self) -> int:
         return self.length
@@ -145,13 +164,25 @@ async def cut_segments(
 
 def assemble(prefix: bytes, segments: Sequence[Segment], separator: bytes, suffix: bytes) -> RenderedBody:
     """The body made of `segments` (each item's chunks start with `separator`) between `prefix` and `suffix`."""
-    chunks = [prefix, *(chunk for segment in segments for chunk in segment.chunks), suffix]
-    if segments:
-        chunks[1] = chunks[1][len(separator) :]  # nothing before the first item
-    chunks = [chunk for chunk in chunks if chunk]
-    if len(chunks) > 1 and sum(len(chunk) for chunk in chunks) <= ONE_CHUNK_BYTES:
-        chunks = [b"".join(chunks)]  # one send per request; the copy of a small body costs nothing
-    return RenderedBody(chunks)
+    chunks = tuple(itertools.chain.from_iterable(map(attrgetter("chunks"), segments)))
+    return assemble_parts(prefix, [chunks], sum(map(len, chunks)), separator, suffix)
+
+
+def assemble_parts(
+    prefix: bytes, parts: Sequence[Sequence[bytes]], length: int, separator: bytes, suffix: bytes
+) -> RenderedBody:
+    """The body made of the items in `parts`' chunks (`length` bytes; each item's chunks start with `separator`,
+    no chunk is empty) between `prefix` and `suffix`."""
+    parts = [part for part in parts if part]
+    if parts:  # nothing before the first item
+        first = parts[0][0][len(separator) :]
+        parts[0] = (first, *parts[0][1:]) if first else parts[0][1:]
+        length -= len(separator)
+    length += len(prefix) + len(suffix)
+    parts = [(prefix,), *parts, (suffix,)]
+    if length <= ONE_CHUNK_BYTES:
+        return RenderedBody([b"".join(itertools.chain.from_iterable(parts))], length)  # one send per request
+    return RenderedBody.in_parts(parts, length)
 
 
 def _segment(run: list[T], run_parts: list[Sequence[bytes]], reusable: dict[int, Segment], separator: bytes) -> Segment:

@@ -417,7 +417,7 @@ class Refresher:
             age_seconds=round(snapshot.age(), 3),
             ttl_seconds=ttl,
             stale=not snapshot.is_fresh(ttl),
-            task_count=len(snapshot.tasks),
+            task_count=snapshot.task_count,
             etag=snapshot.etag,
             body_bytes=len(snapshot.body),
         )

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import bisect
 import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import msgspec
@@ -14,20 +13,32 @@ import msgspec
 from service.domain.tracker import TaskView
 from service.shapes.envelope import OK_PREFIX
 from service.shapes.tasks import RunningTasks
-from service.snapshot.body import Rendered, RenderedBody, Segment, assemble, cut_segments, render_body
+from service.snapshot.body import Rendered, RenderedBody, Segment, assemble_parts, render_body
+from service.snapshot.entries import Layered
+from service.snapshot.order import (
+    SEPARATOR,
+    Entry,
+    Group,
+    TaskKey,
+    ends_segment,
+    group,
+    group_keys,
+    parts,
+    relocate,
+    segments_of,
+    task_key,
+)
 from service.snapshot.render import task_head
 from service.source.scanner import ScanStats
 
-# A task with its JSON head, rendered when the task's view changed; the same tuple while it does not.
-Entry = tuple[TaskView, bytes]
-# Where a task stands in the serving order (newest start first, ties by task id).
-TaskKey = tuple[int, str]
+__all__ = ["Entry", "Snapshot", "TaskKey", "build_snapshot", "task_key", "update_snapshot"]
+
 _encode = msgspec.json.Encoder().encode
 # The event loop gets a turn after this much work while a snapshot's tasks are gathered: a task looked up counts
 # one, a head rendered as many as _RENDER_WORK lookups (about what rendering one costs).
 _WORK_PER_TURN = 4096
-_SEPARATOR, _SUFFIX = b",", b"]}}"
 _RENDER_WORK = 40
+_SUFFIX = b"]}}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +46,30 @@ class Snapshot:
     generation: int
     built_ms: int  # wall clock, for people
     built_monotonic: float  # for the age, immune to clock steps
-    tasks: tuple[TaskView, ...]  # newest start first
-    entries: dict[str, Entry] = field(compare=False, repr=False)  # task id -> its view and head; read only
+    entries: Layered[Entry] = field(compare=False, repr=False)  # task id -> its view and head; read only
     rendered: Rendered = field(compare=False, repr=False)  # the running list's whole success envelope
     stats: ScanStats = field(compare=False)
-    segments: tuple[Segment, ...] = field(default=(), compare=False, repr=False)  # how the body was cut
-    segment_keys: tuple[TaskKey, ...] = field(default=(), compare=False, repr=False)  # each segment's first task
+    # The tasks in serving order as the body is cut: segments of tasks, in groups (service.snapshot.order).
+    groups: tuple[Group, ...] = field(default=(), compare=False, repr=False)
+    group_keys: tuple[TaskKey, ...] = field(default=(), compare=False, repr=False)  # each group's first task
+    # `tasks`, made from the groups the first time it is asked for (a change feed's batch never needs it)
+    _tasks: list[tuple[TaskView, ...]] = field(default_factory=list, compare=False, repr=False)
+
+    @property
+    def tasks(self) -> tuple[TaskView, ...]:
+        """The running tasks, newest start first (ties by task id)."""
+        if not self._tasks:  # two threads may both make it: the same tuple, and either is kept
+            self._tasks.append(tuple(entry[0] for segment in self.segments for entry in segment.items))  # type: ignore[index]
+        return self._tasks[0]
+
+    @property
+    def segments(self) -> tuple[Segment, ...]:
+        """How the body is cut, in order."""
+        return tuple(segments_of(self.groups))
+
+    @property
+    def task_count(self) -> int:
+        return len(self.entries)
 
     @property
     def body(self) -> RenderedBody:
@@ -74,7 +103,7 @@ async def build_snapshot(
     of `previous` are kept when no task changed, and the segments of its body that hold the same tasks are taken
     as they are. The event loop gets a turn now and then: a body of hundreds of megabytes never blocks the
     requests served meanwhile."""
-    known = {} if previous is None else previous.entries
+    known: Mapping[str, Entry] = {} if previous is None else previous.entries
     entries: dict[str, Entry] = {}
     work = 0
     for view in tasks:
@@ -88,20 +117,21 @@ async def build_snapshot(
             work = 0
             await asyncio.sleep(0)
     if previous is not None and _same_tasks(previous.tasks, tasks):
-        body, segments, keys = previous.rendered, previous.segments, previous.segment_keys
+        body, groups, keys = previous.rendered, previous.groups, previous.group_keys
     else:
-        made, segments = await render_body(
-            _prefix(len(tasks)),
+        _, segments = await render_body(
+            b"",
             list(entries.values()),
-            _parts,
-            _SEPARATOR,
-            _SUFFIX,
-            ends_segment=_ends_segment,
+            parts,
+            SEPARATOR,
+            b"",
+            ends_segment=ends_segment,
             previous=() if previous is None else previous.segments,
         )
-        body = Rendered(made, f'"{etag_prefix}-{generation}"')
-        keys = _segment_keys(segments)
-    return Snapshot(generation, built_ms, time.monotonic(), tuple(tasks), entries, body, stats, segments, keys)
+        groups = group(segments)
+        keys = group_keys(groups)
+        body = _rendered(groups, len(tasks), etag_prefix, generation)
+    return Snapshot(generation, built_ms, time.monotonic(), Layered(entries), body, stats, groups, keys, [tuple(tasks)])
 
 
 async def update_snapshot(
@@ -112,92 +142,36 @@ async def update_snapshot(
     etag_prefix: str,
 ) -> Snapshot:
     """The next snapshot when only the tasks of `touched` may differ from `previous` (id -> its view now, None: no
-    longer running): what a change feed's batch made. Its cost follows the changes, not the number of tasks: the
-    order is `previous`'s with the touched tasks taken out and put back in place, only they are rendered, and only
-    the segments of the body that held them or now hold them are cut again (found by their first task's place in
-    the order); every other segment is taken as it is."""
+    longer running): what a change feed's batch made. Its cost follows the changes, not the number of tasks: each
+    touched task leaves the segment it was in and enters the one it belongs to now (`order.relocate`), only those
+    segments are cut again, and the task index is the previous one with the changes layered over it."""
     known = previous.entries
-    changed = {task_id: view for task_id, view in touched.items() if known.get(task_id, (None,))[0] is not view}
+    changed: dict[str, Entry | None] = {}
+    for task_id, view in touched.items():
+        old = known.get(task_id)
+        if (old[0] if old is not None else None) is not view:
+            changed[task_id] = None if view is None else (view, task_head(view))
     if not changed:
         return dataclasses.replace(previous, generation=generation, built_ms=built_ms, built_monotonic=time.monotonic())
-    entries = dict(known)
-    tasks = list(previous.tasks)
-    moved: list[TaskKey] = []  # the places that changed: where touched tasks were, and where they are now
-    for task_id, view in changed.items():
-        old = known.get(task_id)
-        if old is not None:
-            key = task_key(old[0])
-            del tasks[bisect.bisect_left(tasks, key, key=task_key)]
-            moved.append(key)
-        if view is None:
-            entries.pop(task_id, None)
-        else:
-            entries[task_id] = (view, task_head(view))
-            bisect.insort(tasks, view, key=task_key)
-            moved.append(task_key(view))
-    if not previous.segments:
+    if not previous.groups:
+        tasks = sorted((entry[0] for entry in changed.values() if entry is not None), key=task_key)
         return await build_snapshot(generation, tasks, previous.stats, built_ms, previous, etag_prefix)
-    segments, keys = previous.segments, previous.segment_keys
-    affected = sorted({max(bisect.bisect_right(keys, key) - 1, 0) for key in moved})
-    made: list[Segment] = []
-    done = 0
-    for first, last in _runs(affected):
-        made += segments[done:first]
-        low = 0 if first == 0 else bisect.bisect_left(tasks, keys[first], key=task_key)
-        high = len(tasks) if last + 1 == len(segments) else bisect.bisect_left(tasks, keys[last + 1], key=task_key)
-        run = [entries[view.task_id] for view in tasks[low:high]]
-        made += await cut_segments(
-            run, _parts, _SEPARATOR, ends_segment=_ends_segment, previous=segments[first : last + 1]
-        )
-        done = last + 1
-    made += segments[done:]
-    body = Rendered(assemble(_prefix(len(tasks)), made, _SEPARATOR, _SUFFIX), f'"{etag_prefix}-{generation}"')
-    return Snapshot(
-        generation,
-        built_ms,
-        time.monotonic(),
-        tuple(tasks),
-        entries,
-        body,
-        previous.stats,
-        tuple(made),
-        _segment_keys(made),
-    )
+    groups = relocate(previous.groups, previous.group_keys, known, changed)
+    entries = known.with_changes(changed)
+    body = _rendered(groups, len(entries), etag_prefix, generation)
+    stats = previous.stats
+    return Snapshot(generation, built_ms, time.monotonic(), entries, body, stats, groups, group_keys(groups))
 
 
-def task_key(view: TaskView) -> TaskKey:
-    return (-view.start_ms, view.task_id)
+def _rendered(groups: tuple[Group, ...], total: int, etag_prefix: str, generation: int) -> Rendered:
+    length = sum(group.length for group in groups)
+    body = assemble_parts(_prefix(total), [group.chunks for group in groups], length, SEPARATOR, _SUFFIX)
+    return Rendered(body, f'"{etag_prefix}-{generation}"')
 
 
 def _prefix(total: int) -> bytes:
     # the envelope and RunningTasks up to its task list, from the shapes themselves
     return OK_PREFIX + _encode(RunningTasks(total_tasks=total, tasks=[]))[: -len(b"]}")]
-
-
-def _segment_keys(segments: Sequence[Segment]) -> tuple[TaskKey, ...]:
-    return tuple(task_key(segment.items[0][0]) for segment in segments)  # type: ignore[index]
-
-
-def _runs(indexes: list[int]) -> list[tuple[int, int]]:
-    """Sorted indexes as runs of consecutive ones: [1, 2, 3, 7] -> [(1, 3), (7, 7)]."""
-    runs: list[tuple[int, int]] = []
-    for index in indexes:
-        if runs and runs[-1][1] + 1 == index:
-            runs[-1] = (runs[-1][0], index)
-        else:
-            runs.append((index, index))
-    return runs
-
-
-def _parts(entry: Entry) -> tuple[bytes, bytes, bytes]:
-    # the file list is held once, in the view; bodies are joined from these parts
-    return entry[1], entry[0].file_list, b"}"
-
-
-def _ends_segment(entry: Entry) -> bool:
-    # One task in 64 ends a segment, by its id: the cuts stay put while other tasks change, come and go, and a
-    # changed task costs a copy of its segment, not of the body.
-    return hash(entry[0].task_id) & 63 == 0
 
 
 def _same_tasks(old: tuple[TaskView, ...], new: list[TaskView]) -> bool:

@@ -9,6 +9,8 @@ import random
 import pytest
 
 from service.domain.tracker import TaskView
+from service.snapshot.entries import Layered
+from service.snapshot.order import GROUP_SIZE
 from service.snapshot.snapshot import Snapshot, build_snapshot, task_key, update_snapshot
 from service.source.scanner import ScanStats
 
@@ -70,7 +72,8 @@ async def test_updates_equal_a_snapshot_built_from_scratch(seed: int) -> None:
         assert current.tasks == expected.tasks
         assert current.entries.keys() == expected.entries.keys()
         assert bytes(current.body) == bytes(expected.body)
-        assert current.segment_keys == tuple(task_key(s.items[0][0]) for s in current.segments)  # type: ignore[index]
+        assert current.group_keys == tuple(g.keys[0] for g in current.groups)
+        assert all(g.keys == tuple(task_key(s.items[0][0]) for s in g.segments) for g in current.groups)  # type: ignore[index]
 
 
 async def test_nothing_changed_keeps_the_body_and_its_etag() -> None:
@@ -81,3 +84,53 @@ async def test_nothing_changed_keeps_the_body_and_its_etag() -> None:
     assert again.generation == 2
     assert again.rendered is first.rendered
     assert again.etag == first.etag
+
+
+async def test_a_group_that_grows_is_split_and_one_that_empties_goes() -> None:
+    rng = random.Random(5)
+    tasks = {f"t{i:05d}": view(rng, f"t{i:05d}", 1_000_000 + i) for i in range(2000)}
+    current = await from_scratch(1, tasks)
+    groups_before = len(current.groups)
+    touched: dict[str, TaskView | None] = {}
+    for i in range(3000):  # all newer than every task held: they all enter the first segment
+        task_id = f"n{i:05d}"
+        tasks[task_id] = touched[task_id] = view(rng, task_id, 9_000_000 + i)
+    current = await update_snapshot(2, current, touched, 0, "t")
+    assert len(current.groups) > groups_before + 2
+    assert all(len(group.segments) <= 2 * GROUP_SIZE for group in current.groups)
+    oldest = sorted(tasks, key=lambda task_id: task_key(tasks[task_id]))[-1500:]  # the last groups, emptied
+    current = await update_snapshot(3, current, dict.fromkeys(oldest), 0, "t")
+    for task_id in oldest:
+        del tasks[task_id]
+    expected = await from_scratch(3, tasks)
+    assert current.tasks == expected.tasks
+    assert bytes(current.body) == bytes(expected.body)
+    assert all(group.segments for group in current.groups)
+    assert len(current.entries) == len(tasks) == current.task_count
+
+
+def test_layered_entries_are_the_dict_they_stand_for() -> None:
+    rng = random.Random(3)
+    expected = {f"k{i}": i for i in range(300)}
+    layered: Layered[int] = Layered(dict(expected))
+    folded = 0
+    for _ in range(400):
+        changes: dict[str, int | None] = {}
+        for _ in range(rng.choice([1, 5, 60])):
+            key = f"k{rng.randrange(600)}"
+            changes[key] = None if rng.random() < 0.4 else rng.randrange(10**6)
+        was = dict(expected)
+        for key, value in changes.items():
+            if value is None:
+                expected.pop(key, None)
+            else:
+                expected[key] = value
+        before = layered
+        layered = layered.with_changes(changes)
+        folded += not layered._changes  # folded into a new base
+        assert dict(layered) == expected
+        assert len(layered) == len(expected)
+        assert all((key in layered) == (key in expected) for key in changes)
+        assert all(layered.get(key) == expected.get(key) for key in changes)
+        assert dict(before) == was  # the mapping it was made from is unchanged
+    assert folded > 0

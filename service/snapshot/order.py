@@ -1,0 +1,152 @@
+"""The running tasks in serving order, as the body is cut: segments of tasks, in groups, so that a change feed's
+batch finds, re-cuts and re-links only what it touched (a two-level tree: the groups, then their segments)."""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from operator import attrgetter
+from typing import NamedTuple
+
+from service.domain.tracker import TaskView
+from service.snapshot.body import CHUNK_BYTES, OWN_CHUNK_BYTES, Segment
+
+# A task with its JSON head, rendered when the task's view changed; the same tuple while it does not.
+Entry = tuple[TaskView, bytes]
+# Where a task stands in the serving order (newest start first, ties by task id).
+TaskKey = tuple[int, str]
+
+SEPARATOR, TASK_END = b",", b"}"
+# One task in SEGMENT_MASK + 1 ends a segment, by its id: the cuts stay put while other tasks change, come and go,
+# and a changed task costs a copy of its segment (on average twice that many tasks: the segment holding a given
+# task is, by size bias, a long one), not of the body.
+SEGMENT_MASK = 7
+# Segments per group: a batch copies the group lists of the groups it touched and the list of groups.
+GROUP_SIZE = 32
+
+
+class Group(NamedTuple):
+    """Consecutive segments, with what a body and a lookup need of them."""
+
+    segments: tuple[Segment, ...]
+    keys: tuple[TaskKey, ...]  # each segment's first task
+    chunks: tuple[bytes, ...]  # the segments' chunks, in order
+    length: int  # their bytes
+
+
+def task_key(view: TaskView) -> TaskKey:
+    return (-view.start_ms, view.task_id)
+
+
+def entry_key(entry: Entry) -> TaskKey:
+    return (-entry[0].start_ms, entry[0].task_id)
+
+
+def parts(entry: Entry) -> tuple[bytes, bytes, bytes]:
+    # the file list is held once, in the view; bodies are joined from these parts
+    return entry[1], entry[0].file_list, TASK_END
+
+
+def ends_segment(entry: Entry) -> bool:
+    return hash(entry[0].task_id) & SEGMENT_MASK == 0
+
+
+def group(segments: Sequence[Segment]) -> tuple[Group, ...]:
+    """`segments` in groups of GROUP_SIZE."""
+    keys = [entry_key(segment.items[0]) for segment in segments]  # type: ignore[arg-type]
+    return tuple(
+        _group(segments[start : start + GROUP_SIZE], keys[start : start + GROUP_SIZE])
+        for start in range(0, len(segments), GROUP_SIZE)
+    )
+
+
+def segments_of(groups: Iterable[Group]) -> Iterator[Segment]:
+    return itertools.chain.from_iterable(map(attrgetter("segments"), groups))
+
+
+def group_keys(groups: Iterable[Group]) -> tuple[TaskKey, ...]:
+    return tuple(group.keys[0] for group in groups)
+
+
+def relocate(
+    groups: tuple[Group, ...],
+    keys: tuple[TaskKey, ...],
+    known: Mapping[str, Entry],
+    changed: Mapping[str, Entry | None],
+) -> tuple[Group, ...]:
+    """`groups` (with `keys`, their first tasks) after the tasks of `changed` left the places `known` gives them and
+    took their new ones (None: gone). Only the segments they leave or enter are cut again, and only their groups
+    are made again; every other group is taken as it is."""
+    # (group, segment) -> what leaves it (each task's old place) and what enters it (its new one); a task whose
+    # place did not change is both
+    leaving: dict[tuple[int, int], list[TaskKey]] = {}
+    entering: dict[tuple[int, int], list[Entry]] = {}
+    for task_id, entry in changed.items():
+        old = known.get(task_id)
+        if old is not None:
+            key = task_key(old[0])
+            leaving.setdefault(_place(groups, keys, key), []).append(key)
+        if entry is not None:
+            entering.setdefault(_place(groups, keys, task_key(entry[0])), []).append(entry)
+    touched: dict[int, list[int]] = {}
+    for where in sorted(leaving.keys() | entering.keys()):
+        touched.setdefault(where[0], []).append(where[1])
+    made: list[Group] = []
+    done = 0
+    for index, numbers in touched.items():
+        made += groups[done:index]
+        segments, firsts = list(groups[index].segments), list(groups[index].keys)
+        for number in reversed(numbers):  # from the end: the places before stay valid
+            items: list[Entry] = list(segments[number].items)  # type: ignore[arg-type]
+            for key in leaving.get((index, number), ()):
+                del items[bisect.bisect_left(items, key, key=entry_key)]
+            for entry in entering.get((index, number), ()):
+                bisect.insort(items, entry, key=entry_key)
+            new = cut(items)
+            segments[number : number + 1] = new
+            firsts[number : number + 1] = [entry_key(segment.items[0]) for segment in new]  # type: ignore[arg-type]
+        for start in range(0, len(segments), GROUP_SIZE if len(segments) > 2 * GROUP_SIZE else len(segments) or 1):
+            end = start + (GROUP_SIZE if len(segments) > 2 * GROUP_SIZE else len(segments))
+            made.append(_group(segments[start:end], firsts[start:end]))
+        done = index + 1
+    made += groups[done:]
+    return tuple(made)
+
+
+def cut(items: list[Entry]) -> list[Segment]:
+    """`items` (in order) as segments, cut as `body.cut_segments` cuts them with `parts` and `ends_segment`: after
+    each task `ends_segment` names or at CHUNK_BYTES, a file list of OWN_CHUNK_BYTES or more a chunk of its own.
+    For the few segments a batch touches, at a fraction of the generic cut's cost per task."""
+    segments: list[Segment] = []
+    chunks: list[bytes] = []
+    pending: list[bytes] = []
+    start = size = 0
+    for index, (view, head) in enumerate(items):
+        file_list = view.file_list
+        if len(file_list) >= OWN_CHUNK_BYTES:
+            pending += (SEPARATOR, head)
+            chunks += (b"".join(pending), file_list)
+            pending = [TASK_END]
+        else:
+            pending += (SEPARATOR, head, file_list, TASK_END)
+        size += len(head) + len(file_list) + len(TASK_END)
+        if size >= CHUNK_BYTES or hash(view.task_id) & SEGMENT_MASK == 0:
+            chunks.append(b"".join(pending))
+            segments.append(Segment(tuple(items[start : index + 1]), tuple(chunk for chunk in chunks if chunk)))
+            chunks, pending, start, size = [], [], index + 1, 0
+    if start < len(items):
+        chunks.append(b"".join(pending))
+        segments.append(Segment(tuple(items[start:]), tuple(chunk for chunk in chunks if chunk)))
+    return segments
+
+
+def _place(groups: tuple[Group, ...], keys: tuple[TaskKey, ...], key: TaskKey) -> tuple[int, int]:
+    """The group and segment where a task of `key` is, or would go (before the first task: the first segment)."""
+    index = max(bisect.bisect_right(keys, key) - 1, 0)
+    return index, max(bisect.bisect_right(groups[index].keys, key) - 1, 0)
+
+
+def _group(segments: Sequence[Segment], keys: Sequence[TaskKey]) -> Group:
+    chunks = tuple(itertools.chain.from_iterable(map(attrgetter("chunks"), segments)))
+    return Group(tuple(segments), tuple(keys), chunks, sum(map(len, chunks)))
