@@ -6,6 +6,7 @@ from the key's remaining TTL, else from what this service observed."""
 from __future__ import annotations
 
 import bisect
+import heapq
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -56,6 +57,7 @@ class _State:
     view: TaskView
     scan: int  # the last scan that saw this task
     seen_ms: int  # when that scan read it
+    due_ms: int | None = None  # the earliest time the tracker will look at this view again (see Tracker.retime)
 
 
 def estimate_completion(anchor: tuple[int, int], last: tuple[int, int], now_ms: int) -> int | None:
@@ -104,6 +106,10 @@ class Tracker:
         self.future_times = 0  # producer times later than the scan that read them, clamped to that scan's time
         # tracked tasks read in a finished status since the last complete scan (failed ones included)
         self._finished: dict[str, Observation] = {}
+        # When time alone may change a task's view (it turns stalled, its estimate passes): (due, task id), a heap
+        # holding for each task the entry its state names (`_State.due_ms`), plus entries superseded by an earlier
+        # one, dropped when they come up.
+        self._due: list[tuple[int, str]] = []
 
     def begin_scan(self) -> None:
         self._merge_added()  # an earlier scan that failed may have left some
@@ -183,9 +189,15 @@ class Tracker:
 
     def retime(self, now_ms: int) -> dict[str, TaskView | None]:
         """What time alone changes, with no value read: a task turns stalled, a passed estimate is made again.
-        Returns the views that changed, by task id."""
+        Returns the views that changed, by task id. Its cost follows the tasks that came due, not the tasks held."""
         changed: dict[str, TaskView | None] = {}
-        for task_id, state in self._states.items():
+        due, states = self._due, self._states
+        while due and due[0][0] <= now_ms:
+            when, task_id = heapq.heappop(due)
+            state = states.get(task_id)
+            if state is None or state.due_ms != when:
+                continue  # gone, or superseded by an earlier entry
+            state.due_ms = None
             view = state.view
             stalled = now_ms - view.update_ms >= self._stall_ms
             eta_ms = view.eta_ms
@@ -193,7 +205,24 @@ class Tracker:
                 eta_ms = estimate_completion(state.anchor, state.last, now_ms)
             if stalled != view.stalled or eta_ms != view.eta_ms:
                 state.view = changed[task_id] = msgspec.structs.replace(view, stalled=stalled, eta_ms=eta_ms)
+            self._schedule(task_id, state, now_ms)
         return changed
+
+    def _schedule(self, task_id: str, state: _State, now_ms: int | None = None) -> None:
+        """Remember when time alone may change the state's view: when it turns stalled, when its estimate passes.
+        An entry already due sooner stands: when it comes up, the view of that moment is scheduled."""
+        view = state.view
+        when = None if view.eta_ms is None else view.eta_ms + 1  # once it has passed
+        if not view.stalled:
+            stalls = view.update_ms + self._stall_ms
+            when = stalls if when is None else min(when, stalls)
+        if when is None:
+            return
+        if now_ms is not None and when <= now_ms:
+            when = now_ms + 1  # came due and did not change: no sooner than the next moment
+        if state.due_ms is None or when < state.due_ms:
+            state.due_ms = when
+            heapq.heappush(self._due, (when, task_id))
 
     def _departure(self, state: _State, final: Observation | None) -> Departure:
         if final is None:
@@ -261,6 +290,7 @@ class Tracker:
         view = _view(obs, start_ms, update_ms, None, obs.seen_ms - update_ms >= self._stall_ms, None)
         state = _State(first_seen, obs.fingerprint, point, point, view, self._scan, obs.seen_ms)
         self._states[task.task_id] = state
+        self._schedule(task.task_id, state)
         self._added.append((-start_ms, task.task_id, state))
 
     def _update(self, state: _State, obs: Observation) -> None:
@@ -297,6 +327,7 @@ class Tracker:
             self._order.pop(bisect.bisect_left(self._order, (-old.start_ms, task.task_id)))
             self._added.append((-start_ms, task.task_id, state))
         state.view = _view(obs, start_ms, update_ms, eta_ms, stalled, progress_rate(state.anchor, state.last))
+        self._schedule(task.task_id, state)
 
 
 def _view(

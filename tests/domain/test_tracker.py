@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import random
+
+import msgspec
 import orjson
 
 from service.domain.tasks import Observation, StoredTask
 from service.domain.times import format_time
-from service.domain.tracker import Departure, Tracker, estimate_completion
+from service.domain.tracker import Departure, TaskView, Tracker, estimate_completion
 from service.snapshot.render import task_head, task_json
 
 TTL = 3600
@@ -319,3 +322,39 @@ def test_a_finished_value_whose_start_is_after_its_end_is_counted() -> None:
     (departure,) = departures
     assert departure.end_ms == T0 + 5000
     assert tracker.future_times == 1
+
+
+def _retimed_by_a_full_pass(views: dict[str, TaskView], tracker: Tracker, now_ms: int) -> dict[str, TaskView]:
+    """What retime did before it kept a schedule: every task looked at, every time."""
+    changed: dict[str, TaskView] = {}
+    for task_id, view in views.items():
+        state = tracker._states[task_id]
+        stalled = now_ms - view.update_ms >= tracker._stall_ms
+        eta_ms = view.eta_ms
+        if eta_ms is not None and eta_ms < now_ms:
+            eta_ms = estimate_completion(state.anchor, state.last, now_ms)
+        if stalled != view.stalled or eta_ms != view.eta_ms:
+            changed[task_id] = msgspec.structs.replace(view, stalled=stalled, eta_ms=eta_ms)
+    return changed
+
+
+def test_retime_changes_what_a_full_pass_changes_and_looks_only_at_what_came_due() -> None:
+    rng = random.Random(4)
+    tracker = Tracker(producer_key_ttl=0, stall_after=30)
+    now = 1_000_000
+    progress = {f"t{i}": rng.randrange(1, 50) for i in range(300)}
+    scan(tracker, *(obs(task(task_id, p, update_ms=now), now) for task_id, p in progress.items()))
+    for step in range(120):
+        now += rng.choice([500, 1000, 3000])
+        moved = rng.sample(sorted(progress), 20)
+        if step % 3 == 0:  # a feed's batch: a few tasks move
+            for task_id in moved:
+                progress[task_id] = min(progress[task_id] + rng.randrange(1, 4), 99)
+            tracker.apply([obs(task(t, progress[t], update_ms=now), now) for t in moved], [], [])
+        views = {view.task_id: view for view in tracker.views()}
+        expected = _retimed_by_a_full_pass(views, tracker, now)
+        changed = tracker.retime(now)
+        assert changed == expected
+        assert {view.task_id: view for view in tracker.views()} == {**views, **expected}
+        assert len(tracker._due) <= 2 * len(progress)  # a task's entry, and at most one superseded by an earlier
+    assert any(view.stalled for view in tracker.views())
