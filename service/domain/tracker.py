@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -103,6 +103,10 @@ class Tracker:
         # too long with tens of thousands of tasks.
         self._unseen: dict[str, _State] = {}
         self._scan = 0
+        # While a scan runs: the tasks a change feed's batch has read since it began. The batch's reading is the
+        # newer or as new (a later write is announced again), so the scan leaves these tasks as the batch left them.
+        self._claimed: set[str] | None = None
+        self._renewed: set[str] = set()  # tasks given a new view since `take_renewed` was last called
         self.future_times = 0  # producer times later than the scan that read them, clamped to that scan's time
         # tracked tasks read in a finished status since the last complete scan (failed ones included)
         self._finished: dict[str, Observation] = {}
@@ -115,11 +119,19 @@ class Tracker:
         self._merge_added()  # an earlier scan that failed may have left some
         self._scan += 1
         self._unseen = self._states.copy()
+        self._claimed = set()
         # `_finished` is kept: a failed scan's decoded values are remembered, so the next scan does not report
         # them again; end_scan of a complete scan uses and clears it
 
     def observe(self, observations: Iterable[Observation]) -> None:
-        """Take in one page of running tasks as soon as it is decoded."""
+        """Take in one page of running tasks as soon as it is decoded (tasks a batch read since the scan began are
+        left as the batch left them)."""
+        claimed = self._claimed
+        if claimed:
+            observations = [obs for obs in observations if obs.task.task_id not in claimed]
+        self._take(observations)
+
+    def _take(self, observations: Iterable[Observation]) -> None:
         unseen = self._unseen
         for obs in observations:
             state = self._states.get(obs.task.task_id)
@@ -131,14 +143,21 @@ class Tracker:
 
     def observe_finished(self, observations: Iterable[Observation]) -> None:
         """Take in one page's newly decoded values in a finished status; only tracked tasks matter."""
-        states = self._states
+        states, claimed = self._states, self._claimed or ()
         for obs in observations:
-            if obs.task.task_id in states:
+            if obs.task.task_id in states and obs.task.task_id not in claimed:
                 self._finished[obs.task.task_id] = obs
+
+    def take_renewed(self) -> dict[str, TaskView]:
+        """The running tasks given a new view since the last call (by scans, failed ones included, and batches):
+        with the departures, what may differ from a snapshot made at that call."""
+        states, renewed, self._renewed = self._states, self._renewed, set()
+        return {task_id: states[task_id].view for task_id in renewed if task_id in states}
 
     def end_scan(self) -> list[str]:
         """After a complete scan: forget the tasks it did not see (finished, expired, deleted); return their ids."""
         self._merge_added()
+        self._claimed = None
         scan = self._scan
         gone = [(task_id, state) for task_id, state in self._unseen.items() if state.scan != scan]
         self._unseen = {}
@@ -156,12 +175,12 @@ class Tracker:
         return [task_id for task_id, _ in gone]
 
     def apply(
-        self, running: list[Observation], finished: Iterable[Observation], absent: Iterable[str]
+        self, running: list[Observation], finished: Sequence[Observation], absent: Sequence[str]
     ) -> dict[str, TaskView | None]:
-        """Take in what the change feed's batch read, between scans: running tasks' new values, tasks now in a
-        finished status, and tasks whose key is gone or holds no running task. Departures go to the sink at once.
-        Returns the tasks touched: id -> its view now, None when it is no longer running."""
-        self.observe(running)
+        """Take in what the change feed's batch read, between scans or during one: running tasks' new values, tasks
+        now in a finished status, and tasks whose key is gone or holds no running task. Departures go to the sink at
+        once. Returns the tasks touched: id -> its view now, None when it is no longer running."""
+        self._take(running)
         self._merge_added()
         touched: dict[str, TaskView | None] = {obs.task.task_id: self._states[obs.task.task_id].view for obs in running}
         gone: list[Departure] = []
@@ -179,6 +198,10 @@ class Tracker:
                 touched[task_id] = None
         if gone and self._on_departures is not None:
             self._on_departures(gone)
+        if self._claimed is not None:  # every task read, tracked or not: the scan may have read an older value
+            self._claimed.update(touched)
+            self._claimed.update(obs.task.task_id for obs in finished)
+            self._claimed.update(absent)
         return touched
 
     def _forget(self, task_id: str, state: _State) -> None:
@@ -290,6 +313,7 @@ class Tracker:
         view = _view(obs, start_ms, update_ms, None, obs.seen_ms - update_ms >= self._stall_ms, None)
         state = _State(first_seen, obs.fingerprint, point, point, view, self._scan, obs.seen_ms)
         self._states[task.task_id] = state
+        self._renewed.add(task.task_id)
         self._schedule(task.task_id, state)
         self._added.append((-start_ms, task.task_id, state))
 
@@ -327,6 +351,7 @@ class Tracker:
             self._order.pop(bisect.bisect_left(self._order, (-old.start_ms, task.task_id)))
             self._added.append((-start_ms, task.task_id, state))
         state.view = _view(obs, start_ms, update_ms, eta_ms, stalled, progress_rate(state.anchor, state.last))
+        self._renewed.add(task.task_id)
         self._schedule(task.task_id, state)
 
 

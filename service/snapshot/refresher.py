@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gc
 import logging
@@ -34,6 +35,8 @@ _FAILURE_HOLD_SECONDS = 1.0
 _REMINDER_SECONDS = 60.0
 # Refreshes between two full collections of the frozen heap (see _refresh): five minutes at the default interval.
 _THAW_EVERY = 150
+# A scan that changed more than this fraction of the tasks builds the next snapshot again rather than update it.
+_REBUILD_FRACTION = 4
 
 
 class _QuietSkips(logging.Filter):
@@ -183,8 +186,7 @@ class Refresher:
             task.exception()  # retrieved here so that a failure nobody awaited is not reported as lost
 
     async def _refresh(self, trigger: str) -> Snapshot:
-        async with self._lock:
-            return await self._full_scan(trigger)
+        return await self._full_scan(trigger)
 
     async def _full_scan(self, trigger: str) -> Snapshot:
         started_ms = self._clock()
@@ -205,11 +207,18 @@ class Refresher:
         finally:
             if collecting:
                 gc.enable()
-        departed = self._tracker.end_scan()
-        prefix = self._scanner.prefix
-        self.last_scan_changes = self._scanner.changed | {prefix + task_id.encode() for task_id in departed}
-        self._last_full_scan = time.monotonic()
-        snapshot = await self._install(stats)
+        # The change feed's batches go on while the scan reads (what they read stands over what the scan reads of
+        # the same keys: Tracker and Scanner claims); taking its results in and installing them is theirs alone.
+        async with self._lock:
+            departed = self._tracker.end_scan()
+            prefix = self._scanner.prefix
+            self.last_scan_changes = self._scanner.changed | {prefix + task_id.encode() for task_id in departed}
+            self._last_full_scan = time.monotonic()
+            changed: dict[str, TaskView | None] = {**self._tracker.take_renewed(), **dict.fromkeys(departed)}
+            # a scan that changed a few tasks (a reconciliation while the feed is live) updates the snapshot as a
+            # batch does; one that changed many builds it again
+            few = self.snapshot is not None and len(changed) <= self.snapshot.task_count // _REBUILD_FRACTION
+            snapshot = await self._install(stats, changed if few else None)
         # What survives a refresh lives until a later refresh replaces it, and reference counting frees it then
         # (it forms no cycles). Frozen, the cyclic collector no longer walks it on every full collection, each of
         # which was an event-loop stall with a large workload.
@@ -249,7 +258,7 @@ class Refresher:
         self._generation += 1
         previous, now = self.snapshot, self._clock()
         if touched is not None and previous is not None:
-            snapshot = await update_snapshot(self._generation, previous, touched, now, self._etag_prefix)
+            snapshot = await update_snapshot(self._generation, previous, touched, now, self._etag_prefix, stats)
         else:
             views: list[TaskView] = []
             for part in self._tracker.views_in_slices():  # tens of thousands of tasks: yield between slices
@@ -264,6 +273,11 @@ class Refresher:
         """A change feed's batch: read the values of `keys`, take them in, and install the next snapshot, made
         from the previous one plus those tasks (only they are rendered again). None before the first complete
         scan, which reads them anyway. Raises the client's errors."""
+        if self.snapshot is None and self._inflight is not None:
+            # the first scan is running: without a snapshot to update, the batch waits for it (the scan may have
+            # passed these keys before they changed)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._inflight)
         async with self._lock:
             if self.snapshot is None:
                 return None

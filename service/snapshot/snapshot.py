@@ -140,9 +140,11 @@ async def update_snapshot(
     touched: Mapping[str, TaskView | None],
     built_ms: int,
     etag_prefix: str,
+    stats: ScanStats | None = None,
 ) -> Snapshot:
     """The next snapshot when only the tasks of `touched` may differ from `previous` (id -> its view now, None: no
-    longer running): what a change feed's batch made. Its cost follows the changes, not the number of tasks: each
+    longer running): what a change feed's batch made, or a scan that changed few tasks (`stats`: its figures; a
+    batch keeps the previous snapshot's). Its cost follows the changes, not the number of tasks: each
     touched task leaves the segment it was in and enters the one it belongs to now (`order.relocate`), only those
     segments are cut again, and the task index is the previous one with the changes layered over it."""
     known = previous.entries
@@ -151,15 +153,17 @@ async def update_snapshot(
         old = known.get(task_id)
         if (old[0] if old is not None else None) is not view:
             changed[task_id] = None if view is None else (view, task_head(view))
+    stats = previous.stats if stats is None else stats
     if not changed:
-        return dataclasses.replace(previous, generation=generation, built_ms=built_ms, built_monotonic=time.monotonic())
+        return dataclasses.replace(
+            previous, generation=generation, built_ms=built_ms, built_monotonic=time.monotonic(), stats=stats
+        )
     if not previous.groups:
         tasks = sorted((entry[0] for entry in changed.values() if entry is not None), key=task_key)
-        return await build_snapshot(generation, tasks, previous.stats, built_ms, previous, etag_prefix)
+        return await build_snapshot(generation, tasks, stats, built_ms, previous, etag_prefix)
     groups = relocate(previous.groups, previous.group_keys, known, changed)
     entries = known.with_changes(changed)
     body = _rendered(groups, len(entries), etag_prefix, generation)
-    stats = previous.stats
     return Snapshot(generation, built_ms, time.monotonic(), entries, body, stats, groups, group_keys(groups))
 
 

@@ -110,6 +110,9 @@ class Scanner:
         # keys whose value the last scan read and found different from what was remembered (or new): what a
         # reconciliation scan finds that the change feed did not announce
         self.changed: set[bytes] = set()
+        # While a scan runs: what `read_keys` learnt of the keys it read since the scan began (None: the key is
+        # gone). Newer than, or as new as, what the scan reads of them: the scan's memory takes these at its end.
+        self._claims: dict[bytes, _Memory | None] | None = None
 
     @property
     def source(self) -> RedisSource:
@@ -129,6 +132,7 @@ class Scanner:
         started = time.perf_counter()
         decoded: dict[bytes, _Memory] = {}
         self.changed = set()
+        self._claims = {}
         self._scans += 1
         # A producer rewrite (SET EX) always moves a key's expiry, so a value with the expiry it had in the last
         # scan is not read again. Every `full_read_every`-th scan reads them all anyway, so that a
@@ -147,14 +151,26 @@ class Scanner:
             # Otherwise a first scan that needs longer than max_scan_time (a large keyspace, a slow or busy
             # machine) would start from nothing at every attempt and never complete.
             self._decoded.update(decoded)
+            self._settle_claims(self._decoded)
             if isinstance(exc, TimeoutError):
                 raise ScanTimeout(f"scan exceeded max_scan_time ({self._settings.max_scan_time} ms)") from exc
             raise
         # Only a complete scan replaces the memory: keys that are gone are forgotten.
+        self._settle_claims(decoded)
         previous, self._decoded = self._decoded, decoded
         await _release(previous)
         stats.duration_ms = round((time.perf_counter() - started) * 1000, 3)
         return stats
+
+    def _settle_claims(self, memory: dict[bytes, _Memory]) -> None:
+        """What batches read during the scan stands over what the scan read; their keys are not the scan's finds."""
+        claims, self._claims = self._claims or {}, None
+        for key, known in claims.items():
+            if known is None:
+                memory.pop(key, None)
+            else:
+                memory[key] = known
+        self.changed -= claims.keys()
 
     async def _run(
         self, stats: ScanStats, decoded: dict[bytes, _Memory], sink: PageSink, reuse: dict[bytes, _Memory] | None
@@ -310,8 +326,8 @@ class Scanner:
     async def read_keys(self, keys: list[bytes]) -> KeyReads:
         """Read and decode the values of `keys` (keys under the pattern that the change feed named) with the
         scan's own lookups and decoding, the values in the lookup's round trip up to `fetch_max_bytes` and in
-        bounded MGETs past it, and remember them as a scan would: the next scan does not read them again. Not
-        while a scan runs (the refresher keeps the two apart)."""
+        bounded MGETs past it, and remember them as a scan would: the next scan does not read them again. During a
+        scan, what is read here stands over what the scan reads of the same keys (see `_settle_claims`)."""
         stats = ScanStats(started_ms=self._clock())
         page, read = await self._source.lookup(keys)
         seen_ms = self._clock()
@@ -349,6 +365,10 @@ class Scanner:
                 task_id = meta.key[plen:].decode()
                 if task_id not in settled:
                     absent.append(task_id)  # gone since the lookup, malformed, or finished and known as such
+        if self._claims is not None:  # a scan runs: what was read here stands over what it reads
+            claims = self._claims
+            for key in page.keys:
+                claims[key] = memory.get(key)
         stats.duration_ms = round(self._clock() - stats.started_ms, 3)
         return KeyReads(stats, running, finished, absent)
 
