@@ -33,7 +33,8 @@ from bench.table import Row, render_markdown, render_text
 from service.devtools.embedded import RedisServerProcess, free_port
 from service.devtools.simulator import build_workload
 
-PROBE_SECONDS = 20.0
+# Long enough to hold a reconciliation scan (every reconcile_interval, 60 s by default, after the startup scan).
+PROBE_SECONDS = 75.0
 
 
 def _serve(url: str, port: int) -> subprocess.Popen[bytes]:
@@ -63,7 +64,7 @@ def _rss(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-async def run(tasks: int) -> tuple[list[Row], str]:
+async def run(tasks: int, file_range: tuple[int, int]) -> tuple[list[Row], str]:
     server = RedisServerProcess()
     try:
         url = server.url
@@ -71,7 +72,12 @@ async def run(tasks: int) -> tuple[list[Row], str]:
         started = time.perf_counter()
         async with aioredis.Redis.from_url(url) as client:
             summary = await build_workload(
-                client, tasks=tasks, unrelated=tasks // 5, large_fraction=0.0, now_ms=int(time.time() * 1000)
+                client,
+                tasks=tasks,
+                unrelated=tasks // 5,
+                large_fraction=0.0,
+                file_range=file_range,
+                now_ms=int(time.time() * 1000),
             )
         built = time.perf_counter() - started
         floor = statistics.median(refresh.floor(url, workload.KEY_PATTERN, 100)[0] for _ in range(3))
@@ -100,6 +106,8 @@ async def run(tasks: int) -> tuple[list[Row], str]:
                         number += 1
                         await asyncio.sleep(0.2)
                     await asyncio.gather(*probes)
+                    stats = (await base.get("/codebase-embedder/api/v1/tasks/cache-stats")).json()["data"]
+                    feed = stats["changeFeed"]
             rss_after = _rss(process.pid)
         finally:
             process.terminate()
@@ -139,11 +147,17 @@ async def run(tasks: int) -> tuple[list[Row], str]:
                 "—",
                 "< 100 ms" if label == "p99" else "—",
                 (value < 0.1) if label == "p99" else None,
-                f"{len(out.latencies)} probes, {out.unseen} unseen within 10 s" if label == "p50" else "",
+                (
+                    f"{len(out.latencies)} probes, {out.unseen} unseen within 10 s; {feed['reconciliations']} "
+                    f"reconciliation scan(s) meanwhile, {feed['missed']} change(s) missed"
+                )
+                if label == "p50"
+                else "",
             )  # fmt: skip
         )
     header = (
-        f"python -m bench.million --tasks {tasks}: {tasks:,} task keys ({summary.running_total:,} running, "
+        f"python -m bench.million --tasks {tasks} --files {file_range[0]}-{file_range[1]}: "
+        f"{tasks:,} task keys ({summary.running_total:,} running, "
         f"{value_bytes / 2**20:,.0f} MiB of running values) + {tasks // 5:,} others, built in {built:.0f} s; "
         f"service pinned to cpu {SERVER_CPU}"
     )
@@ -153,9 +167,15 @@ async def run(tasks: int) -> tuple[list[Row], str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=1_000_000)
+    parser.add_argument(
+        "--files",
+        default="1-4",
+        help="file entries per task, LOW-HIGH (default 1-4, the issue's workload; the simulator's usual is 5-50)",
+    )
     parser.add_argument("--output", help="also write the table as Markdown to this file")
     args = parser.parse_args()
-    rows, header = asyncio.run(run(args.tasks))
+    low, _, high = args.files.partition("-")
+    rows, header = asyncio.run(run(args.tasks, (int(low), int(high or low))))
     print(header)
     print(render_text(rows))
     if args.output:

@@ -185,6 +185,7 @@ class Simulator:
         large_fraction: float = 0.01,
         large_files: int = 2000,
         files: int | None = None,
+        file_range: tuple[int, int] = (5, 50),
         stall_hold: float | None = None,
     ) -> None:
         self.rng = random.Random(seed)
@@ -193,6 +194,7 @@ class Simulator:
         # running list holds about the number of tasks asked for, not that many plus every recent stall.
         self.stall_hold = stall_hold
         self.files = files  # every new task's file count; None: the realistic distribution
+        self.file_range = file_range  # most tasks' file counts, in the realistic distribution
         self.key_ttl = key_ttl
         self.newer_producer_fraction = newer_producer_fraction
         self.large_fraction = large_fraction
@@ -212,7 +214,10 @@ class Simulator:
         if files is None:
             files = self.files
         if files is None:
-            files = file_count(rng, large_fraction=self.large_fraction, large_files=self.large_files)
+            low, high = self.file_range
+            files = file_count(
+                rng, large_fraction=self.large_fraction, large_files=self.large_files, low=low, high=high
+            )
         task = SimTask(task_id=_task_id(rng), files=_file_list(rng, files), outcome=outcome)
         if outcome == "stall":
             task.stop_at = rng.randrange(files) if files else 0
@@ -416,6 +421,7 @@ async def build_workload(
     malformed_fraction: float = 0.01,
     large_fraction: float = 0.01,
     large_files: int = 2000,
+    file_range: tuple[int, int] = (5, 50),
     key_ttl: int = 3600,
     newer_producer_fraction: float = 0.0,
     now_ms: int,
@@ -431,6 +437,7 @@ async def build_workload(
         newer_producer_fraction=newer_producer_fraction,
         large_fraction=large_fraction,
         large_files=large_files,
+        file_range=file_range,
     )
     rng = sim.rng
     n_malformed = round(tasks * malformed_fraction)

@@ -106,6 +106,7 @@ class Tracker:
         # While a scan runs: the tasks a change feed's batch has read since it began. The batch's reading is the
         # newer or as new (a later write is announced again), so the scan leaves these tasks as the batch left them.
         self._claimed: set[str] | None = None
+        self.last_claimed: set[str] = set()  # what batches read during the last complete scan, up to its end
         self._renewed: set[str] = set()  # tasks given a new view since `take_renewed` was last called
         self.future_times = 0  # producer times later than the scan that read them, clamped to that scan's time
         # tracked tasks read in a finished status since the last complete scan (failed ones included)
@@ -157,7 +158,7 @@ class Tracker:
     def end_scan(self) -> list[str]:
         """After a complete scan: forget the tasks it did not see (finished, expired, deleted); return their ids."""
         self._merge_added()
-        self._claimed = None
+        self.last_claimed, self._claimed = self._claimed or set(), None
         scan = self._scan
         gone = [(task_id, state) for task_id, state in self._unseen.items() if state.scan != scan]
         self._unseen = {}

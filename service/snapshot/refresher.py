@@ -33,7 +33,8 @@ JOB_ID = "refresh-running-tasks"
 # starting a scan of their own: the job keeps retrying on its own schedule.
 _FAILURE_HOLD_SECONDS = 1.0
 _REMINDER_SECONDS = 60.0
-# Refreshes between two full collections of the frozen heap (see _refresh): five minutes at the default interval.
+# Full scans between two full collections of the frozen heap (see _full_scan): five minutes at the default interval
+# without the change feed.
 _THAW_EVERY = 150
 # A scan that changed more than this fraction of the tasks builds the next snapshot again rather than update it.
 _REBUILD_FRACTION = 4
@@ -133,6 +134,7 @@ class Refresher:
         self._failing_since: float | None = None
         self._last_reminder = 0.0
         self._generation = 0
+        self._full_scans = 0  # complete ones
         self._scheduler: AsyncIOScheduler | None = None
         self._stopped = False
         self.snapshot: Snapshot | None = None
@@ -212,7 +214,10 @@ class Refresher:
         async with self._lock:
             departed = self._tracker.end_scan()
             prefix = self._scanner.prefix
-            self.last_scan_changes = self._scanner.changed | {prefix + task_id.encode() for task_id in departed}
+            # what the scan found changed, less what batches read meanwhile (announced, then): a reconciliation's finds
+            announced = {prefix + task_id.encode() for task_id in self._tracker.last_claimed}
+            found = self._scanner.changed | {prefix + task_id.encode() for task_id in departed}
+            self.last_scan_changes = found - announced
             self._last_full_scan = time.monotonic()
             changed: dict[str, TaskView | None] = {**self._tracker.take_renewed(), **dict.fromkeys(departed)}
             # a scan that changed a few tasks (a reconciliation while the feed is live) updates the snapshot as a
@@ -225,7 +230,8 @@ class Refresher:
         # Cyclic garbage frozen with it would never be freed, so the young generations are collected first
         # (cheap), and now and then everything is thawed and collected once: one full pass every few minutes
         # instead of a leak.
-        if self._generation % _THAW_EVERY == 0:
+        self._full_scans += 1
+        if self._full_scans % _THAW_EVERY == 0:
             gc.unfreeze()
             gc.collect()
         else:

@@ -86,6 +86,7 @@ async def test_a_batch_during_a_scan_is_applied_at_once_and_stands_over_the_scan
         assert progress_of(refresher) == {"moved": 60, "stays": 10, "new": 5}
         assert [run.task_id for run in history.newest_first()] == ["leaves"]
         assert b"request:id:moved" not in scanner.changed  # announced and applied: not a reconciliation's find
+        assert refresher.last_scan_changes == set()  # nothing the feed did not announce
         # and the scanner remembers the batch's reading: the next scan finds nothing changed
         await refresher.refresh("reconcile")
         assert progress_of(refresher) == {"moved": 60, "stays": 10, "new": 5}
