@@ -68,7 +68,7 @@ class QueryService:
         view = view_of(query)
         changes = log.since(generation)
         if changes is None:
-            key: tuple[object, ...] = ("since-reset", snapshot.etag, view)
+            key: tuple[object, ...] = ("since-reset", snapshot.etag, snapshot.generation, view)
         else:
             changes = [change for change in changes if change.generation <= snapshot.generation]
             key = ("since", view, generation, changes[-1].generation if changes else generation)

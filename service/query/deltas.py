@@ -43,7 +43,10 @@ def parse_since(items: Iterable[tuple[str, str]]) -> int | None:
 
 def view_of(query: Query) -> Query:
     """The view a stream or a `since=` poll watches: the query's filters and projection; no pages, the default
-    order (a delta has no place in a page)."""
+    order (a delta has no place in a page). Its tasks must carry their id: changes are applied by it."""
+    fields = query.projection.fields
+    if "taskId" not in fields:
+        raise QueryError("fields", ",".join(fields), "a list that includes taskId (changes are applied by task id)")
     return dataclasses.replace(query, paging=None, sort=DEFAULT_SORT)
 
 
