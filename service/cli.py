@@ -55,7 +55,7 @@ def _settings(args: argparse.Namespace, **running_tasks: object) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     from service.http.access_log import configure_logging
     from service.http.app import create_app
-    from service.http.server import ServerLimits, fit_to_fd_limit, uvicorn_config
+    from service.http.server import Server, ServerLimits, fit_to_fd_limit, uvicorn_config
 
     settings = _settings(args)
     given = {name: getattr(args, name) for name in _LIMITS if getattr(args, name) is not None}
@@ -74,8 +74,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # per request (ours, not uvicorn's), and forwarded addresses believed only by our middleware, and only from
     # server.trusted_proxies (uvicorn would trust X-Forwarded-For from 127.0.0.1 by default). Our HTTP protocol
     # caps the size of request heads and the time to send them (service.http.server).
+    app = create_app(settings, settings_from=source)
     config = uvicorn_config(
-        create_app(settings, settings_from=source),
+        app,
         host,
         port,
         limits,
@@ -84,7 +85,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=False,
         proxy_headers=False,
     )
-    server = uvicorn.Server(config)
+    server = Server(config, on_shutdown=app.state.streams.close)  # ends the event streams first
     _exit_cleanly_on_sigterm(server)
     try:
         server.run()

@@ -112,6 +112,16 @@ class RunningTasksSettings(_Section, frozen=True, forbid_unknown_fields=True):
             )
 
 
+class EventsSettings(_Section, frozen=True, forbid_unknown_fields=True):
+    # The event stream (GET .../tasks/running/events) and the running list's `since=`; the README says why each
+    # default is what it is.
+    max_streams: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 1000  # open at once; beyond, 503 + Retry-After
+    heartbeat_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 15  # a comment line when nothing else is sent
+    retry_ms: Annotated[int, msgspec.Meta(ge=0, le=3_600_000)] = 3000  # the `retry:` hint sent to clients
+    queue_events: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 256  # events waiting per stream; beyond, a reset
+    held_generations: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000  # change sets kept for resumes
+
+
 # RFC 6750 b64token: what an `Authorization: Bearer` header can carry unchanged
 _BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 MIN_TOKEN_LENGTH = 16
@@ -181,6 +191,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     rate_limit: RateLimitSettings = msgspec.field(default_factory=RateLimitSettings)
     cors: CorsSettings = msgspec.field(default_factory=CorsSettings)
+    events: EventsSettings = msgspec.field(default_factory=EventsSettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
 
     def redacted(self) -> dict[str, Any]:

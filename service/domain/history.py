@@ -127,3 +127,8 @@ class History:
     def latest(self, task_id: str) -> FinishedRun | None:
         """The latest kept run of `task_id`."""
         return self._latest.get(task_id)
+
+    def outcome(self, task_id: str) -> str:
+        """How `task_id` last left the running state; `vanished` when no run of it is kept."""
+        record = self._latest.get(task_id)
+        return "vanished" if record is None else record.outcome

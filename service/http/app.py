@@ -20,6 +20,7 @@ from service.http.metrics import Metrics
 from service.http.middleware import build_limiter, build_middleware
 from service.http.openapi import build_document
 from service.http.routes import EXCEPTION_HANDLERS, Endpoints, build_routes
+from service.http.streams import StreamHub
 from service.query.answers import QueryService
 from service.settings import Settings, load_settings, settings_file
 from service.snapshot.pipeline import build_pipeline
@@ -60,9 +61,11 @@ def create_app(
     pipeline = build_pipeline(settings, client, clock, refresh_loop)
     refresher = pipeline.refresher
     follower = pipeline.follower
+    streams = StreamHub(settings.events, pipeline.changes)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        streams.start()
         if refresh_loop is not None:
             refresh_loop.start()
         if rt.cache_enabled:
@@ -83,6 +86,7 @@ def create_app(
         try:
             yield
         finally:
+            streams.close()  # (the server closes them before it waits for responses: service.http.server)
             await run_on(refresh_loop, follower.stop())
             await refresher.stop()
             if refresh_loop is not None:
@@ -93,14 +97,16 @@ def create_app(
 
     queries = QueryService(rt, pipeline.history)
     delivery = Delivery(rt.refresh_interval)
-    endpoints = Endpoints(settings, refresher, queries, delivery, pipeline.source, settings_from, follower)
+    endpoints = Endpoints(
+        settings, refresher, queries, delivery, pipeline.source, settings_from, follower, pipeline.changes, streams
+    )
     running = endpoints.running
-    metrics = Metrics(refresher, delivery.counters, rt.running_statuses, rt.cache_ttl, follower)
+    metrics = Metrics(refresher, delivery.counters, rt.running_statuses, rt.cache_ttl, follower, streams.info)
     limiter = build_limiter(settings)
     if limiter is not None:
         metrics.add_gauge("rate_limit_clients", "Clients whose rate-limit bucket is remembered.", lambda: len(limiter))
     app = Starlette(
-        routes=build_routes(running),
+        routes=build_routes(running, endpoints.events),
         middleware=build_middleware(settings, metrics, limiter, running),
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error, **EXCEPTION_HANDLERS},
@@ -109,6 +115,7 @@ def create_app(
     app.state.settings = settings
     app.state.refresher = refresher
     app.state.queries = queries
+    app.state.streams = streams
     app.state.metrics = metrics
     app.state.limiter = limiter
     app.state.openapi = msgspec.json.encode(build_document(settings))

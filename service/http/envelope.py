@@ -28,6 +28,7 @@ class ErrorCode(Enum):
     INTERNAL = (500, "查询任务状态时发生内部错误")
     REDIS_UNAVAILABLE = (503, "Redis服务不可用，请稍后再试")
     TIMEOUT = (504, "查询超时，请稍后再试")
+    TOO_MANY_STREAMS = (503, "事件流数量已达上限，请稍后再试")  # max_streams open; with Retry-After
 
     @property
     def status(self) -> int:
@@ -44,7 +45,10 @@ FAILURE_CODES = {
     Failure.REDIS_UNAVAILABLE: ErrorCode.REDIS_UNAVAILABLE,
     Failure.INTERNAL: ErrorCode.INTERNAL,
 }
-ERRORS_BY_STATUS = {code.status: code for code in ErrorCode}
+# the first code of each status: an HTTP error of 503 is Redis' (TOO_MANY_STREAMS is the stream endpoint's own)
+ERRORS_BY_STATUS: dict[int, ErrorCode] = {}
+for _code in ErrorCode:
+    ERRORS_BY_STATUS.setdefault(_code.status, _code)
 
 
 def ok(data: msgspec.Struct, headers: dict[str, str] | None = None) -> Response:

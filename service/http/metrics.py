@@ -25,6 +25,7 @@ from starlette.types import Scope
 from service import __version__
 from service.http.delivery import ServeCounters
 from service.http.server import REFUSALS
+from service.shapes.events import StreamsInfo
 from service.snapshot.follower import LATENCY_BUCKETS, Follower
 from service.snapshot.refresher import Refresher, RefreshRecord
 from service.source.failures import Failure
@@ -57,6 +58,7 @@ class Metrics:
         running_statuses: Iterable[str],
         cache_ttl: float,
         follower: Follower | None = None,
+        streams: Callable[[], StreamsInfo] | None = None,
     ) -> None:
         # No `_created` series: prometheus-client would add them to its own counters and histograms but not to
         # the ones collected here, and no query of ours needs them. The switch is process-wide (the library
@@ -93,6 +95,8 @@ class Metrics:
         self.registry.register(_BuildInfo())
         if follower is not None:
             self.registry.register(_FeedCollector(follower))
+        if streams is not None:
+            self.registry.register(_StreamsCollector(streams))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
@@ -200,6 +204,28 @@ class _FeedCollector(Collector):
             [], list(zip(bounds, accumulate(counters.latency_counts), strict=True)), counters.latency_sum
         )
         yield latency
+
+
+class _StreamsCollector(Collector):
+    """The event streams (service.http.streams), read at each scrape."""
+
+    def __init__(self, read: Callable[[], StreamsInfo]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        info = self._read()
+        yield _gauge("streams_open", "Event streams open now.", info.open)
+        yield _gauge("stream_views", "Distinct views (filters + projection) the open streams watch.", info.views)
+        yield _gauge("stream_views_shared", "Views watched by more than one open stream.", info.views_shared)
+        yield _counter("streams_opened", "Event streams opened since start.", info.opened)
+        yield _counter("streams_refused", "Event streams refused because max_streams were open.", info.refused)
+        yield _counter("stream_events", "Events sent on the streams (snapshot and changes).", info.events)
+        yield _counter("stream_bytes", "Bytes sent on the streams, heartbeats included.", info.bytes)
+        yield _counter("stream_heartbeats", "Heartbeat comments sent on idle streams.", info.heartbeats)
+        yield _counter("stream_resets", "Snapshots sent again: slow streams, resumes not held.", info.resets)
+        yield _counter("stream_events_dropped", "Queued events discarded by those resets.", info.events_dropped)
+        yield _counter("streams_dropped", "Streams the service ended (shutdown, a failed send).", info.dropped)
+        yield _counter("stream_encodes", "Change events encoded (once per view and change).", info.encodes)
 
 
 class _BuildInfo(Collector):

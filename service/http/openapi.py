@@ -38,6 +38,7 @@ from service.query.project import FILE_LIST_MODES, TASK_FIELDS
 from service.query.running import SORT_KEYS
 from service.settings import Settings
 from service.shapes.envelope import BadRequest, Error, Ok
+from service.shapes.events import RunningChanges, RunningSnapshot, TaskChanges
 from service.shapes.operations import CacheStats, Health, Ready
 from service.shapes.stats import TaskStats
 from service.shapes.tasks import FinishedTasks, ProjectedTask, RunningTasks, Task
@@ -50,7 +51,8 @@ _PAGE_SIZE = {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE}
 # The answers of the endpoints, each in the success envelope `Ok` (the component `<shape>Ok`), and the other
 # shapes the document names; msgspec adds every struct they refer to, under the struct's name.
 ANSWERS: tuple[type, ...] = (RunningTasks, ProjectedTask, FinishedTasks, TaskStats, CacheStats, Health, Ready)
-OTHER_SHAPES: tuple[type, ...] = (Task, Error, BadRequest)
+# RunningSnapshot and TaskChanges are the event stream's event data; RunningChanges the running list's `since=`
+OTHER_SHAPES: tuple[type, ...] = (Task, Error, BadRequest, RunningSnapshot, TaskChanges, RunningChanges)
 
 
 class Access(Enum):
@@ -172,6 +174,11 @@ ERRORS: dict[str, tuple[ErrorCode, dict[str, Any]]] = {
     "InternalError": (ErrorCode.INTERNAL, {}),
     "RedisUnavailable": (ErrorCode.REDIS_UNAVAILABLE, {}),
     "Timeout": (ErrorCode.TIMEOUT, {}),
+    # the event stream's 503: max_streams are open (with Retry-After), or Redis cannot be reached
+    "StreamUnavailable": (
+        ErrorCode.TOO_MANY_STREAMS,
+        {"enum": [ErrorCode.TOO_MANY_STREAMS.message, ErrorCode.REDIS_UNAVAILABLE.message]},
+    ),
 }
 
 
@@ -212,6 +219,11 @@ RESPONSES: dict[str, dict[str, Any]] = {
     "InternalError": _error_response("InternalError", "An unexpected error; the details are in the log only"),
     "RedisUnavailable": _error_response("RedisUnavailable", "Redis cannot be reached"),
     "Timeout": _error_response("Timeout", "The scan exceeded its time budget"),
+    "StreamUnavailable": json_response(
+        "max_streams event streams are open (Retry-After says when to try again), or Redis cannot be reached",
+        ref("StreamUnavailable"),
+        {"Retry-After": {"description": "seconds to wait", "schema": {"type": "string", "pattern": "^[1-9][0-9]*$"}}},
+    ),
     "NotModified": {
         "description": "The answer still has an ETag of If-None-Match",
         "headers": _headers(_SNAPSHOT_HEADERS),
@@ -282,6 +294,12 @@ def parameters(settings: Settings) -> dict[str, dict[str, Any]]:
             "header",
             "Returned in the response and written in every log line of the request; a value that is not 1-128 "
             "characters of letters, digits and ._~:/+=@- is replaced by a new UUID.",
+        ),
+        "LastEventId": _parameter(
+            "Last-Event-ID",
+            "header",
+            "The id (generation) of the last event a reconnecting client received: it is sent only the changes since, "
+            "in one changes event, while the service holds them (held_generations); else a fresh snapshot.",
         ),
         "IfNoneMatch": _parameter(
             "If-None-Match",
@@ -383,10 +401,37 @@ OPERATIONS: list[Operation] = [
         description="Served from the background snapshot while it is fresh; otherwise a live scan (shared by "
         "concurrent requests) answers. Without parameters the answer is the snapshot's pre-rendered body: every "
         "running task, complete (see Task), newest start first. Filters combine with AND, the values of one filter "
-        "with OR; time ranges are half-open (after <= t < before). Unknown parameters are ignored.",
+        "with OR; time ranges are half-open (after <= t < before). Unknown parameters are ignored. With "
+        "`since=<generation>` (and no page, pageSize or sort) the answer's data is a RunningChanges instead: what "
+        "changed in the view after that generation, or every task flagged as a reset when it is no longer held.",
         parameters=_params(
             "IfNoneMatch ClientId RunningStatus StartedAfter StartedBefore UpdatedAfter UpdatedBefore Stalled "
             "RunningSort Page PageSize Fields FileList"
+        ),
+    ),
+    Operation(
+        f"{API_PREFIX}/running/events",
+        "get",
+        "streamRunningTasks",
+        "The running tasks as a server-sent event stream of changes",
+        {
+            "200": {
+                "description": "An event stream: a `retry:` hint; a `snapshot` event (data: RunningSnapshot); then "
+                "a `changes` event (data: TaskChanges) for every new snapshot that changes the view; comment lines "
+                "as heartbeats. Every event's id is its generation. A slow reader is sent a fresh snapshot instead "
+                "of what it fell behind on.",
+                "headers": _headers(),
+                "content": {"text/event-stream": _TEXT},
+            },
+            **_BAD_REQUEST,
+            "503": ref("StreamUnavailable", "responses"),
+            "504": ref("Timeout", "responses"),
+        },
+        description="Takes the running list's filters and projection (fields must include taskId); page, pageSize "
+        "and sort do not apply. A stream counts once against the rate limit; at most max_streams are open.",
+        parameters=_params(
+            "LastEventId ClientId RunningStatus StartedAfter StartedBefore UpdatedAfter UpdatedBefore Stalled Fields "
+            "FileList"
         ),
     ),
     Operation(

@@ -14,10 +14,13 @@ from starlette.types import Receive, Scope, Send
 
 from service.http.delivery import Answer, Delivery
 from service.http.envelope import FAILURE_CODES, ErrorCode, bad_request, error, ok
+from service.http.events import EventStream
+from service.http.streams import StreamHub
 from service.query.answers import QueryService
 from service.query.params import QueryError
 from service.settings import Settings
 from service.shapes.operations import CacheStats, Health, Ready
+from service.snapshot.changes import ChangeLog
 from service.snapshot.follower import Follower
 from service.snapshot.refresher import Refresher, RefreshFailed
 from service.source.redis_source import RedisSource
@@ -26,6 +29,7 @@ logger = logging.getLogger("service.http.routes")
 
 API_PREFIX = "/codebase-embedder/api/v1/tasks"
 RUNNING_PATH = f"{API_PREFIX}/running"
+EVENTS_PATH = f"{RUNNING_PATH}/events"
 _POLL_METHODS = frozenset({"GET", "HEAD"})
 
 
@@ -51,6 +55,8 @@ class Endpoints:
         source: RedisSource,
         settings_from: Path | None,
         follower: Follower,
+        changes: ChangeLog,
+        streams: StreamHub,
     ) -> None:
         self.settings = settings
         self.follower = follower
@@ -59,7 +65,9 @@ class Endpoints:
         self.queries = queries
         self.delivery = delivery
         self.source = source
-        self.running = RunningList(refresher, queries, delivery)
+        self.streams = streams
+        self.running = RunningList(refresher, queries, delivery, changes)
+        self.events = EventStream(streams, refresher, queries, changes)
 
 
 def _endpoints(request: Request) -> Endpoints:
@@ -76,10 +84,11 @@ class RunningList:
     """`GET .../tasks/running` as a plain ASGI endpoint, so that a poll makes no Request or Response object.
     `ready` is the same answer for a poll of a fresh snapshot, given before routing by the middleware."""
 
-    def __init__(self, refresher: Refresher, queries: QueryService, delivery: Delivery) -> None:
+    def __init__(self, refresher: Refresher, queries: QueryService, delivery: Delivery, changes: ChangeLog) -> None:
         self._refresher = refresher
         self._queries = queries
         self._delivery = delivery
+        self._changes = changes
         self.route: Route | None = None  # the route that serves it, set by `build_routes`
 
     @staticmethod
@@ -107,11 +116,17 @@ class RunningList:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # a refused parameter is answered before any scan
-        query = (
-            self._queries.parse_running(Request(scope).query_params.multi_items()) if scope["query_string"] else None
-        )
+        items = Request(scope).query_params.multi_items() if scope["query_string"] else None
+        queries = self._queries
+        query = None if items is None else queries.parse_running(items)
+        since = None if items is None else queries.parse_since(items)
         snapshot, live = await self._refresher.current()
-        rendered = snapshot.rendered if query is None else self._queries.running(snapshot, query)
+        if query is None:
+            rendered = snapshot.rendered
+        elif since is None:
+            rendered = queries.running(snapshot, query)
+        else:
+            rendered = queries.since(snapshot, query, since, self._changes)
         await self._delivery.send(scope, send, rendered, snapshot, live)
 
 
@@ -157,6 +172,7 @@ async def cache_stats(request: Request) -> Response:
             settings_file=None if endpoints.settings_from is None else str(endpoints.settings_from),
             query_cache=endpoints.queries.cache_stats(),
             change_feed=endpoints.follower.info(),
+            streams=endpoints.streams.info(),
         )
     )
 
@@ -215,11 +231,12 @@ async def _refresh_failed(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS = {QueryError: _bad_request, RefreshFailed: _refresh_failed}
 
 
-def build_routes(running: RunningList) -> list[Route]:
-    """Every route; the running list's endpoint is `running`."""
+def build_routes(running: RunningList, events: EventStream) -> list[Route]:
+    """Every route; the running list's endpoint is `running`, its event stream's `events`."""
     running.route = Route(RUNNING_PATH, running, methods=["GET"])
     return [
         running.route,
+        Route(EVENTS_PATH, events, methods=["GET"]),
         Route(f"{API_PREFIX}/running/{{taskId:task_id}}", running_task, methods=["GET"]),
         Route(f"{API_PREFIX}/finished", finished_tasks, methods=["GET"]),
         Route(f"{API_PREFIX}/stats", task_stats, methods=["GET"]),

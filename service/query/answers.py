@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 from service.domain.history import History
 from service.domain.times import format_time
+from service.query.deltas import delta, parse_since, since_answer, snapshot_data, view_of
 from service.query.finished import FinishedQuery, parse_finished_query, render_finished
 from service.query.params import Params
 from service.query.project import Projection, parse_projection, render_task
@@ -19,6 +20,7 @@ from service.settings import RunningTasksSettings
 from service.shapes.envelope import encode_ok, ok_body
 from service.shapes.operations import HistoryInfo, QueryCacheInfo
 from service.snapshot.body import Rendered
+from service.snapshot.changes import ChangeLog
 from service.snapshot.snapshot import Snapshot
 
 
@@ -35,6 +37,9 @@ class QueryService:
 
     def parse_running(self, items: Iterable[tuple[str, str]]) -> Query:
         return parse_query(items, self._settings.running_statuses)
+
+    def parse_since(self, items: Iterable[tuple[str, str]]) -> int | None:
+        return parse_since(items)
 
     def parse_task(self, items: Iterable[tuple[str, str]]) -> Projection:
         return parse_projection(Params(items))
@@ -55,6 +60,30 @@ class QueryService:
             return Rendered.of(render_page(page, query.projection, snapshot.head), derived_etag(snapshot.etag, query))
 
         return self.cache.get_or_render(("running", snapshot.etag, query), render)
+
+    def since(self, snapshot: Snapshot, query: Query, generation: int, log: ChangeLog) -> Rendered:
+        """The running list's `since=<generation>` answer for the view of `query`: what changed after
+        `generation`, from the change log, or every task of the view in `snapshot` flagged as a reset when the log
+        no longer holds that generation. Its ETag follows its content."""
+        view = view_of(query)
+        changes = log.since(generation)
+        if changes is None:
+            key: tuple[object, ...] = ("since-reset", snapshot.etag, snapshot.generation, view)
+        else:
+            changes = [change for change in changes if change.generation <= snapshot.generation]
+            key = ("since", view, generation, changes[-1].generation if changes else generation)
+
+        def render() -> Rendered:
+            change = None if changes is None else delta(changes, view, generation)
+            body = since_answer(change, snapshot, view)
+            return Rendered.of(body, content_etag(body))
+
+        return self.cache.get_or_render(key, render)
+
+    def stream_snapshot(self, snapshot: Snapshot, view: Query) -> tuple[bytes, ...]:
+        """The event stream's `snapshot` event data for `view` (see service.query.deltas.view_of): the running
+        list's data, rendered once per snapshot and view, with the generation."""
+        return snapshot_data(self.running(snapshot, view).body.chunks, snapshot.generation)
 
     def task(self, snapshot: Snapshot, task_id: str, projection: Projection) -> Rendered | None:
         """One running task, or None; its ETag follows its content, so it survives changes to other tasks."""

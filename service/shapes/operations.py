@@ -8,6 +8,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from service.shapes.common import Count, Time
+from service.shapes.events import StreamsInfo
 
 
 class SnapshotInfo(msgspec.Struct, rename="camel"):
@@ -109,6 +110,7 @@ class CacheStats(msgspec.Struct, rename="camel"):
     ]
     query_cache: QueryCacheInfo
     change_feed: ChangeFeedInfo
+    streams: StreamsInfo
 
 
 class Health(msgspec.Struct):

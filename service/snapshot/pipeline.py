@@ -12,6 +12,7 @@ from service.domain.history import History
 from service.domain.tasks import task_id_prefix
 from service.domain.tracker import Tracker
 from service.settings import Settings
+from service.snapshot.changes import ChangeLog
 from service.snapshot.follower import Follower
 from service.snapshot.refresher import Refresher
 from service.snapshot.worker import RefreshLoop
@@ -26,6 +27,7 @@ class Pipeline:
     refresher: Refresher
     history: History
     follower: Follower
+    changes: ChangeLog
 
 
 def build_pipeline(
@@ -40,7 +42,8 @@ def build_pipeline(
     history = History(rt.history_size, clock)
     tracker = Tracker(rt.producer_key_ttl, stall_after=rt.stall_after, on_departures=history.record)
     scanner = Scanner(source, rt, clock, finished_sink=tracker.observe_finished)
-    refresher = Refresher(scanner, tracker, rt, clock, loop)
+    changes = ChangeLog(settings.events.held_generations, history.outcome)
+    refresher = Refresher(scanner, tracker, rt, clock, loop, changes)
     prefix = task_id_prefix(rt.key_pattern).encode()
     follower = Follower(refresher, lambda: ChangeFeed(client, prefix, rt.redis_timeout / 1000), rt, source.swapdb_calls)
-    return Pipeline(source, refresher, history, follower)
+    return Pipeline(source, refresher, history, follower, changes)

@@ -21,6 +21,7 @@ from service.domain.times import format_time
 from service.domain.tracker import TaskView, Tracker
 from service.settings import RunningTasksSettings
 from service.shapes.operations import JobInfo, LastRefresh, SnapshotInfo
+from service.snapshot.changes import ChangeLog
 from service.snapshot.snapshot import Snapshot, build_snapshot, update_snapshot
 from service.snapshot.worker import RefreshLoop, run_on
 from service.source.failures import Failure, classify, describe
@@ -120,9 +121,12 @@ class Refresher:
         settings: RunningTasksSettings,
         clock: Callable[[], int] | None = None,
         loop: RefreshLoop | None = None,
+        changes: ChangeLog | None = None,
     ) -> None:
         """`loop`: run every refresh, and the job, on that loop of their own (see service.snapshot.worker); the
-        refresher is then used from the serving loop as from any other."""
+        refresher is then used from the serving loop as from any other. `changes`: told of every snapshot
+        installed (service.snapshot.changes)."""
+        self.changes = changes
         self._scanner = scanner
         self._loop = loop
         self._tracker = tracker
@@ -272,6 +276,8 @@ class Refresher:
                 views += part
             snapshot = await build_snapshot(self._generation, views, stats, now, previous, self._etag_prefix)
         self.snapshot = snapshot
+        if self.changes is not None:
+            self.changes.record(previous, snapshot, touched)
         return snapshot
 
     @_on_refresh_loop
