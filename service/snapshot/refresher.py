@@ -137,7 +137,11 @@ class Refresher:
         self._failure: tuple[float, RefreshFailed] | None = None
         self._failing_since: float | None = None
         self._last_reminder = 0.0
-        self._generation = 0
+        # Generations only grow, across restarts too, and two processes never count in the same range: a client
+        # that resumes (Last-Event-ID, since=) with a generation of an earlier process or of another replica gets a
+        # fresh answer, never another process's changes. Below 2**53: exact as a JSON number in any client.
+        self.first_generation = self._clock() * 1000 + secrets.randbelow(1000)
+        self._generation = self.first_generation
         self._full_scans = 0  # complete ones
         self._scheduler: AsyncIOScheduler | None = None
         self._stopped = False
