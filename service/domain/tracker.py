@@ -107,7 +107,9 @@ class Tracker:
         # newer or as new (a later write is announced again), so the scan leaves these tasks as the batch left them.
         self._claimed: set[str] | None = None
         self.last_claimed: set[str] = set()  # what batches read during the last complete scan, up to its end
-        self._renewed: set[str] = set()  # tasks given a new view since `take_renewed` was last called
+        # tasks given a new view by a scan and not yet handed out (`take_renewed`); what batches and ticks change
+        # they hand out themselves
+        self._renewed: set[str] = set()
         self.future_times = 0  # producer times later than the scan that read them, clamped to that scan's time
         # tracked tasks read in a finished status since the last complete scan (failed ones included)
         self._finished: dict[str, Observation] = {}
@@ -150,8 +152,8 @@ class Tracker:
                 self._finished[obs.task.task_id] = obs
 
     def take_renewed(self) -> dict[str, TaskView]:
-        """The running tasks given a new view since the last call (by scans, failed ones included, and batches):
-        with the departures, what may differ from a snapshot made at that call."""
+        """The running tasks scans gave a new view (failed scans included) that were not handed out since (by this
+        call, `apply` or `retime`): with a scan's departures, what may differ from the snapshot installed last."""
         states, renewed, self._renewed = self._states, self._renewed, set()
         return {task_id: states[task_id].view for task_id in renewed if task_id in states}
 
@@ -199,6 +201,7 @@ class Tracker:
                 touched[task_id] = None
         if gone and self._on_departures is not None:
             self._on_departures(gone)
+        self._renewed.difference_update(touched)  # handed out here
         if self._claimed is not None:  # every task read, tracked or not: the scan may have read an older value
             self._claimed.update(touched)
             self._claimed.update(obs.task.task_id for obs in finished)
@@ -230,6 +233,7 @@ class Tracker:
             if stalled != view.stalled or eta_ms != view.eta_ms:
                 state.view = changed[task_id] = msgspec.structs.replace(view, stalled=stalled, eta_ms=eta_ms)
             self._schedule(task_id, state, now_ms)
+        self._renewed.difference_update(changed)  # handed out here
         return changed
 
     def _schedule(self, task_id: str, state: _State, now_ms: int | None = None) -> None:

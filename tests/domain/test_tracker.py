@@ -358,3 +358,25 @@ def test_retime_changes_what_a_full_pass_changes_and_looks_only_at_what_came_due
         assert {view.task_id: view for view in tracker.views()} == {**views, **expected}
         assert len(tracker._due) <= 2 * len(progress)  # a task's entry, and at most one superseded by an earlier
     assert any(view.stalled for view in tracker.views())
+
+
+def test_take_renewed_hands_out_what_scans_changed_and_nothing_batches_or_ticks_handed_out() -> None:
+    tracker = Tracker(producer_key_ttl=0, stall_after=30)
+    now = T0
+    scan(tracker, obs(task("a", 10), now), obs(task("b", 10), now), obs(task("c", 10), now))
+    assert set(tracker.take_renewed()) == {"a", "b", "c"}  # new to the snapshot
+    assert tracker.take_renewed() == {}
+    tracker.apply([obs(task("a", 20), now + 1000)], [], [])  # a batch: installed by the batch itself
+    tracker.retime(now + 31_000)  # a tick: every task turns stalled, installed by the tick itself
+    assert tracker.take_renewed() == {}
+    tracker.begin_scan()
+    tracker.observe(
+        [obs(task("a", 20), now + 40_000), obs(task("b", 50), now + 40_000), obs(task("c", 10), now + 40_000)]
+    )
+    # a scan that fails here leaves what it changed for the next one to hand out
+    tracker.begin_scan()
+    tracker.observe(
+        [obs(task("a", 20), now + 41_000), obs(task("b", 50), now + 41_000), obs(task("c", 10), now + 41_000)]
+    )
+    tracker.end_scan()
+    assert set(tracker.take_renewed()) == {"b"}
