@@ -37,6 +37,8 @@ _REMINDER_SECONDS = 60.0
 # Full scans between two full collections of the frozen heap (see _full_scan): five minutes at the default interval
 # without the change feed.
 _THAW_EVERY = 150
+# Batches freeze what they leave behind at most this often (see _settle_heap): a young collection each time.
+_SETTLE_SECONDS = 1.0
 # A scan that changed more than this fraction of the tasks builds the next snapshot again rather than update it.
 _REBUILD_FRACTION = 4
 
@@ -143,6 +145,7 @@ class Refresher:
         self.first_generation = self._clock() * 1000 + secrets.randbelow(1000)
         self._generation = self.first_generation
         self._full_scans = 0  # complete ones
+        self._settled = 0.0  # monotonic, when the heap was last frozen (_settle_heap)
         self._scheduler: AsyncIOScheduler | None = None
         self._stopped = False
         self.snapshot: Snapshot | None = None
@@ -152,6 +155,10 @@ class Refresher:
         self._failing: Failure | None = None
         # A full scan and a change feed's batch never run at once: both change the tracker and the scanner's memory.
         self._lock = asyncio.Lock()
+        # Clear while a change feed's batch runs: a full scan waits for it between two steps (Scanner.scan's pause),
+        # so that a batch is not kept behind a scan's pages (at a million keys, reconciliation scans take seconds).
+        self._no_batch = asyncio.Event()
+        self._no_batch.set()
         # Set by the change feed's follower (service.snapshot.follower) while its feed is live: the job then only
         # applies what time changes, and scans fully every `reconcile_interval`.
         self.feed_live = False
@@ -210,7 +217,7 @@ class Refresher:
         if collecting:
             gc.disable()
         try:
-            stats = await self._scanner.scan(self._tracker.observe)
+            stats = await self._scanner.scan(self._tracker.observe, self._no_batch.wait)
         except Exception as exc:
             failure = self._record_failure(exc, trigger, started_ms, started)
             raise failure from exc
@@ -232,19 +239,8 @@ class Refresher:
             # batch does; one that changed many builds it again
             few = self.snapshot is not None and len(changed) <= self.snapshot.task_count // _REBUILD_FRACTION
             snapshot = await self._install(stats, changed if few else None)
-        # What survives a refresh lives until a later refresh replaces it, and reference counting frees it then
-        # (it forms no cycles). Frozen, the cyclic collector no longer walks it on every full collection, each of
-        # which was an event-loop stall with a large workload.
-        # Cyclic garbage frozen with it would never be freed, so the young generations are collected first
-        # (cheap), and now and then everything is thawed and collected once: one full pass every few minutes
-        # instead of a leak.
         self._full_scans += 1
-        if self._full_scans % _THAW_EVERY == 0:
-            gc.unfreeze()
-            gc.collect()
-        else:
-            gc.collect(1)
-        gc.freeze()
+        self._settle_heap(thaw=self._full_scans % _THAW_EVERY == 0)
         duration = round((time.perf_counter() - started) * 1000, 3)
         record = RefreshRecord(started_ms, duration, trigger, stats.as_dict(), None)
         self.last_refresh = record
@@ -284,6 +280,21 @@ class Refresher:
             self.changes.record(previous, snapshot, touched)
         return snapshot
 
+    def _settle_heap(self, thaw: bool = False) -> None:
+        """What survives a refresh or a batch lives until a later one replaces it, and reference counting frees it
+        then (it forms no cycles). Frozen, the cyclic collector no longer walks it on every full collection, each of
+        which was an event-loop stall with a large workload (at a million keys, the objects a minute of batches
+        leaves behind took a full collection every few seconds). Cyclic garbage frozen with it would never be
+        freed, so the young generations are collected first (cheap), and with `thaw` everything is thawed and
+        collected once: one full pass every `_THAW_EVERY` full scans instead of a leak."""
+        if thaw:
+            gc.unfreeze()
+            gc.collect()
+        else:
+            gc.collect(1)
+        gc.freeze()
+        self._settled = time.monotonic()
+
     @_on_refresh_loop
     async def apply_changes(self, keys: list[bytes]) -> KeyReads | None:
         """A change feed's batch: read the values of `keys`, take them in, and install the next snapshot, made
@@ -294,13 +305,19 @@ class Refresher:
             # passed these keys before they changed)
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._inflight)
-        async with self._lock:
-            if self.snapshot is None:
-                return None
-            reads = await self._scanner.read_keys(keys)
-            touched = self._tracker.apply(reads.running, reads.finished, reads.absent)
-            await self._install(self.snapshot.stats, touched)
-            return reads
+        self._no_batch.clear()  # a scan running meanwhile waits at its next step: the batch goes first
+        try:
+            async with self._lock:
+                if self.snapshot is None:
+                    return None
+                reads = await self._scanner.read_keys(keys)
+                touched = self._tracker.apply(reads.running, reads.finished, reads.absent)
+                await self._install(self.snapshot.stats, touched)
+                if time.monotonic() - self._settled >= _SETTLE_SECONDS:
+                    self._settle_heap()
+                return reads
+        finally:
+            self._no_batch.set()
 
     @_on_refresh_loop
     async def tick(self) -> Snapshot | None:

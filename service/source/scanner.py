@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -57,6 +57,7 @@ class KeyReads:
 _Decoded = StoredTask | str | None
 _Memory = tuple[int, int, int, _Decoded]
 PageSink = Callable[[list[Observation]], None]
+Pause = Callable[[], Awaitable[object]]
 # What the producer hands a worker: keys whose values must be read, each with the service's clock when its page
 # was scanned
 _Batch = list[tuple[KeyMeta, int]]
@@ -74,6 +75,10 @@ def _counted(entry: _Decoded, stats: ScanStats) -> StoredTask | None:
     else:
         stats.matched += 1
         return entry
+    return None
+
+
+async def _go_on() -> None:
     return None
 
 
@@ -106,6 +111,7 @@ class Scanner:
         self._decoded: dict[bytes, _Memory] = {}
         self._scans = 0
         self._deadline = 0.0  # event-loop time at which the current scan is over its budget
+        self._pause: Pause = _go_on
         self.current: ScanStats | None = None
         # keys whose value the last scan read and found different from what was remembered (or new): what a
         # reconciliation scan finds that the change feed did not announce
@@ -123,10 +129,13 @@ class Scanner:
         """The task keys' literal prefix: a key is this plus the task id."""
         return self._prefix
 
-    async def scan(self, sink: PageSink) -> ScanStats:
-        """One full scan; `sink` gets each page's running tasks as soon as the page is decoded.
+    async def scan(self, sink: PageSink, pause: Pause | None = None) -> ScanStats:
+        """One full scan; `sink` gets each page's running tasks as soon as the page is decoded. `pause` is awaited
+        before each page and each slice of values is taken in: what has priority over the scan (a change feed's
+        batch) holds it there.
 
         Raises ScanTimeout past the budget, and the client's errors when Redis fails."""
+        self._pause = pause or _go_on
         stats = ScanStats(started_ms=self._clock())
         self.current = stats  # readable while the scan runs, e.g. by a progress display
         started = time.perf_counter()
@@ -220,6 +229,7 @@ class Scanner:
         wanted: _Batch = []
         async with aclosing(self._source.scan_pages(self._settings.key_pattern, batch)) as pages:
             async for page in pages:
+                await self._pause()
                 self._over_budget()
                 stats.pages += 1
                 seen_ms = self._clock()
@@ -272,6 +282,7 @@ class Scanner:
                     continue
                 if start:
                     await asyncio.sleep(0)  # a turn for the loop between two slices
+                await self._pause()
                 finished: list[Observation] | None = None if self._finished_sink is None else []
                 sink(list(self._decode_fetched(batch[start:end], values[start:end], stats, decoded, finished)))
                 if finished and self._finished_sink is not None:
