@@ -231,7 +231,7 @@ class Refresher:
             prefix = self._scanner.prefix
             # what the scan found changed, less what batches read meanwhile (announced, then): a reconciliation's finds
             announced = {prefix + task_id.encode() for task_id in self._tracker.last_claimed}
-            found = self._scanner.changed | {prefix + task_id.encode() for task_id in departed}
+            found = self._scanner.take_changed() | {prefix + task_id.encode() for task_id in departed}
             self.last_scan_changes = found - announced
             self._last_full_scan = time.monotonic()
             changed: dict[str, TaskView | None] = {**self._tracker.take_renewed(), **dict.fromkeys(departed)}

@@ -112,13 +112,19 @@ class Scanner:
         self._scans = 0
         self._deadline = 0.0  # event-loop time at which the current scan is over its budget
         self._pause: Pause = _go_on
+        self._completed = False  # a scan has run to its end
         self.current: ScanStats | None = None
-        # keys whose value the last scan read and found different from what was remembered (or new): what a
-        # reconciliation scan finds that the change feed did not announce
+        # keys whose value the last scan read and found different from what was remembered (or new; not on a first
+        # scan): what a reconciliation scan finds that the change feed did not announce. Handed out by `take_changed`.
         self.changed: set[bytes] = set()
         # While a scan runs: what `read_keys` learnt of the keys it read since the scan began (None: the key is
         # gone). Newer than, or as new as, what the scan reads of them: the scan's memory takes these at its end.
         self._claims: dict[bytes, _Memory | None] | None = None
+
+    def take_changed(self) -> set[bytes]:
+        """`changed`, handed out once (a large keyspace's first reads are not kept for nothing)."""
+        changed, self.changed = self.changed, set()
+        return changed
 
     @property
     def source(self) -> RedisSource:
@@ -166,6 +172,7 @@ class Scanner:
             raise
         # Only a complete scan replaces the memory: keys that are gone are forgotten.
         self._settle_claims(decoded)
+        self._completed = True
         previous, self._decoded = self._decoded, decoded
         await _release(previous)
         stats.duration_ms = round((time.perf_counter() - started) * 1000, 3)
@@ -313,7 +320,8 @@ class Scanner:
                 continue
             fingerprint = hash(value)
             known = previous.get(key)
-            if known is None or known[0] != fingerprint:
+            if (known is None or known[0] != fingerprint) and self._completed and self._claims is not None:
+                # a scan's find (not a batch's between scans, nor before a first complete scan: nothing to measure)
                 self.changed.add(key)
             if known is not None and known[0] == fingerprint:
                 entry = known[3]
