@@ -539,3 +539,22 @@ def test_sigterm_with_an_open_stream_exits_promptly(redis_url: str, tmp_path: Pa
     finally:
         _stop(process)
     assert "Traceback" not in log.read_text(), log.read_text()
+
+
+def test_a_stream_counts_once_against_the_rate_limit(redis_url: str, tmp_path: Path) -> None:
+    # a bucket of two requests that refills every 100 s: the stream is one of them, whatever it sends afterwards
+    process, base, log = _start(redis_url, tmp_path, "[rate_limit]\nrequests_per_second = 0.01\nburst = 2\n")
+    try:
+        stream = Stream(base, {})
+        try:
+            assert stream.next().kind == "snapshot"
+            for _ in range(3):  # heartbeats every 0.5 s and the changes of a live service: not requests
+                assert stream.next(skip=("retry",)).kind in ("heartbeat", "changes")
+            assert httpx.get(base + RUNNING, headers=AUTH, timeout=10).status_code == 200  # the second request
+            refused = httpx.get(base + RUNNING, headers=AUTH, timeout=10)
+            assert refused.status_code == 429 and refused.json()["code"] == 429
+        finally:
+            stream.close()
+    finally:
+        _stop(process)
+    assert "Traceback" not in log.read_text(), log.read_text()
