@@ -112,7 +112,11 @@ class EventStream:
                 subscriber.generation = current.generation
                 await self._send_snapshot(send, subscriber.view, current)
             elif subscriber.queue:
-                await self._write(send, subscriber.queue.popleft())
+                # what queued meanwhile goes in one write: a stream that fell a few events behind catches up in one
+                # send, not one per event
+                frames = list(subscriber.queue)
+                subscriber.queue.clear()
+                await self._write(send, b"".join(frames), events=len(frames))
             else:
                 subscriber.wake.clear()
                 try:
@@ -135,12 +139,12 @@ class EventStream:
                 await asyncio.sleep(0)
         self._hub.counters.events += 1
 
-    async def _write(self, send: Send, data: bytes, event: bool = True) -> None:
+    async def _write(self, send: Send, data: bytes, event: bool = True, events: int = 1) -> None:
         await send({"type": "http.response.body", "body": data, "more_body": True})
         counters = self._hub.counters
         counters.bytes += len(data)
         if event:
-            counters.events += 1
+            counters.events += events
 
 
 async def _watch_disconnect(receive: Receive, subscriber: Subscriber) -> None:
