@@ -120,12 +120,12 @@ async def test_a_hung_redis_cannot_pile_up_refreshes(own_redis_server: RedisServ
     active = peak = 0
     real_scan = scanner.scan
 
-    async def counting_scan(sink: Any) -> Any:
+    async def counting_scan(sink: Any, pause: Any = None) -> Any:
         nonlocal active, peak
         active += 1
         peak = max(peak, active)
         try:
-            return await real_scan(sink)
+            return await real_scan(sink, pause)
         finally:
             active -= 1
 
