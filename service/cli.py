@@ -151,13 +151,11 @@ def _progress_line(stats: ScanStats, elapsed: float) -> str:
 
 async def _scan(args: argparse.Namespace, settings: Settings) -> Snapshot:
     from service.snapshot.pipeline import build_pipeline
+    from service.source.clients import create_client
 
-    client = aioredis.Redis.from_url(
-        settings.redis.url,
-        socket_timeout=settings.running_tasks.redis_timeout / 1000,
-        socket_connect_timeout=settings.running_tasks.redis_timeout / 1000,
-    )
-    refresher = build_pipeline(settings, client).refresher
+    client = create_client(settings)
+    pipeline = build_pipeline(settings, client)
+    refresher = pipeline.refresher
     show_progress = sys.stderr.isatty() and not args.quiet
     scan = asyncio.create_task(refresher.refresh("cli"))
     started = time.monotonic()
@@ -172,6 +170,7 @@ async def _scan(args: argparse.Namespace, settings: Settings) -> Snapshot:
     finally:
         if show_progress:
             sys.stderr.write("\r\033[K")
+        await pipeline.source.aclose()
         await client.aclose()
 
 

@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import msgspec
-import redis.asyncio as aioredis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -25,7 +24,7 @@ from service.settings import Settings, load_settings, settings_file
 from service.snapshot.pipeline import build_pipeline
 from service.snapshot.refresher import RefreshFailed
 from service.snapshot.worker import RefreshLoop, run_on
-from service.source.redis_source import create_client
+from service.source.clients import RedisClient, create_client
 
 logger = logging.getLogger("service.http.app")
 
@@ -43,7 +42,7 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 def create_app(
     settings: Settings | None = None,
-    redis: aioredis.Redis | None = None,
+    redis: RedisClient | None = None,
     clock: Callable[[], int] | None = None,
     settings_from: Path | None = None,
 ) -> Starlette:
@@ -85,6 +84,7 @@ def create_app(
         finally:
             await run_on(refresh_loop, follower.stop())
             await refresher.stop()
+            await run_on(refresh_loop, pipeline.source.aclose())
             if refresh_loop is not None:
                 await refresh_loop.run(client.aclose())  # its connections live on that loop
                 await refresh_loop.stop()

@@ -20,7 +20,7 @@ from service.settings import Settings
 from service.shapes.operations import CacheStats, Health, Ready
 from service.snapshot.follower import Follower
 from service.snapshot.refresher import Refresher, RefreshFailed
-from service.source.redis_source import RedisSource
+from service.source.keysource import KeySource
 
 logger = logging.getLogger("service.http.routes")
 
@@ -48,7 +48,7 @@ class Endpoints:
         refresher: Refresher,
         queries: QueryService,
         delivery: Delivery,
-        source: RedisSource,
+        source: KeySource,
         settings_from: Path | None,
         follower: Follower,
     ) -> None:
