@@ -95,7 +95,7 @@ def create_app(
     delivery = Delivery(rt.refresh_interval)
     endpoints = Endpoints(settings, refresher, queries, delivery, pipeline.source, settings_from, follower)
     running = endpoints.running
-    metrics = Metrics(refresher, delivery.counters, rt.running_statuses, rt.cache_ttl, follower)
+    metrics = Metrics(refresher, delivery.counters, rt.running_statuses, rt.cache_ttl, follower, pipeline.source)
     limiter = build_limiter(settings)
     if limiter is not None:
         metrics.add_gauge("rate_limit_clients", "Clients whose rate-limit bucket is remembered.", lambda: len(limiter))

@@ -28,6 +28,7 @@ from service.http.server import REFUSALS
 from service.snapshot.follower import LATENCY_BUCKETS, Follower
 from service.snapshot.refresher import Refresher, RefreshRecord
 from service.source.failures import Failure
+from service.source.keysource import KeySource
 
 PREFIX = "running_tasks_"
 UNMATCHED = "unmatched"  # the route label of requests no route answers (404)
@@ -57,6 +58,7 @@ class Metrics:
         running_statuses: Iterable[str],
         cache_ttl: float,
         follower: Follower | None = None,
+        source: KeySource | None = None,
     ) -> None:
         # No `_created` series: prometheus-client would add them to its own counters and histograms but not to
         # the ones collected here, and no query of ours needs them. The switch is process-wide (the library
@@ -93,6 +95,8 @@ class Metrics:
         self.registry.register(_BuildInfo())
         if follower is not None:
             self.registry.register(_FeedCollector(follower))
+        if source is not None:
+            self.registry.register(_NodeCollector(source))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
@@ -200,6 +204,36 @@ class _FeedCollector(Collector):
             [], list(zip(bounds, accumulate(counters.latency_counts), strict=True)), counters.latency_sum
         )
         yield latency
+
+
+class _NodeCollector(Collector):
+    """Each Redis node's share of the scans (every primary of a cluster), read when Prometheus scrapes."""
+
+    def __init__(self, source: KeySource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[Metric]:
+        labels = ["node"]
+        keys = GaugeMetricFamily(
+            f"{PREFIX}redis_node_keys", "Keys the last complete SCAN of the node held.", labels=labels
+        )
+        duration = GaugeMetricFamily(
+            f"{PREFIX}redis_node_scan_duration_seconds",
+            "Duration of the last complete SCAN of the node.",
+            labels=labels,
+        )
+        errors = CounterMetricFamily(f"{PREFIX}redis_node_errors", "Calls to the node that failed.", labels=labels)
+        for node in self._source.nodes():
+            keys.add_metric([node.node], node.keys)
+            duration.add_metric([node.node], node.duration_ms / 1000)
+            errors.add_metric([node.node], node.errors)
+        yield keys
+        yield duration
+        yield errors
+        yield _counter("redis_cluster_rewalks", "Cluster scans walked again because slots moved.", self._source.rewalks)
+        yield _counter(
+            "redis_cluster_failovers", "Cluster primaries that failed mid-scan, walked again.", self._source.failovers
+        )
 
 
 class _BuildInfo(Collector):

@@ -17,7 +17,7 @@ from service.http.envelope import FAILURE_CODES, ErrorCode, bad_request, error, 
 from service.query.answers import QueryService
 from service.query.params import QueryError
 from service.settings import Settings
-from service.shapes.operations import CacheStats, Health, Ready
+from service.shapes.operations import CacheStats, Health, Ready, RedisInfo, RedisNode
 from service.snapshot.follower import Follower
 from service.snapshot.refresher import Refresher, RefreshFailed
 from service.source.keysource import KeySource
@@ -157,7 +157,18 @@ async def cache_stats(request: Request) -> Response:
             settings_file=None if endpoints.settings_from is None else str(endpoints.settings_from),
             query_cache=endpoints.queries.cache_stats(),
             change_feed=endpoints.follower.info(),
+            redis=_redis_info(endpoints),
         )
+    )
+
+
+def _redis_info(endpoints: Endpoints) -> RedisInfo:
+    source = endpoints.source
+    return RedisInfo(
+        mode=endpoints.settings.redis.mode,
+        nodes=[RedisNode(n.node, n.pages, n.keys, n.duration_ms, n.errors) for n in source.nodes()],
+        rewalks=source.rewalks,
+        failovers=source.failovers,
     )
 
 

@@ -11,6 +11,8 @@ from service.source.redis_source import KeyMeta, NodeStats, ScanPage
 
 class KeySource(Protocol):
     tls: bool  # whether the connections speak TLS (a failed connect is then most often a failed handshake)
+    rewalks: int  # a cluster's scans walked again because slots moved meanwhile (0 elsewhere)
+    failovers: int  # a cluster's primaries that failed mid-scan and were walked again on their successor
 
     def scan_pages(self, pattern: str, count: int) -> AsyncGenerator[ScanPage, None]:
         """Every key matching `pattern`, in pages, each key with its expiry time and length; close it when leaving

@@ -215,8 +215,13 @@ class RedisSource:
         self._lookup_argv_sha = client.register_script(_LOOKUP_ARGV_LUA).sha
         self.stats = NodeStats(name or node_name(client))
 
+    rewalks = failovers = 0  # a cluster's (service.source.cluster_source)
+
     def nodes(self) -> list[NodeStats]:
-        """Each node's statistics: here, the one."""
+        """Each node's statistics: here, the one (a Sentinel's master: where the pool found it last)."""
+        master = getattr(self.client.connection_pool, "master_address", None)
+        if master:
+            self.stats.node = f"{master[0]}:{master[1]}"
         return [self.stats]
 
     async def aclose(self) -> None:
