@@ -6,6 +6,7 @@ fails is walked again on the replica that takes its slots over, and a scan durin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator, Iterable
 from contextlib import aclosing
@@ -28,6 +29,11 @@ ReadMode = Literal["pipeline", "mget"]
 _PASSES = 3
 _CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 _REWALK_FIRST, _REWALK_CAP = 0.1, 1.0  # s: the pause before asking again who serves a failed primary's slots
+# What a read whose node is gone fails with: tried again while the cluster fails over, for at most _FAILOVER_WAIT s
+# (a replica takes over after cluster-node-timeout, 15 s by default, plus an election).
+_UNSERVED = (*_CONNECTION_ERRORS, redis.exceptions.ClusterDownError, redis.exceptions.SlotNotCoveredError,
+             redis.exceptions.TryAgainError)  # fmt: skip
+_FAILOVER_WAIT = 30.0
 
 
 class Layout:
@@ -176,8 +182,9 @@ class ClusterSource:
                 except _CONNECTION_ERRORS as exc:
                     if slot is None:
                         raise
-                    logger.warning(
-                        "cluster: node %s failed during the scan (%s); waiting for its successor", node.name, exc
+                    level = logging.WARNING if pause == _REWALK_FIRST else logging.DEBUG  # once per failure
+                    logger.log(
+                        level, "cluster: node %s failed during the scan (%s); waiting for its successor", node.name, exc
                     )
                     await asyncio.sleep(pause)
                     pause = min(pause * 2, _REWALK_CAP)
@@ -216,15 +223,35 @@ class ClusterSource:
         `fetch_max_bytes` by the sizes SCAN saw; each group read on every node it spans at once."""
         values: list[bytes | None] = []
         for group in self._groups(metas):
-            if self.read_mode == "mget":
-                replies: list[Any] = await self.client.mget_nonatomic(group)
-            else:
-                pipe = self.client.pipeline(transaction=False)
-                for key in group:
-                    pipe.execute_command("GET", key)
-                replies = await pipe.execute(raise_on_error=False)
-            values.extend(value if isinstance(value, bytes) else None for value in replies)
+            values.extend(await self._read_group(group))
         return values
+
+    async def _read_group(self, group: list[bytes]) -> list[bytes | None]:
+        # A node that fails (killed, failing over) fails the group; it is read again once the cluster names the
+        # node that serves those slots now, for at most _FAILOVER_WAIT (the scan's own budget may end it sooner).
+        deadline = asyncio.get_running_loop().time() + _FAILOVER_WAIT
+        pause = _REWALK_FIRST
+        while True:
+            try:
+                if self.read_mode == "mget":
+                    replies: list[Any] = await self.client.mget_nonatomic(group)
+                else:
+                    pipe = self.client.pipeline(transaction=False)
+                    for key in group:
+                        pipe.execute_command("GET", key)
+                    replies = await pipe.execute(raise_on_error=False)
+                failed = next((reply for reply in replies if isinstance(reply, _UNSERVED)), None)
+                if failed is not None:
+                    raise failed
+                return [value if isinstance(value, bytes) else None for value in replies]
+            except _UNSERVED as exc:
+                if asyncio.get_running_loop().time() + pause > deadline:
+                    raise
+                logger.info("cluster: a read failed (%s); reading again once the slots are served", exc)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, _REWALK_CAP)
+                with contextlib.suppress(*_UNSERVED):
+                    await self.refresh_topology()
 
     def _groups(self, metas: list[KeyMeta]) -> Iterable[list[bytes]]:
         limit = self._fetch_max_bytes
@@ -240,45 +267,55 @@ class ClusterSource:
             yield group
 
     async def lookup(self, keys: list[bytes]) -> tuple[ScanPage, list[bytes | None]]:
-        """Each key described on its node, the nodes asked at once (one call each); a key whose slot moved since
-        the client last looked is asked again through the cluster client, which follows MOVED and ASK."""
+        """Each key described on its node, the nodes asked at once (one call each). Keys whose slot moved since the
+        client last looked are asked again of their node once the client has asked the cluster; a key whose slot is
+        still moving, through the cluster client, which follows ASK."""
         if not self.client.get_primaries():
             await self.client.initialize()
-        by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
-        for place, key in enumerate(keys):
-            node = self.client.get_node_from_key(key)  # type: ignore[arg-type]
-            if node is None:
-                raise redis.exceptions.ConnectionError(f"no node serves the slot of {key!r}")
-            by_node.setdefault(node.name, (node, []))[1].append(place)
-        replies = await asyncio.gather(
-            *(
-                self.node_source(node).lookup([keys[i] for i in places], several_slots=True)
-                for node, places in by_node.values()
-            )
-        )
-        now_ms = max((page.now_ms for page, _ in replies), default=0)
+        now_ms = 0
         expire_ats = [0] * len(keys)
         sizes = [0] * len(keys)
         values: list[bytes | None] = [None] * len(keys)
-        elsewhere: list[int] = []
-        for (_, places), (page, read) in zip(by_node.values(), replies, strict=True):
-            # each node's expiry times on one clock: the time left is what counts
-            shift = now_ms - page.now_ms
-            for place, at, size, value in zip(places, page.expire_ats, page.sizes, read, strict=True):
-                if at == NOT_HERE:
-                    elsewhere.append(place)
-                    continue
-                expire_ats[place] = at + shift if at >= 0 else at
-                sizes[place] = size
-                values[place] = value
+        described: list[tuple[int, int, int, int, bytes | None]] = []  # place, node clock, expiry, size, value
+        elsewhere = await self._lookup_on_nodes(keys, range(len(keys)), described)
         if elsewhere:
             await self.refresh_topology()
-            routed = await asyncio.gather(*(self._routed_lookup(keys[place]) for place in elsewhere))
-            for place, (at_ms, at, size, value) in zip(elsewhere, routed, strict=True):
-                expire_ats[place] = at + (now_ms - at_ms) if at >= 0 else at
-                sizes[place] = size
-                values[place] = value
+            elsewhere = await self._lookup_on_nodes(keys, elsewhere, described)
+        for place in elsewhere:  # one at a time: the client's connections to a node are bounded
+            described.append((place, *await self._routed_lookup(keys[place])))
+        now_ms = max((clock for _, clock, _, _, _ in described), default=0)
+        for place, clock, at, size, value in described:
+            # each node's expiry times on one clock: the time left is what counts
+            expire_ats[place] = at + (now_ms - clock) if at >= 0 else at
+            sizes[place] = size
+            values[place] = value
         return ScanPage(now_ms, list(keys), expire_ats, sizes), values
+
+    async def _lookup_on_nodes(
+        self, keys: list[bytes], places: Iterable[int], described: list[tuple[int, int, int, int, bytes | None]]
+    ) -> list[int]:
+        """Describe the keys at `places` on the nodes the client knows for them, into `described`; the places of
+        the keys their node says it does not serve."""
+        by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
+        for place in places:
+            node = self.client.get_node_from_key(keys[place])  # type: ignore[arg-type]
+            if node is None:
+                raise redis.exceptions.ConnectionError(f"no node serves the slot of {keys[place]!r}")
+            by_node.setdefault(node.name, (node, []))[1].append(place)
+        replies = await asyncio.gather(
+            *(
+                self.node_source(node).lookup([keys[place] for place in node_places], several_slots=True)
+                for node, node_places in by_node.values()
+            )
+        )
+        elsewhere: list[int] = []
+        for (_, node_places), (page, read) in zip(by_node.values(), replies, strict=True):
+            for place, at, size, value in zip(node_places, page.expire_ats, page.sizes, read, strict=True):
+                if at == NOT_HERE:
+                    elsewhere.append(place)
+                else:
+                    described.append((place, page.now_ms, at, size, value))
+        return elsewhere
 
     async def _routed_lookup(self, key: bytes) -> tuple[int, int, int, bytes | None]:
         """One key's lookup through the cluster client (the script's one KEY names the slot): its node's clock,
