@@ -239,7 +239,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from service.devtools.demo import run_demo
 
-    return run_demo(host=args.host, port=args.port, tasks=args.tasks, seed=args.seed, redis_kind=args.redis)
+    return run_demo(
+        host=args.host, port=args.port, tasks=args.tasks, seed=args.seed, redis_kind=args.redis, cluster=args.cluster
+    )
 
 
 # -- parser --------------------------------------------------------------------------------------------------
@@ -319,6 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "redis-server", "fakeredis"),
         default="auto",
         help="embedded Redis: redis-server when installed, else fakeredis (default: auto)",
+    )
+    demo.add_argument(
+        "--cluster",
+        action="store_true",
+        help="on a local Redis Cluster of three primaries (needs redis-server and redis-cli), in cluster mode",
     )
     demo.set_defaults(func=cmd_demo)
 
