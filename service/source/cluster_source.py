@@ -17,13 +17,23 @@ import redis.exceptions
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import SSLConnection
 
-from service.source.redis_source import NOT_HERE, KeyMeta, NodeStats, RedisSource, ScanPage, reconnecting
+from service.source.redis_source import (
+    NOT_HERE,
+    NOT_HERE_VALUE,
+    KeyMeta,
+    NodeStats,
+    RedisSource,
+    ScanPage,
+    reconnecting,
+)
 
 logger = logging.getLogger("service.source.cluster_source")
 
-# How values are read from a cluster: one pipeline of GETs per node (what the bench measured faster, see
-# docs/performance.md), or redis-py's MGET per hash slot (MGET refuses keys of several slots).
-ReadMode = Literal["pipeline", "mget"]
+# How values are read from a cluster (python -m bench.cluster measures the three, docs/performance.md): "node", one
+# script call per node reading that node's keys of any slot (a key whose slot moved is read again through the
+# cluster client); "pipeline", redis-py's cluster pipeline of GETs (one pipeline per node); "mget", redis-py's MGET
+# per hash slot (MGET refuses keys of several slots). redis-py's routing cost more per key than Redis took.
+ReadMode = Literal["node", "pipeline", "mget"]
 # A scan during which the slots moved is walked again, at most this many times in all; then it is taken as it is
 # (the next scan walks again) and the scan's `topology` says so.
 _PASSES = 3
@@ -66,7 +76,7 @@ class ClusterSource:
     """Paged SCAN of every primary, reads and lookups routed by slot, over redis-py's cluster client."""
 
     def __init__(
-        self, cluster: RedisCluster, *, fetch_max_bytes: int, max_connections: int, read_mode: ReadMode = "pipeline"
+        self, cluster: RedisCluster, *, fetch_max_bytes: int, max_connections: int, read_mode: ReadMode = "node"
     ) -> None:
         self.client = cluster
         options = cluster.nodes_manager.connection_kwargs
@@ -233,17 +243,9 @@ class ClusterSource:
         pause = _REWALK_FIRST
         while True:
             try:
-                if self.read_mode == "mget":
-                    replies: list[Any] = await self.client.mget_nonatomic(group)
-                else:
-                    pipe = self.client.pipeline(transaction=False)
-                    for key in group:
-                        pipe.execute_command("GET", key)
-                    replies = await pipe.execute(raise_on_error=False)
-                failed = next((reply for reply in replies if isinstance(reply, _UNSERVED)), None)
-                if failed is not None:
-                    raise failed
-                return [value if isinstance(value, bytes) else None for value in replies]
+                if self.read_mode == "node":
+                    return await self._read_on_nodes(group)
+                return await self._read_routed(group, self.read_mode)
             except _UNSERVED as exc:
                 if asyncio.get_running_loop().time() + pause > deadline:
                     raise
@@ -252,6 +254,52 @@ class ClusterSource:
                 pause = min(pause * 2, _REWALK_CAP)
                 with contextlib.suppress(*_UNSERVED):
                     await self.refresh_topology()
+
+    async def _read_routed(self, group: list[bytes], mode: ReadMode) -> list[bytes | None]:
+        """Through redis-py's cluster client, which routes each key to its slot's node and follows MOVED and ASK."""
+        if mode == "mget":
+            replies: list[Any] = await self.client.mget_nonatomic(group)
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for key in group:
+                pipe.execute_command("GET", key)
+            replies = await pipe.execute(raise_on_error=False)
+        failed = next((reply for reply in replies if isinstance(reply, _UNSERVED)), None)
+        if failed is not None:
+            raise failed
+        return [value if isinstance(value, bytes) else None for value in replies]
+
+    async def _read_on_nodes(self, group: list[bytes]) -> list[bytes | None]:
+        """One call per node the keys' slots are on, the nodes at once; keys whose slot moved, routed."""
+        by_node = self._by_node(group, range(len(group)))
+        replies = await asyncio.gather(
+            *(
+                self.node_source(node).read_several_slots([group[i] for i in places])
+                for node, places in by_node.values()
+            )
+        )
+        values: list[bytes | None] = [None] * len(group)
+        moved: list[int] = []
+        for (_, places), read in zip(by_node.values(), replies, strict=True):
+            for place, value in zip(places, read, strict=True):
+                if value == NOT_HERE_VALUE:
+                    moved.append(place)
+                else:
+                    values[place] = value if isinstance(value, bytes) else None
+        if moved:
+            for place, value in zip(moved, await self._read_routed([group[i] for i in moved], "pipeline"), strict=True):
+                values[place] = value
+        return values
+
+    def _by_node(self, keys: list[bytes], places: Iterable[int]) -> dict[str, tuple[ClusterNode, list[int]]]:
+        """The places of `keys` grouped by the node the client knows for their slot."""
+        by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
+        for place in places:
+            node = self.client.get_node_from_key(keys[place])  # type: ignore[arg-type]
+            if node is None:
+                raise redis.exceptions.ConnectionError(f"no node serves the slot of {keys[place]!r}")
+            by_node.setdefault(node.name, (node, []))[1].append(place)
+        return by_node
 
     def _groups(self, metas: list[KeyMeta]) -> Iterable[list[bytes]]:
         limit = self._fetch_max_bytes
@@ -296,12 +344,7 @@ class ClusterSource:
     ) -> list[int]:
         """Describe the keys at `places` on the nodes the client knows for them, into `described`; the places of
         the keys their node says it does not serve."""
-        by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
-        for place in places:
-            node = self.client.get_node_from_key(keys[place])  # type: ignore[arg-type]
-            if node is None:
-                raise redis.exceptions.ConnectionError(f"no node serves the slot of {keys[place]!r}")
-            by_node.setdefault(node.name, (node, []))[1].append(place)
+        by_node = self._by_node(keys, places)
         replies = await asyncio.gather(
             *(
                 self.node_source(node).lookup([keys[place] for place in node_places], several_slots=True)

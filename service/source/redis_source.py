@@ -127,6 +127,22 @@ return describe({'0', now_ms}, now_ms, keys, tonumber(ARGV[1]))
 )
 
 
+# Values of keys of several hash slots on one cluster node (MGET refuses them): the keys in ARGV, each value in
+# order, nil for a key gone or of another type, -1 for a key this node does not serve (its slot moved).
+_GET_ARGV_LUA = """
+local out = {}
+for i, key in ipairs(ARGV) do
+  local value = redis.pcall('GET', key)
+  if type(value) == 'table' then
+    if value.err ~= nil and string.find(value.err, 'non local', 1, true) ~= nil then value = -1 else value = false end
+  end
+  out[i] = value
+end
+return out
+"""
+NOT_HERE_VALUE = -1
+
+
 class KeyMeta(NamedTuple):
     """A key as its SCAN page saw it."""
 
@@ -213,6 +229,7 @@ class RedisSource:
         self._scan_sha = client.register_script(_SCAN_LUA).sha
         self._lookup_sha = client.register_script(_LOOKUP_LUA).sha
         self._lookup_argv_sha = client.register_script(_LOOKUP_ARGV_LUA).sha
+        self._get_argv_sha = client.register_script(_GET_ARGV_LUA).sha
         self.stats = NodeStats(name or node_name(client))
 
     rewalks = failovers = 0  # a cluster's (service.source.cluster_source)
@@ -244,6 +261,8 @@ class RedisSource:
         (ConnectionError, TimeoutError, ResponseError); the connection is dropped after one."""
         try:
             return await self._retry.call_with_retry(lambda: self._command_once(args), _ignore)
+        except redis.exceptions.NoScriptError:
+            raise  # a script to load (first use, a restarted server): the caller does, no failure
         except Exception:
             self.stats.errors += 1
             raise
@@ -360,6 +379,17 @@ class RedisSource:
         # loop turns after it is started: too late to overlap anything)
         packed = _pack((b"EVALSHA", self._scan_sha.encode(), b"0", cursor, match, batch))
         await connection.send_packed_command(packed, check_health=False)
+
+    async def read_several_slots(self, keys: list[bytes]) -> list[bytes | int | None]:
+        """The values of `keys` on this cluster node, in one call (MGET refuses keys of several slots): None for a
+        key gone or of another type, NOT_HERE_VALUE for a key the node does not serve."""
+        args = (self._get_argv_sha.encode(), b"0", *keys)
+        try:
+            reply: list[bytes | int | None] = await self._command(b"EVALSHA", *args)
+        except redis.exceptions.NoScriptError:  # a restarted or flushed Redis: load it again
+            await self.client.script_load(_GET_ARGV_LUA)
+            reply = await self._command(b"EVALSHA", *args)
+        return reply
 
     async def read(self, metas: list[KeyMeta]) -> list[bytes | None]:
         """The values of the keys of `metas`, in order (None: expired since SCAN, or of another type by now).
