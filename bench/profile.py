@@ -12,7 +12,7 @@ import pstats
 import time
 
 from bench import refresh, workload
-from service.source.redis_source import create_client
+from service.source.clients import create_client
 
 
 async def _profile(tasks: int, top: int) -> str:

@@ -15,7 +15,8 @@ import redis
 from service.domain.tracker import Tracker
 from service.settings import Settings, settings_from_mapping
 from service.snapshot.refresher import Refresher
-from service.source.redis_source import RedisSource, create_client
+from service.source.clients import create_client
+from service.source.redis_source import RedisSource
 from service.source.scanner import Scanner
 
 RUNNING = frozenset(("pending", "processing", "running"))

@@ -152,13 +152,11 @@ def _progress_line(stats: ScanStats, elapsed: float) -> str:
 
 async def _scan(args: argparse.Namespace, settings: Settings) -> Snapshot:
     from service.snapshot.pipeline import build_pipeline
+    from service.source.clients import create_client
 
-    client = aioredis.Redis.from_url(
-        settings.redis.url,
-        socket_timeout=settings.running_tasks.redis_timeout / 1000,
-        socket_connect_timeout=settings.running_tasks.redis_timeout / 1000,
-    )
-    refresher = build_pipeline(settings, client).refresher
+    client = create_client(settings)
+    pipeline = build_pipeline(settings, client)
+    refresher = pipeline.refresher
     show_progress = sys.stderr.isatty() and not args.quiet
     scan = asyncio.create_task(refresher.refresh("cli"))
     started = time.monotonic()
@@ -173,6 +171,7 @@ async def _scan(args: argparse.Namespace, settings: Settings) -> Snapshot:
     finally:
         if show_progress:
             sys.stderr.write("\r\033[K")
+        await pipeline.source.aclose()
         await client.aclose()
 
 
@@ -241,7 +240,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from service.devtools.demo import run_demo
 
-    return run_demo(host=args.host, port=args.port, tasks=args.tasks, seed=args.seed, redis_kind=args.redis)
+    return run_demo(
+        host=args.host, port=args.port, tasks=args.tasks, seed=args.seed, redis_kind=args.redis, cluster=args.cluster
+    )
 
 
 # -- parser --------------------------------------------------------------------------------------------------
@@ -321,6 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "redis-server", "fakeredis"),
         default="auto",
         help="embedded Redis: redis-server when installed, else fakeredis (default: auto)",
+    )
+    demo.add_argument(
+        "--cluster",
+        action="store_true",
+        help="on a local Redis Cluster of three primaries (needs redis-server and redis-cli), in cluster mode",
     )
     demo.set_defaults(func=cmd_demo)
 

@@ -11,7 +11,7 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import msgspec
 
@@ -33,13 +33,73 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return None
 
 
+# the TLS files redis-py reads from a URL's query (`?ssl_ca_certs=...`), checked like the settings of the same name
+_URL_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
 class RedisSettings(_Section, frozen=True, forbid_unknown_fields=True):
+    # standalone: one server at `url`; cluster: `url` names any one node, the others are discovered; sentinel: the
+    # master named `master_name` is asked of `sentinels`, and `url` gives only the scheme, credentials and database
     url: str = "redis://127.0.0.1:6379/0"
+    mode: Literal["standalone", "cluster", "sentinel"] = "standalone"
+    sentinels: tuple[str, ...] = ()  # "host:port" of each Sentinel (sentinel mode)
+    master_name: str = ""  # the name the Sentinels monitor the master under (sentinel mode)
+    # TLS (a rediss:// url): the names are redis.conf's own (tls-ca-cert-file, tls-cert-file, tls-key-file)
+    tls_ca_cert_file: str = ""  # the CA that signed the servers' certificates; empty: the system's CAs
+    tls_cert_file: str = ""  # a client certificate, for servers with tls-auth-clients yes
+    tls_key_file: str = ""  # its private key
 
     def validate(self) -> None:
-        scheme = urlsplit(self.url).scheme
-        if scheme not in ("redis", "rediss", "unix"):
-            raise SettingsError(f"redis.url = {redact_url(self.url)!r}: scheme must be redis://, rediss:// or unix://")
+        parts = urlsplit(self.url)
+        shown = redact_url(self.url)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise SettingsError(f"redis.url = {shown!r}: scheme must be redis://, rediss:// or unix://")
+        tls_files = {"tls_ca_cert_file": self.tls_ca_cert_file, "tls_cert_file": self.tls_cert_file,
+                     "tls_key_file": self.tls_key_file}  # fmt: skip
+        for name, file in tls_files.items():
+            if file and parts.scheme != "rediss":
+                raise SettingsError(f"redis.{name} = {file!r}: TLS needs a rediss:// url (redis.url is {shown!r})")
+            _check_file(f"redis.{name}", file)
+        for name, values in parse_qs(parts.query).items():
+            if name in _URL_FILES:
+                _check_file(f"redis.url ({name})", values[-1])
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            given, missing = (
+                ("tls_cert_file", "tls_key_file") if self.tls_cert_file else ("tls_key_file", "tls_cert_file")
+            )
+            raise SettingsError(f"redis.{given} = {tls_files[given]!r}: needs redis.{missing} too")
+        if self.mode == "cluster":
+            if parts.scheme == "unix":
+                raise SettingsError(f"redis.url = {shown!r}: a cluster is reached over TCP (redis:// or rediss://)")
+            if parts.path.strip("/") not in ("", "0"):
+                raise SettingsError(f"redis.url = {shown!r}: a cluster has database 0 only")
+        if self.mode == "sentinel":
+            if not self.sentinels:
+                raise SettingsError('redis.sentinels = []: sentinel mode needs at least one "host:port"')
+            for entry in self.sentinels:
+                host, _, port = entry.rpartition(":")
+                if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                    raise SettingsError(f"redis.sentinels = {list(self.sentinels)!r}: {entry!r} is not host:port")
+            if not self.master_name:
+                raise SettingsError("redis.master_name = '': sentinel mode needs the master's name")
+            if parts.scheme == "unix":
+                raise SettingsError(
+                    f"redis.url = {shown!r}: sentinels name a master by address (redis:// or rediss://)"
+                )
+
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        return [(host, int(port)) for host, _, port in (entry.rpartition(":") for entry in self.sentinels)]
+
+
+def _check_file(name: str, file: str) -> None:
+    """A file the TLS handshake will read: missing or unreadable stops startup here, naming the setting."""
+    if not file:
+        return
+    path = Path(file)
+    if not path.is_file():
+        raise SettingsError(f"{name} = {file!r}: no such file")
+    if not os.access(path, os.R_OK):
+        raise SettingsError(f"{name} = {file!r}: not readable by this process")
 
 
 class ServerSettings(_Section, frozen=True, forbid_unknown_fields=True):

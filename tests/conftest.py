@@ -46,6 +46,16 @@ def redis_url(redis_server: RedisServerProcess) -> str:
     return redis_server.url
 
 
+def require_binaries(*names: str) -> None:
+    """Skip the test when one of `names` is not on the PATH, unless REQUIRE_REAL_REDIS is set (CI): then fail."""
+    missing = [name for name in names if shutil.which(name) is None]
+    if missing:
+        message = f"{', '.join(missing)} not installed (Debian: apt-get install redis-server redis-tools openssl)"
+        if os.environ.get("REQUIRE_REAL_REDIS"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
 @pytest.fixture
 def own_redis_server() -> Iterator[RedisServerProcess]:
     """A real redis-server for one test that kills, pauses or restarts it."""
@@ -59,10 +69,13 @@ def own_redis_server() -> Iterator[RedisServerProcess]:
 
 
 def make_settings(**running_tasks: Any) -> Settings:
-    """Settings with `running_tasks` overrides; the Redis URL is whatever client the test passes to create_app.
+    """Settings with `running_tasks` overrides, and `url` or a `redis` section (a dict) when given; without them the
+    Redis URL is whatever client the test passes to create_app.
     `TEST_CHANGE_FEED` (auto, on, off) is the change feed's setting where a test does not choose: CI runs the suite
     with the default and again with `off` (the periodic scans alone)."""
-    redis_section = {"url": running_tasks.pop("url")} if "url" in running_tasks else {}
+    redis_section: dict[str, Any] = dict(running_tasks.pop("redis", {}))  # type: ignore[call-overload]
+    if "url" in running_tasks:
+        redis_section["url"] = running_tasks.pop("url")
     running_tasks.setdefault("change_feed", os.environ.get("TEST_CHANGE_FEED", "auto"))
     return settings_from_mapping({"running_tasks": running_tasks, "redis": redis_section})
 

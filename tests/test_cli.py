@@ -142,7 +142,7 @@ def test_every_command_documents_every_option() -> None:
     expected = {
         "serve": ["--host", "--port", "--settings"],
         "scan": ["--redis-url", "--pattern", "--batch-size", "--workers", "--json", "--max-scan-time", "--quiet"],
-        "demo": ["--host", "--port", "--tasks", "--seed", "--redis"],
+        "demo": ["--host", "--port", "--tasks", "--seed", "--redis", "--cluster"],
         "simulate": ["--redis-url", "--tasks", "--files", "--seed", "--interval", "--duration", "--anomalies"],
     }
     for command, options in expected.items():
@@ -195,8 +195,10 @@ DEMO_READY = "Ctrl-C (or SIGTERM, SIGHUP) stops everything."  # the banner's las
 
 
 def _start_demo(port: int, kind: str) -> subprocess.Popen[str]:
+    """`kind`: the --redis option, or "cluster" for --cluster."""
+    redis = ["--cluster"] if kind == "cluster" else ["--redis", kind]
     return subprocess.Popen(
-        [sys.executable, "-m", "service", "demo", "--port", str(port), "--redis", kind],
+        [sys.executable, "-m", "service", "demo", "--port", str(port), *redis],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -204,15 +206,16 @@ def _start_demo(port: int, kind: str) -> subprocess.Popen[str]:
     )
 
 
-@pytest.mark.parametrize("kind", ["fakeredis", "redis-server"])
+@pytest.mark.parametrize("kind", ["fakeredis", "redis-server", "cluster"])
 def test_demo_serves_moving_tasks_and_stops_on_ctrl_c(kind: str) -> None:
-    if kind == "redis-server" and not os.environ.get("REQUIRE_REAL_REDIS") and not _has_redis_server():
+    if kind != "fakeredis" and not os.environ.get("REQUIRE_REAL_REDIS") and not _has_redis_server():
         pytest.skip("redis-server is not installed")
     port = free_port()
     process = _start_demo(port, kind)
     try:
         lines = _wait_for_line(process, DEMO_READY)
-        assert lines[0].startswith(f"demo: embedded Redis ({kind}) at redis://127.0.0.1:")
+        shown = "redis-server cluster" if kind == "cluster" else kind
+        assert lines[0].startswith(f"demo: embedded Redis ({shown}) at redis://127.0.0.1:")
         url = f"http://127.0.0.1:{port}{RUNNING}"
         assert any(url in line for line in lines)
         first = httpx.get(url, timeout=10).json()
@@ -229,7 +232,11 @@ def test_demo_serves_moving_tasks_and_stops_on_ctrl_c(kind: str) -> None:
         # the banner's shell command works as printed, from anywhere, with no venv activated
         (shell,) = [line.split("from a shell", 1)[1].strip() for line in lines if "from a shell" in line]
         env = {key: value for key, value in os.environ.items() if key not in ("VIRTUAL_ENV", "PYTHONPATH")}
-        scanned = subprocess.run(shlex.split(shell), cwd="/", env=env, capture_output=True, text=True, timeout=60)
+        command = shlex.split(shell)
+        while "=" in command[0]:  # VARIABLE=value before the command, as a shell takes it
+            name, _, setting = command.pop(0).partition("=")
+            env[name] = setting
+        scanned = subprocess.run(command, cwd="/", env=env, capture_output=True, text=True, timeout=60)
         assert scanned.returncode == 0, scanned.stderr
         assert " running of " in scanned.stdout
     finally:

@@ -13,7 +13,9 @@ from types import FrameType
 
 import redis.asyncio as aioredis
 import uvicorn
+from redis.asyncio.cluster import RedisCluster
 
+from service.devtools.cluster import LocalCluster
 from service.devtools.embedded import EmbeddedRedis, start_embedded
 from service.devtools.simulator import Simulator
 from service.http.app import create_app
@@ -45,10 +47,11 @@ def urls(host: str, port: int) -> list[tuple[str, str]]:
     ]
 
 
-async def _demo(host: str, port: int, tasks: int, seed: int, redis: EmbeddedRedis) -> None:
+async def _demo(host: str, port: int, tasks: int, seed: int, redis: EmbeddedRedis, cluster: bool) -> None:
+    mode = "cluster" if cluster else "standalone"
     settings = settings_from_mapping(
         {
-            "redis": {"url": redis.url},
+            "redis": {"url": redis.url, "mode": mode},
             "server": {"host": host, "port": port, "log_level": "warning"},
             "running_tasks": {
                 "refresh_interval": 1,
@@ -58,7 +61,7 @@ async def _demo(host: str, port: int, tasks: int, seed: int, redis: EmbeddedRedi
             },
         }
     )
-    client = aioredis.Redis.from_url(redis.url)
+    client = RedisCluster.from_url(redis.url) if cluster else aioredis.Redis.from_url(redis.url)
     simulator = Simulator(seed, key_ttl=KEY_TTL, newer_producer_fraction=0.25, stall_hold=STALL_HOLD)
     await simulator.write_anomalies(client)
     await simulator.tick(client, tasks=tasks, now_ms=int(time.time() * 1000))
@@ -78,7 +81,8 @@ async def _demo(host: str, port: int, tasks: int, seed: int, redis: EmbeddedRedi
         for name, url in urls(host, port):
             print(f"  {name:<14} {url}")
         # the interpreter by its path: the command works as printed, whether or not the venv is activated
-        print(f"  {'from a shell':<14} {shlex.quote(sys.executable)} -m service scan --redis-url {redis.url}")
+        scan = f"{shlex.quote(sys.executable)} -m service scan --redis-url {redis.url}"
+        print(f"  {'from a shell':<14} {'SERVICE__REDIS__MODE=cluster ' if cluster else ''}{scan}")
         print("Ctrl-C (or SIGTERM, SIGHUP) stops everything.", flush=True)
     try:
         await serving
@@ -97,9 +101,15 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     raise _Stop(signal.Signals(signum).name)
 
 
-def run_demo(*, host: str, port: int, tasks: int, seed: int, redis_kind: str) -> int:
+def run_demo(*, host: str, port: int, tasks: int, seed: int, redis_kind: str, cluster: bool = False) -> int:
+    """`cluster`: on a local cluster of three primaries (redis-server and redis-cli), in cluster mode."""
     if _port_taken(host, port):
         print(f"error: port {port} on {host} is in use; pick another with --port", file=sys.stderr)
+        return 1
+    if cluster and (shutil.which("redis-server") is None or shutil.which("redis-cli") is None):
+        print(
+            "error: --cluster needs redis-server and redis-cli (Debian: apt-get install redis-server)", file=sys.stderr
+        )
         return 1
     if redis_kind == "redis-server" and shutil.which("redis-server") is None:
         print("error: redis-server is not installed; use --redis fakeredis (or auto)", file=sys.stderr)
@@ -112,7 +122,7 @@ def run_demo(*, host: str, port: int, tasks: int, seed: int, redis_kind: str) ->
     redis: EmbeddedRedis | None = None
     try:
         try:
-            redis = start_embedded(redis_kind)
+            redis = LocalCluster(primaries=3) if cluster else start_embedded(redis_kind)
         except ModuleNotFoundError:  # no redis-server, and fakeredis (the `demo` extra) is not installed
             print(
                 "error: the demo needs redis-server (Debian: apt-get install redis-server) or the demo extra "
@@ -121,7 +131,7 @@ def run_demo(*, host: str, port: int, tasks: int, seed: int, redis_kind: str) ->
             )
             return 1
         # uvicorn handles Ctrl-C itself (a graceful shutdown), then re-raises it once it has stopped
-        asyncio.run(_demo(host, port, tasks, seed, redis))
+        asyncio.run(_demo(host, port, tasks, seed, redis, cluster))
     except (KeyboardInterrupt, _Stop):
         pass
     finally:

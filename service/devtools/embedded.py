@@ -44,7 +44,15 @@ class RedisServerProcess:
 
     kind = "redis-server"
 
-    def __init__(self, port: int | None = None, binary: str | None = None, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        binary: str | None = None,
+        extra_args: tuple[str, ...] = (),
+        config: str | None = None,
+    ) -> None:
+        """`config`: a configuration file's text, written to the server's directory and given first (a Sentinel's
+        must be a file it can rewrite)."""
         found = binary or shutil.which("redis-server")
         if found is None:
             raise FileNotFoundError("redis-server is not installed (Debian: apt-get install redis-server)")
@@ -53,6 +61,11 @@ class RedisServerProcess:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._extra_args = extra_args
         self._dir = tempfile.TemporaryDirectory(prefix="redis-test-")
+        self._config: list[str] = []
+        if config is not None:
+            file = Path(self._dir.name) / "redis.conf"
+            file.write_text(config)
+            self._config = [str(file)]
         self._process: subprocess.Popen[bytes] | None = None
         try:
             self.start()
@@ -64,7 +77,18 @@ class RedisServerProcess:
         """Start (or start again, on the same port) and wait until it answers PING."""
         if self._process is not None and self._process.poll() is None:
             return
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        args = [
+            self.binary,
+            *self._config,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
         args += ["--dir", self._dir.name, "--logfile", str(Path(self._dir.name) / "redis.log"), *self._extra_args]
         self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
@@ -76,6 +100,11 @@ class RedisServerProcess:
         except BaseException:
             self.stop()
             raise
+
+    @property
+    def directory(self) -> Path:
+        """The server's working directory (its log is `redis.log` there)."""
+        return Path(self._dir.name)
 
     @property
     def pid(self) -> int:

@@ -19,9 +19,14 @@ from typing import TypeVar
 import orjson
 import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 
 from service.domain.times import format_time
 from service.domain.vocabulary import FILE_OPERATES, FINISHED_STATUSES, PRODUCER_RUNNING_STATUSES
+
+# one server's client or a cluster's (the demo's --cluster, the tests and the bench of cluster mode)
+Client = redis.Redis | RedisCluster
+AnyPipeline = Pipeline | ClusterPipeline
 
 logger = logging.getLogger("service.devtools.simulator")
 
@@ -267,7 +272,7 @@ class Simulator:
             return "unsupported"
         return "completed"
 
-    async def write(self, client: redis.Redis, tasks: Iterable[SimTask], now_ms: int) -> None:
+    async def write(self, client: Client, tasks: Iterable[SimTask], now_ms: int) -> None:
         """SET every task's current value with EX key_ttl, pipelined in chunks."""
         for batch in _chunks(tasks, PIPELINE_CHUNK):
             async with client.pipeline(transaction=False) as pipe:
@@ -277,7 +282,7 @@ class Simulator:
                     pipe.set(task.key(), task.value(now_ms), ex=self.key_ttl)
                 await pipe.execute()
 
-    async def write_anomalies(self, client: redis.Redis) -> dict[str, list[str]]:
+    async def write_anomalies(self, client: Client) -> dict[str, list[str]]:
         """Write every anomaly of producer-format.md and return the keys by kind.
 
         Kinds: "empty_id" (`request:id:` holding {"process":"pending"}), "malformed" (not a JSON object),
@@ -303,7 +308,7 @@ class Simulator:
 
     async def run(
         self,
-        client: redis.Redis,
+        client: Client,
         *,
         tasks: int,
         interval: float,
@@ -322,7 +327,7 @@ class Simulator:
             except TimeoutError:
                 pass
 
-    async def tick(self, client: redis.Redis, *, tasks: int, now_ms: int) -> list[SimTask]:
+    async def tick(self, client: Client, *, tasks: int, now_ms: int) -> list[SimTask]:
         """One step of `run`: advance live tasks, replace finished ones and stalled ones whose key is gone, write
         what changed. About `tasks` keys are running at any time, stalled ones included."""
         warm_up = not self._active and not self._stalled
@@ -376,7 +381,7 @@ _BAD_VALUES: tuple[tuple[str, bytes], ...] = (
 )
 
 
-def _queue_not_string(pipe: Pipeline, key: str, kind: str, ttl: int) -> None:
+def _queue_not_string(pipe: AnyPipeline, key: str, kind: str, ttl: int) -> None:
     if kind == "hash":
         pipe.hset(key, mapping={"process": "processing", "totalProgress": "40"})
     else:
@@ -384,7 +389,7 @@ def _queue_not_string(pipe: Pipeline, key: str, kind: str, ttl: int) -> None:
     pipe.expire(key, ttl)
 
 
-def _queue_unrelated(pipe: Pipeline, rng: random.Random, indexes: Iterable[int]) -> list[str]:
+def _queue_unrelated(pipe: AnyPipeline, rng: random.Random, indexes: Iterable[int]) -> list[str]:
     """Queue keys of other key families, one per index; the first three are fixed near misses and the lock."""
     keys: list[str] = []
     for i in indexes:
@@ -412,7 +417,7 @@ def _queue_unrelated(pipe: Pipeline, rng: random.Random, indexes: Iterable[int])
 
 
 async def build_workload(
-    client: redis.Redis,
+    client: Client,
     *,
     tasks: int,
     unrelated: int,

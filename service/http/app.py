@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import msgspec
-import redis.asyncio as aioredis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -26,7 +25,7 @@ from service.settings import Settings, load_settings, settings_file
 from service.snapshot.pipeline import build_pipeline
 from service.snapshot.refresher import RefreshFailed
 from service.snapshot.worker import RefreshLoop, run_on
-from service.source.redis_source import create_client
+from service.source.clients import RedisClient, create_client
 
 logger = logging.getLogger("service.http.app")
 
@@ -44,7 +43,7 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 def create_app(
     settings: Settings | None = None,
-    redis: aioredis.Redis | None = None,
+    redis: RedisClient | None = None,
     clock: Callable[[], int] | None = None,
     settings_from: Path | None = None,
 ) -> Starlette:
@@ -89,6 +88,7 @@ def create_app(
             streams.close()  # (the server closes them before it waits for responses: service.http.server)
             await run_on(refresh_loop, follower.stop())
             await refresher.stop()
+            await run_on(refresh_loop, pipeline.source.aclose())
             if refresh_loop is not None:
                 await refresh_loop.run(client.aclose())  # its connections live on that loop
                 await refresh_loop.stop()
@@ -101,7 +101,9 @@ def create_app(
         settings, refresher, queries, delivery, pipeline.source, settings_from, follower, pipeline.changes, streams
     )
     running = endpoints.running
-    metrics = Metrics(refresher, delivery.counters, rt.running_statuses, rt.cache_ttl, follower, streams.info)
+    metrics = Metrics(
+        refresher, delivery.counters, rt.running_statuses, rt.cache_ttl, follower, streams.info, pipeline.source
+    )
     limiter = build_limiter(settings)
     if limiter is not None:
         metrics.add_gauge("rate_limit_clients", "Clients whose rate-limit bucket is remembered.", lambda: len(limiter))

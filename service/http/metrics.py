@@ -29,6 +29,7 @@ from service.shapes.events import StreamsInfo
 from service.snapshot.follower import LATENCY_BUCKETS, Follower
 from service.snapshot.refresher import Refresher, RefreshRecord
 from service.source.failures import Failure
+from service.source.keysource import KeySource
 
 PREFIX = "running_tasks_"
 UNMATCHED = "unmatched"  # the route label of requests no route answers (404)
@@ -59,6 +60,7 @@ class Metrics:
         cache_ttl: float,
         follower: Follower | None = None,
         streams: Callable[[], StreamsInfo] | None = None,
+        source: KeySource | None = None,
     ) -> None:
         # No `_created` series: prometheus-client would add them to its own counters and histograms but not to
         # the ones collected here, and no query of ours needs them. The switch is process-wide (the library
@@ -97,6 +99,8 @@ class Metrics:
             self.registry.register(_FeedCollector(follower))
         if streams is not None:
             self.registry.register(_StreamsCollector(streams))
+        if source is not None:
+            self.registry.register(_NodeCollector(source))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
@@ -226,6 +230,36 @@ class _StreamsCollector(Collector):
         yield _counter("stream_events_dropped", "Queued events discarded by those resets.", info.events_dropped)
         yield _counter("streams_dropped", "Streams the service ended (shutdown, a failed send).", info.dropped)
         yield _counter("stream_encodes", "Change events encoded (once per view and change).", info.encodes)
+
+
+class _NodeCollector(Collector):
+    """Each Redis node's share of the scans (every primary of a cluster), read when Prometheus scrapes."""
+
+    def __init__(self, source: KeySource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[Metric]:
+        labels = ["node"]
+        keys = GaugeMetricFamily(
+            f"{PREFIX}redis_node_keys", "Keys the last complete SCAN of the node held.", labels=labels
+        )
+        duration = GaugeMetricFamily(
+            f"{PREFIX}redis_node_scan_duration_seconds",
+            "Duration of the last complete SCAN of the node.",
+            labels=labels,
+        )
+        errors = CounterMetricFamily(f"{PREFIX}redis_node_errors", "Calls to the node that failed.", labels=labels)
+        for node in self._source.nodes():
+            keys.add_metric([node.node], node.keys)
+            duration.add_metric([node.node], node.duration_ms / 1000)
+            errors.add_metric([node.node], node.errors)
+        yield keys
+        yield duration
+        yield errors
+        yield _counter("redis_cluster_rewalks", "Cluster scans walked again because slots moved.", self._source.rewalks)
+        yield _counter(
+            "redis_cluster_failovers", "Cluster primaries that failed mid-scan, walked again.", self._source.failovers
+        )
 
 
 class _BuildInfo(Collector):

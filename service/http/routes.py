@@ -19,11 +19,11 @@ from service.http.streams import StreamHub
 from service.query.answers import QueryService
 from service.query.params import QueryError
 from service.settings import Settings
-from service.shapes.operations import CacheStats, Health, Ready
+from service.shapes.operations import CacheStats, Health, Ready, RedisInfo, RedisNode
 from service.snapshot.changes import ChangeLog
 from service.snapshot.follower import Follower
 from service.snapshot.refresher import Refresher, RefreshFailed
-from service.source.redis_source import RedisSource
+from service.source.keysource import KeySource
 
 logger = logging.getLogger("service.http.routes")
 
@@ -52,7 +52,7 @@ class Endpoints:
         refresher: Refresher,
         queries: QueryService,
         delivery: Delivery,
-        source: RedisSource,
+        source: KeySource,
         settings_from: Path | None,
         follower: Follower,
         changes: ChangeLog,
@@ -173,7 +173,18 @@ async def cache_stats(request: Request) -> Response:
             query_cache=endpoints.queries.cache_stats(),
             change_feed=endpoints.follower.info(),
             streams=endpoints.streams.info(),
+            redis=_redis_info(endpoints),
         )
+    )
+
+
+def _redis_info(endpoints: Endpoints) -> RedisInfo:
+    source = endpoints.source
+    return RedisInfo(
+        mode=endpoints.settings.redis.mode,
+        nodes=[RedisNode(n.node, n.pages, n.keys, n.duration_ms, n.errors) for n in source.nodes()],
+        rewalks=source.rewalks,
+        failovers=source.failovers,
     )
 
 

@@ -79,6 +79,25 @@ class ChangeFeedInfo(msgspec.Struct, rename="camel"):
     batch_ms: int
 
 
+class RedisNode(msgspec.Struct, rename="camel"):
+    """One Redis node the scans walk (each primary of a cluster; the master of a Sentinel setup)."""
+
+    node: Annotated[str, msgspec.Meta(description="host:port, or the socket's path")]
+    pages: Annotated[Count, msgspec.Meta(description="SCAN replies of the last complete walk of this node")]
+    keys: Annotated[Count, msgspec.Meta(description="keys they held (repeats included)")]
+    duration_ms: Annotated[float, msgspec.Meta(ge=0, description="that walk, from its first call to its last reply")]
+    errors: Annotated[Count, msgspec.Meta(description="calls to this node that failed, since the start")]
+
+
+class RedisInfo(msgspec.Struct, rename="camel"):
+    """The Redis topology ([redis] mode) and each node's share of the scans."""
+
+    mode: Literal["standalone", "cluster", "sentinel"]
+    nodes: list[RedisNode]
+    rewalks: Annotated[Count, msgspec.Meta(description="cluster: scans walked again because slots moved meanwhile")]
+    failovers: Annotated[Count, msgspec.Meta(description="cluster: primaries that failed mid-scan, walked again")]
+
+
 class HistoryInfo(msgspec.Struct):
     kept: Count
     size: int
@@ -111,6 +130,7 @@ class CacheStats(msgspec.Struct, rename="camel"):
     query_cache: QueryCacheInfo
     change_feed: ChangeFeedInfo
     streams: StreamsInfo
+    redis: RedisInfo
 
 
 class Health(msgspec.Struct):

@@ -21,7 +21,7 @@ import redis.exceptions
 from service.settings import RunningTasksSettings
 from service.shapes.operations import ChangeFeedInfo
 from service.snapshot.refresher import Refresher, RefreshFailed, RefreshRecord
-from service.source.change_feed import EVERYTHING, ChangeFeed, FeedRefused
+from service.source.change_feed import EVERYTHING, Feed, FeedRefused
 from service.source.failures import Failure
 
 logger = logging.getLogger("service.snapshot.follower")
@@ -64,7 +64,7 @@ class Follower:
     def __init__(
         self,
         refresher: Refresher,
-        open_feed: Callable[[], ChangeFeed],
+        open_feed: Callable[[], Feed],
         settings: RunningTasksSettings,
         swapdb_calls: Callable[[], Awaitable[int | None]] | None = None,
     ) -> None:
@@ -85,7 +85,7 @@ class Follower:
         self._rescan = False  # a full scan is owed (null announcement, overflow, failed batch)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._feed: ChangeFeed | None = None
+        self._feed: Feed | None = None
         self._swaps: int | None = None  # SWAPDB calls Redis had run when last asked
         self.first_attempt = asyncio.Event()  # set once the first connection has succeeded or failed
         refresher.listeners.append(self._on_refresh)

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -34,6 +34,17 @@ class FeedRefused(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class Feed(Protocol):
+    """What the follower reads announcements from: one server's tracking connection (`ChangeFeed`), or one per
+    primary of a cluster (service.source.cluster_feed)."""
+
+    async def open(self) -> None: ...
+
+    async def names(self) -> list[bytes] | None: ...
+
+    async def close(self) -> None: ...
 
 
 class ChangeFeed:

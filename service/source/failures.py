@@ -7,6 +7,10 @@ import ssl
 from enum import Enum
 
 import redis.exceptions
+from redis.asyncio.sentinel import MasterNotFoundError
+
+# an ACL user's command refused (NOPERM), as redis-py raises it
+_DENIED = redis.exceptions.NoPermissionError
 
 
 class ScanTimeout(Exception):
@@ -21,10 +25,18 @@ class Failure(Enum):
     INTERNAL = "error"  # anything else
 
 
+def is_refused_access(exc: BaseException) -> bool:
+    """Whether Redis refused the service's credentials (a wrong password or user) or an ACL user's command."""
+    if isinstance(exc, redis.exceptions.AuthenticationError | redis.exceptions.AuthorizationError | _DENIED):
+        return True
+    return isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith(("WRONGPASS", "NOAUTH", "NOPERM"))
+
+
 def classify(exc: BaseException) -> Failure:
     # A connection that cannot be made in time (nothing answers, or a TLS handshake never completes) is an
-    # unreachable Redis, like a refused one: 503, not the 504 of a scan or a command that took too long.
-    if is_connect_timeout(exc):
+    # unreachable Redis, like a refused one: 503, not the 504 of a scan or a command that took too long. So is a
+    # Redis that refuses our credentials or an ACL user's command: a setting to fix, not a defect of ours.
+    if is_connect_timeout(exc) or is_refused_access(exc):
         return Failure.REDIS_UNAVAILABLE
     if isinstance(exc, ScanTimeout | redis.exceptions.TimeoutError | TimeoutError):
         return Failure.TIMEOUT
@@ -40,7 +52,20 @@ def is_connect_timeout(exc: BaseException) -> bool:
 
 
 def describe(exc: BaseException, tls: bool) -> str:
-    """What went wrong, in one line for the log and cache-stats; says so when a TLS handshake is what failed."""
+    """What went wrong, in one line for the log and cache-stats; names the setting to look at when it is one (a
+    TLS handshake, credentials, an ACL user's commands, a Sentinel's master)."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    if str(exc).startswith("NOPERM") or isinstance(exc, redis.exceptions.AuthorizationError | _DENIED):
+        return (
+            f"{type(exc).__name__}: the ACL user of redis.url may not run a command the service needs ({text}); "
+            "grant it the commands the README lists"
+        )
+    if is_refused_access(exc):
+        return f"{type(exc).__name__}: Redis refused the user or password of redis.url ({text})"
+    if isinstance(exc, MasterNotFoundError):
+        return f"{type(exc).__name__}: no Sentinel of redis.sentinels names a master for redis.master_name ({text})"
+    if _in_chain(exc, FileNotFoundError):
+        return f"{type(exc).__name__}: a TLS file of redis.tls_* (or of redis.url's ssl_* options) is gone: {text}"
     if tls and is_connect_timeout(exc):
         return (
             f"{type(exc).__name__}: the TLS handshake did not complete within redis_timeout "

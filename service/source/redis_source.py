@@ -4,7 +4,9 @@ fetches that skip unchanged values and are bounded in bytes."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
@@ -12,19 +14,14 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-try:
-    from redis.maint_notifications import MaintNotificationsConfig as _MaintNotificationsConfig
-except ImportError:  # redis-py before 8: no maintenance notifications
-    _MaintNotificationsConfig = None  # type: ignore[assignment,misc]
-
-from service.settings import Settings
-
 logger = logging.getLogger("service.source.redis_source")
 
 # PEXPIRETIME never answers -3, so it marks a key of another Redis type (STRLEN raised WRONGTYPE).
 MISSING = -2
 NO_EXPIRY = -1
 WRONG_TYPE = -3
+# A lookup's key that this node does not serve (a cluster's slot that moved or is moving): its node must be asked.
+NOT_HERE = -4
 
 # One round trip per SCAN page: the page's cursor and Redis' clock, then each key of the page with its absolute
 # expiry time (ms) and length; a key of another type is reported (-3), not an error that fails the page. The
@@ -34,6 +31,10 @@ WRONG_TYPE = -3
 # On Redis 6, which has no PEXPIRETIME, the expiry comes from PTTL and the clock (a millisecond of rounding
 # then costs a re-read now and then).
 _KEY_LUA = """
+local function elsewhere(reply)
+  -- a key of a slot this cluster node does not serve (moved, or moving and already gone): its node must be asked
+  return type(reply) == 'table' and reply.err ~= nil and string.find(reply.err, 'non local', 1, true) ~= nil
+end
 local function describe(out, now_ms, keys, budget)
   -- budget: also each value, while the values read so far stay within this many bytes (one value at least);
   -- false for a value not read (past the budget, gone, or of another type)
@@ -41,11 +42,15 @@ local function describe(out, now_ms, keys, budget)
   local used = 0
   for _, key in ipairs(keys) do
     local value = false
+    local at = nil
     if budget and used < budget then
       -- the value first: its reply says whether the key is there and a string, and how long it is (the change
       -- feed's keys have mostly changed, so reading them is the point)
       value = redis.pcall('GET', key)
-      if type(value) == 'table' then
+      if elsewhere(value) then
+        at = -4
+        value = false
+      elseif type(value) == 'table' then
         value = false  -- another type: told below
       elseif value then
         if used > 0 and used + #value > budget then
@@ -55,20 +60,29 @@ local function describe(out, now_ms, keys, budget)
         end
       end
     end
-    local at
-    if expiretime then
+    if at == nil and expiretime then
       at = redis.pcall('PEXPIRETIME', key)
-      if type(at) == 'table' then expiretime = false end
+      if elsewhere(at) then
+        at = -4
+      elseif type(at) == 'table' then
+        expiretime, at = false, nil
+      end
     end
-    if not expiretime then
+    if at == nil then
       -- Redis before 7.0 has no PEXPIRETIME: the same instant from the TTL, give or take a millisecond
-      at = redis.call('PTTL', key)
-      if at >= 0 then at = now_ms + at end
+      at = redis.pcall('PTTL', key)
+      if elsewhere(at) then
+        at = -4
+      elseif type(at) == 'table' then
+        return at  -- fails the call, as redis.call would
+      elseif at >= 0 then
+        at = now_ms + at
+      end
     end
     local size = 0
     if value then
       size = #value
-    elseif at ~= -2 then
+    elseif at ~= -2 and at ~= -4 then
       size = redis.pcall('STRLEN', key)
       if type(size) == 'table' then
         at, size = -3, 0
@@ -101,6 +115,32 @@ _LOOKUP_LUA = (
 return describe({'0', now_ms}, now_ms, KEYS, tonumber(ARGV[1]))
 """
 )
+# The same with the keys after the budget in ARGV: on a cluster node, keys of several slots (a script's KEYS must
+# share one); a key the node does not serve is told (NOT_HERE), not an error that fails the call.
+_LOOKUP_ARGV_LUA = (
+    _KEY_LUA
+    + """
+local keys = {}
+for i = 2, #ARGV do keys[#keys + 1] = ARGV[i] end
+return describe({'0', now_ms}, now_ms, keys, tonumber(ARGV[1]))
+"""
+)
+
+
+# Values of keys of several hash slots on one cluster node (MGET refuses them): the keys in ARGV, each value in
+# order, nil for a key gone or of another type, -1 for a key this node does not serve (its slot moved).
+_GET_ARGV_LUA = """
+local out = {}
+for i, key in ipairs(ARGV) do
+  local value = redis.pcall('GET', key)
+  if type(value) == 'table' then
+    if value.err ~= nil and string.find(value.err, 'non local', 1, true) ~= nil then value = -1 else value = false end
+  end
+  out[i] = value
+end
+return out
+"""
+NOT_HERE_VALUE = -1
 
 
 class KeyMeta(NamedTuple):
@@ -137,38 +177,15 @@ def _pack(args: tuple[bytes, ...]) -> bytes:
 _RETRIES = 2
 _BACKOFF_BASE, _BACKOFF_CAP = 0.01, 0.25  # s
 # A connection idle this long is checked with a PING before it is used again.
-_HEALTH_CHECK_SECONDS = 30
+HEALTH_CHECK_SECONDS = 30
 
 
-_RETRIED = (redis.exceptions.ConnectionError,)
+RETRIED = (redis.exceptions.ConnectionError,)
 
 
 def reconnecting() -> Retry:
-    """What is retried (`_RETRIED`), how often and after what pause: the client's and RedisSource's alike."""
-    return Retry(ExponentialBackoff(cap=_BACKOFF_CAP, base=_BACKOFF_BASE), _RETRIES, supported_errors=_RETRIED)
-
-
-def create_client(settings: Settings) -> aioredis.Redis:
-    """A client for `redis.url` whose every call, and the connect, is bounded by `redis_timeout`, and whose calls
-    are sent again on a fresh connection after a connection error (`reconnecting`)."""
-    timeout = settings.running_tasks.redis_timeout / 1000
-    options: dict[str, Any] = {}
-    if _MaintNotificationsConfig is not None:
-        # Off, whatever the version's default: with redis-py 8.1 and these on "auto", the pool handed out
-        # connections the server had already closed, for several refreshes after a restart.
-        options["maint_notifications_config"] = _MaintNotificationsConfig(enabled=False)
-    return aioredis.Redis.from_url(
-        settings.redis.url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        decode_responses=False,
-        # the scan runs `worker_count` fetches at once beside the scanner and live requests
-        max_connections=settings.running_tasks.worker_count + 8,
-        retry=reconnecting(),
-        retry_on_error=list(_RETRIED),
-        health_check_interval=_HEALTH_CHECK_SECONDS,
-        **options,
-    )
+    """What is retried (`RETRIED`), how often and after what pause: the client's and RedisSource's alike."""
+    return Retry(ExponentialBackoff(cap=_BACKOFF_CAP, base=_BACKOFF_BASE), _RETRIES, supported_errors=RETRIED)
 
 
 async def _ignore(error: Exception) -> None:
@@ -176,10 +193,34 @@ async def _ignore(error: Exception) -> None:
     return None
 
 
-class RedisSource:
-    """Paged SCAN and bounded value fetches over one client."""
+@dataclass(slots=True)
+class NodeStats:
+    """One Redis node as the service saw it: its last complete SCAN and its failures (cache-stats, metrics)."""
 
-    def __init__(self, client: aioredis.Redis, *, fetch_max_bytes: int) -> None:
+    node: str  # host:port (or the socket's path)
+    pages: int = 0  # SCAN replies of the last complete walk of this node
+    keys: int = 0  # keys they held (repeats included)
+    duration_ms: float = 0.0  # from its first SCAN call to its last reply
+    errors: int = 0  # calls to it that failed, since the start
+
+    def shape(self) -> dict[str, int | float | str]:
+        return {"node": self.node, "pages": self.pages, "keys": self.keys, "durationMs": self.duration_ms,
+                "errors": self.errors}  # fmt: skip
+
+
+def node_name(client: aioredis.Redis) -> str:
+    """The address a client's connections go to, as `host:port` (a unix socket: its path)."""
+    options = client.connection_pool.connection_kwargs
+    if "path" in options:
+        return str(options["path"])
+    return f"{options.get('host', '?')}:{options.get('port', '?')}"
+
+
+class RedisSource:
+    """Paged SCAN and bounded value fetches over one client (one server, or one node of a cluster)."""
+
+    def __init__(self, client: aioredis.Redis, *, fetch_max_bytes: int, name: str | None = None) -> None:
+        """`name`: the node's address in the statistics (default: the client's)."""
         self.client = client
         # whether the connections speak TLS: a failure to connect is then most often a handshake that failed
         self.tls = issubclass(client.connection_pool.connection_class, aioredis.SSLConnection)
@@ -187,6 +228,29 @@ class RedisSource:
         self._fetch_max_bytes = fetch_max_bytes
         self._scan_sha = client.register_script(_SCAN_LUA).sha
         self._lookup_sha = client.register_script(_LOOKUP_LUA).sha
+        self._lookup_argv_sha = client.register_script(_LOOKUP_ARGV_LUA).sha
+        self._get_argv_sha = client.register_script(_GET_ARGV_LUA).sha
+        self.stats = NodeStats(name or node_name(client))
+
+    rewalks = failovers = 0  # a cluster's (service.source.cluster_source)
+
+    def nodes(self) -> list[NodeStats]:
+        """Each node's statistics: here, the one (a Sentinel's master: where the pool found it last)."""
+        master = getattr(self.client.connection_pool, "master_address", None)
+        if master:
+            self.stats.node = f"{master[0]}:{master[1]}"
+        return [self.stats]
+
+    async def aclose(self) -> None:
+        """Nothing to close: the client is the caller's."""
+
+    # the lookup script with its keys as KEYS (one slot's, on a cluster): what service.source.cluster_source sends
+    # through the cluster client for a key whose slot moved
+    LOOKUP_SCRIPT = _LOOKUP_LUA
+
+    async def command(self, *args: bytes) -> Any:
+        """One command, its reply as Redis sent it (no reply callback), retried as the fetches are."""
+        return await self._command(*args)
 
     async def _command(self, *args: bytes) -> Any:
         """One command on a pooled connection, packed here rather than by the client, sent again on a fresh
@@ -195,7 +259,13 @@ class RedisSource:
         The fetch commands carry hundreds of arguments that are bytes already; the client's general packing
         and dispatch cost more than Redis took to answer (docs/performance.md). Errors are the client's own
         (ConnectionError, TimeoutError, ResponseError); the connection is dropped after one."""
-        return await self._retry.call_with_retry(lambda: self._command_once(args), _ignore)
+        try:
+            return await self._retry.call_with_retry(lambda: self._command_once(args), _ignore)
+        except redis.exceptions.NoScriptError:
+            raise  # a script to load (first use, a restarted server): the caller does, no failure
+        except Exception:
+            self.stats.errors += 1
+            raise
 
     async def _command_once(self, args: tuple[bytes, ...]) -> Any:
         pool = self.client.connection_pool
@@ -218,15 +288,24 @@ class RedisSource:
             reply = await self.client.evalsha(self._scan_sha, 0, cursor, pattern, count)
         return reply
 
-    async def lookup(self, keys: list[bytes]) -> tuple[ScanPage, list[bytes | None]]:
+    async def lookup(self, keys: list[bytes], *, several_slots: bool = False) -> tuple[ScanPage, list[bytes | None]]:
         """Each of `keys` with its expiry time and length, as a SCAN page would tell them, and its value while the
         values stay within `fetch_max_bytes` (None: not read, gone, or of another type; `read` the rest), in one
-        round trip."""
-        args = (self._lookup_sha.encode(), b"%d" % len(keys), *keys, b"%d" % self._fetch_max_bytes)
+        round trip.
+
+        `several_slots`: the keys go to the script as arguments, not as its KEYS (a cluster node refuses KEYS of
+        several slots); a key the node does not serve is then told as NOT_HERE."""
+        budget = b"%d" % self._fetch_max_bytes
+        if several_slots:
+            sha, script = self._lookup_argv_sha, _LOOKUP_ARGV_LUA
+            args: tuple[bytes, ...] = (sha.encode(), b"0", budget, *keys)
+        else:
+            sha, script = self._lookup_sha, _LOOKUP_LUA
+            args = (sha.encode(), b"%d" % len(keys), *keys, budget)
         try:
             reply = await self._command(b"EVALSHA", *args)
         except redis.exceptions.NoScriptError:  # a restarted or flushed Redis: load it again
-            await self.client.script_load(_LOOKUP_LUA)
+            await self.client.script_load(script)
             reply = await self._command(b"EVALSHA", *args)
         values = [value if isinstance(value, bytes) else None for value in reply[5::4]]
         return ScanPage(int(reply[1]), reply[2::4], reply[3::4], reply[4::4]), values
@@ -252,7 +331,13 @@ class RedisSource:
         walks the next page while this process handles the last: one call in flight at most, never a pipeline.
         Close the iterator (`aclosing`) when leaving it early: that drops the connection of a call in flight."""
         match, batch = pattern.encode(), b"%d" % count
-        reply = await self._scan_call(b"0", match, batch)
+        started = time.perf_counter()
+        pages = keys = 0
+        try:
+            reply = await self._scan_call(b"0", match, batch)
+        except Exception:
+            self.stats.errors += 1
+            raise
         pool = self.client.connection_pool
         connection: Any = None
         in_flight = False
@@ -264,8 +349,14 @@ class RedisSource:
                         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
                     await self._send_scan(connection, cursor, match, batch)
                     in_flight = True
-                yield ScanPage(int(reply[1]), reply[2::3], reply[3::3], reply[4::3])
+                page = ScanPage(int(reply[1]), reply[2::3], reply[3::3], reply[4::3])
+                pages += 1
+                keys += len(page.keys)
+                yield page
                 if not in_flight:
+                    stats = self.stats
+                    stats.pages, stats.keys = pages, keys
+                    stats.duration_ms = round((time.perf_counter() - started) * 1000, 3)
                     return
                 try:
                     reply = await connection.read_response()
@@ -274,6 +365,9 @@ class RedisSource:
                     await self._send_scan(connection, cursor, match, batch)
                     reply = await connection.read_response()
                 in_flight = False
+        except Exception:
+            self.stats.errors += 1
+            raise
         finally:
             if connection is not None:
                 if in_flight:  # left early, or failed: a reply that nobody will read must not reach the next user
@@ -285,6 +379,17 @@ class RedisSource:
         # loop turns after it is started: too late to overlap anything)
         packed = _pack((b"EVALSHA", self._scan_sha.encode(), b"0", cursor, match, batch))
         await connection.send_packed_command(packed, check_health=False)
+
+    async def read_several_slots(self, keys: list[bytes]) -> list[bytes | int | None]:
+        """The values of `keys` on this cluster node, in one call (MGET refuses keys of several slots): None for a
+        key gone or of another type, NOT_HERE_VALUE for a key the node does not serve."""
+        args = (self._get_argv_sha.encode(), b"0", *keys)
+        try:
+            reply: list[bytes | int | None] = await self._command(b"EVALSHA", *args)
+        except redis.exceptions.NoScriptError:  # a restarted or flushed Redis: load it again
+            await self.client.script_load(_GET_ARGV_LUA)
+            reply = await self._command(b"EVALSHA", *args)
+        return reply
 
     async def read(self, metas: list[KeyMeta]) -> list[bytes | None]:
         """The values of the keys of `metas`, in order (None: expired since SCAN, or of another type by now).

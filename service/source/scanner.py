@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from service.domain.tasks import MalformedValue, Observation, StoredTask, decode_value, task_id_prefix
 from service.settings import RunningTasksSettings
 from service.source.failures import ScanTimeout
-from service.source.redis_source import MISSING, WRONG_TYPE, KeyMeta, RedisSource
+from service.source.keysource import KeySource
+from service.source.redis_source import MISSING, WRONG_TYPE, KeyMeta
 
 logger = logging.getLogger("service.source.scanner")
 
@@ -95,7 +96,7 @@ class Scanner:
 
     def __init__(
         self,
-        source: RedisSource,
+        source: KeySource,
         settings: RunningTasksSettings,
         clock: Callable[[], int] | None = None,
         finished_sink: PageSink | None = None,
@@ -127,7 +128,7 @@ class Scanner:
         return changed
 
     @property
-    def source(self) -> RedisSource:
+    def source(self) -> KeySource:
         return self._source
 
     @property

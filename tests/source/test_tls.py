@@ -17,6 +17,7 @@ import redis
 
 from service.devtools.embedded import RedisServerProcess, free_port
 from service.http.app import create_app
+from service.settings import SettingsError, settings_from_mapping
 from tests.conftest import make_settings, running_app
 
 pytestmark = [pytest.mark.real_redis, pytest.mark.anyio]
@@ -110,3 +111,61 @@ async def test_without_the_client_certificate_or_the_ca_redis_is_unavailable(
         answer = await http.get(RUNNING)
     assert answer.status_code == 503
     assert answer.json()["code"] == 503
+
+
+async def test_the_tls_settings_instead_of_the_url_query(tls_redis: tuple[RedisServerProcess, int, Path]) -> None:
+    _, port, directory = tls_redis
+    redis_section = {
+        "url": f"rediss://127.0.0.1:{port}/0",
+        "tls_ca_cert_file": str(directory / "ca.crt"),
+        "tls_cert_file": str(directory / "client.crt"),
+        "tls_key_file": str(directory / "client.key"),
+    }
+    app = create_app(make_settings(redis=redis_section))
+    async with running_app(app) as http:
+        answer = await http.get(RUNNING)
+    assert [task["taskId"] for task in answer.json()["data"]["tasks"]] == ["over-tls"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("tls_ca_cert_file", r"^redis.tls_ca_cert_file = '.*/nowhere.crt': no such file$"),
+        ("tls_cert_file", r"^redis.tls_cert_file = '.*/nowhere.crt': no such file$"),
+    ],
+)
+def test_a_missing_tls_file_is_named(tmp_path: Path, setting: str, message: str) -> None:
+    (tmp_path / "client.key").write_text("key")
+    section = {"url": "rediss://cache:6380/0", setting: str(tmp_path / "nowhere.crt"),
+               "tls_key_file": str(tmp_path / "client.key")}  # fmt: skip
+    if setting != "tls_cert_file":
+        del section["tls_key_file"]
+    with pytest.raises(SettingsError, match=message):
+        settings_from_mapping({"redis": section})
+
+
+def test_tls_files_need_a_tls_url_and_each_other(tmp_path: Path) -> None:
+    (tmp_path / "ca.crt").write_text("ca")
+    with pytest.raises(SettingsError, match=r"^redis.tls_ca_cert_file = '.*': TLS needs a rediss:// url"):
+        settings_from_mapping({"redis": {"url": "redis://cache:6379/0", "tls_ca_cert_file": str(tmp_path / "ca.crt")}})
+    with pytest.raises(SettingsError, match=r"^redis.tls_cert_file = '.*': needs redis.tls_key_file too"):
+        settings_from_mapping({"redis": {"url": "rediss://cache/0", "tls_cert_file": str(tmp_path / "ca.crt")}})
+    with pytest.raises(SettingsError, match=r"^redis.url \(ssl_ca_certs\) = '/nowhere/ca.crt': no such file"):
+        settings_from_mapping({"redis": {"url": "rediss://cache/0?ssl_ca_certs=/nowhere/ca.crt"}})
+
+
+def test_serve_with_a_missing_certificate_says_so_in_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "SERVICE__REDIS__URL": "rediss://127.0.0.1:1/0",
+           "SERVICE__REDIS__TLS_CA_CERT_FILE": str(tmp_path / "gone.crt")}  # fmt: skip
+    served = subprocess.run(
+        [sys.executable, "-m", "service", "serve", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert served.returncode == 2
+    assert served.stderr.strip().splitlines() == [
+        f"error: invalid settings: redis.tls_ca_cert_file = '{tmp_path / 'gone.crt'}': no such file"
+    ]

@@ -1,0 +1,188 @@
+"""Cluster mode against one server, in one run (issue 20): the same task keys on a local cluster of three primaries
+and on one redis-server; the service's refresh (cold: every value read and decoded; warm: values unchanged) on
+each, a cluster-aware SCAN+read floor, the three ways of reading values from a cluster (one script call per node,
+redis-py's pipeline of GETs per node, redis-py's MGET per hash slot), and each Redis process's CPU time per
+refresh.
+
+    python -m bench.cluster                  # 100,000 task keys (about 5 minutes)
+    python -m bench.cluster --tasks 20000    # a quicker look
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import gc
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from bench.table import Row, render_markdown
+from service.devtools.cluster import LocalCluster
+from service.devtools.embedded import RedisServerProcess
+from service.devtools.simulator import build_workload
+from service.settings import Settings, settings_from_mapping
+from service.snapshot.pipeline import build_pipeline
+from service.source.clients import create_client
+from service.source.cluster_source import ClusterSource, ReadMode
+
+PATTERN = "request:id:*"
+BATCH = 100  # scan_batch_size's default
+
+
+def _settings(url: str, mode: str) -> Settings:
+    return settings_from_mapping(
+        {"redis": {"url": url, "mode": mode}, "running_tasks": {"max_scan_time": 600_000, "change_feed": "off"}}
+    )
+
+
+def _cpu(ports: list[int]) -> list[float]:
+    """Each server's CPU seconds so far (user + system), from INFO cpu."""
+    seconds = []
+    for port in ports:
+        with redis.Redis(port=port) as client:
+            info = client.info("cpu")
+            seconds.append(float(info["used_cpu_user"]) + float(info["used_cpu_sys"]))
+    return seconds
+
+
+async def _measured(run: Callable[[], Awaitable[object]], ports: list[int]) -> tuple[float, list[float]]:
+    """Wall seconds of `run`, and each server's CPU seconds during it."""
+    before = _cpu(ports)
+    started = time.perf_counter()
+    await run()
+    wall = time.perf_counter() - started
+    return wall, [after - earlier for after, earlier in zip(_cpu(ports), before, strict=True)]
+
+
+async def refreshes(
+    url: str, mode: str, ports: list[int], reps: int, read_mode: ReadMode | None = None
+) -> dict[str, Any]:
+    """Cold then warm refreshes, `reps` times with a fresh service each time: median wall seconds and CPU."""
+    settings = _settings(url, mode)
+    cold: list[float] = []
+    warm: list[float] = []
+    cold_cpu: list[list[float]] = []
+    warm_cpu: list[list[float]] = []
+    running = 0
+    for _ in range(reps):
+        client = create_client(settings)
+        pipeline = build_pipeline(settings, client)
+        if read_mode is not None:
+            assert isinstance(pipeline.source, ClusterSource)
+            pipeline.source.read_mode = read_mode
+        refresher = pipeline.refresher
+        try:
+            wall, cpu = await _measured(functools.partial(refresher.refresh, "bench"), ports)
+            cold.append(wall)
+            cold_cpu.append(cpu)
+            for _ in range(2):
+                wall, cpu = await _measured(functools.partial(refresher.refresh, "bench"), ports)
+                warm.append(wall)
+                warm_cpu.append(cpu)
+            assert refresher.snapshot is not None
+            running = len(refresher.snapshot.tasks)
+        finally:
+            await pipeline.source.aclose()
+            await client.aclose()
+        del pipeline
+        gc.collect()
+    return {
+        "cold": statistics.median(cold),
+        "warm": statistics.median(warm),
+        "cold_cpu": [statistics.median(column) for column in zip(*cold_cpu, strict=True)],
+        "warm_cpu": [statistics.median(column) for column in zip(*warm_cpu, strict=True)],
+        "running": running,
+    }
+
+
+async def _node_floor(port: int) -> None:
+    client = aioredis.Redis(port=port)
+    try:
+        cursor = 0
+        while True:
+            cursor, keys = await client.scan(cursor=cursor, match=PATTERN, count=BATCH)
+            if keys:
+                pipe = client.pipeline(transaction=False)
+                for key in keys:
+                    pipe.get(key)
+                await pipe.execute(raise_on_error=False)
+            if cursor == 0:
+                return
+    finally:
+        await client.aclose()
+
+
+async def floor(ports: list[int], reps: int) -> float:
+    """Cluster-aware SCAN+read floor: every primary at once, each SCAN page's values read by one pipeline of GETs on
+    that node (MGET refuses keys of several slots); nothing decoded. Median wall seconds."""
+    times = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        await asyncio.gather(*(_node_floor(port) for port in ports))
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:,.0f} ms"
+
+
+async def main(tasks: int, reps: int) -> None:
+    cluster = LocalCluster(primaries=3)
+    single = RedisServerProcess()
+    try:
+        now_ms = int(time.time() * 1000)
+        built = time.perf_counter()
+        for url, mode in ((cluster.url, "cluster"), (single.url, "standalone")):
+            client = create_client(_settings(url, mode))
+            summary = await build_workload(client, tasks=tasks, unrelated=tasks // 10, now_ms=now_ms)
+            await client.aclose()
+        print(f"workload: {tasks:,} task keys ({summary.running_total:,} running) on each, built in "
+              f"{time.perf_counter() - built:.0f} s")  # fmt: skip
+        primaries = [node.port for node in cluster.primaries()]
+        one = await refreshes(single.url, "standalone", [single.port], reps)
+        ours = await refreshes(cluster.url, "cluster", primaries, reps, "node")
+        pipelined = await refreshes(cluster.url, "cluster", primaries, reps, "pipeline")
+        by_slot = await refreshes(cluster.url, "cluster", primaries, reps, "mget")
+        floor_s = await floor(primaries, reps)
+        assert ours["running"] == one["running"] == summary.running_total
+    finally:
+        cluster.close()
+        single.close()
+    rows = [
+        Row("20", "refresh, cold, 3 primaries vs one server", _ms(ours["cold"]), _ms(one["cold"]),
+            f"{ours['cold'] / one['cold']:.2f}x", "<= 1.2x", ours["cold"] <= 1.2 * one["cold"]),
+        Row("20", "refresh, warm, 3 primaries vs one server", _ms(ours["warm"]), _ms(one["warm"]),
+            f"{ours['warm'] / one['warm']:.2f}x", "<= 1.2x", ours["warm"] <= 1.2 * one["warm"]),
+        Row("20", "refresh, cold, vs cluster SCAN+read floor", _ms(ours["cold"]), _ms(floor_s),
+            f"{ours['cold'] / floor_s:.2f}x", "<= 1.5x", ours["cold"] <= 1.5 * floor_s),
+        Row("20", "refresh, warm, vs cluster SCAN+read floor", _ms(ours["warm"]), _ms(floor_s),
+            f"{ours['warm'] / floor_s:.2f}x", "<= 1.5x", ours["warm"] <= 1.5 * floor_s),
+        Row("20", "refresh, cold, reads: redis-py pipeline of GETs per node vs one script call per node",
+            _ms(pipelined["cold"]), _ms(ours["cold"]), f"{pipelined['cold'] / ours['cold']:.2f}x", "—", None),
+        Row("20", "refresh, cold, reads: redis-py MGET per hash slot vs one script call per node",
+            _ms(by_slot["cold"]), _ms(ours["cold"]), f"{by_slot['cold'] / ours['cold']:.2f}x", "—", None),
+    ]  # fmt: skip
+    single_cpu = {"cold": one["cold_cpu"][0], "warm": one["warm_cpu"][0]}
+    for kind in ("cold", "warm"):
+        for port, cpu in zip(primaries, ours[f"{kind}_cpu"], strict=True):
+            share = cpu / single_cpu[kind] if single_cpu[kind] else 0.0
+            rows.append(
+                Row("20", f"Redis CPU per {kind} refresh, primary :{port} vs one server", _ms(cpu),
+                    _ms(single_cpu[kind]), f"{share:.2f}x", "about 0.33x", None)
+            )  # fmt: skip
+    print(render_markdown(rows, f"python -m bench.cluster --tasks {tasks} --reps {reps}"))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=100_000, help="task keys on each topology (default 100,000)")
+    parser.add_argument("--reps", type=int, default=3, help="fresh services per measurement (default 3)")
+    options = parser.parse_args()
+    asyncio.run(main(options.tasks, options.reps))

@@ -1,0 +1,227 @@
+"""Cluster mode against a real Redis Cluster of three primaries (`redis-server --cluster-enabled yes`, joined by
+`redis-cli --cluster create`): the same held-out expectations as a single server; the change feed on every
+primary; a primary killed mid-scan and replaced by its replica; a slot migrated during a scan; a feed's lookup of
+keys whose slot moved."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncGenerator, Iterator
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from redis.asyncio.cluster import RedisCluster
+
+from service.devtools.cluster import LocalCluster
+from service.devtools.simulator import build_workload
+from service.domain.tasks import Observation
+from service.http.app import create_app
+from service.settings import Settings
+from service.source.clients import create_client
+from service.source.cluster_source import ClusterSource
+from service.source.redis_source import MISSING, ScanPage
+from service.source.scanner import Scanner
+from tests.conftest import make_settings, require_binaries, running_app
+
+pytestmark = [pytest.mark.real_redis, pytest.mark.anyio]
+API = "/codebase-embedder/api/v1/tasks"
+
+
+def value(progress: int) -> bytes:
+    return orjson.dumps({"process": "processing", "totalProgress": progress, "fileList": None})
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    require_binaries("redis-server", "redis-cli")
+    local = LocalCluster(primaries=3)
+    yield local
+    local.close()
+
+
+@pytest.fixture
+def empty_cluster(cluster: LocalCluster) -> LocalCluster:
+    for node in cluster.primaries():
+        with redis.Redis(port=node.port) as client:
+            client.flushall()
+    return cluster
+
+
+def cluster_settings(url: str, **running_tasks: Any) -> Settings:
+    return make_settings(redis={"url": url, "mode": "cluster"}, **running_tasks)
+
+
+async def test_the_same_answers_as_one_server(empty_cluster: LocalCluster, redis_url: str) -> None:
+    now_ms = int(time.time() * 1000)
+    answers = {}
+    for name, settings in (("cluster", cluster_settings(empty_cluster.url)), ("server", make_settings(url=redis_url))):
+        client = create_client(settings)
+        summary = await build_workload(client, tasks=3000, unrelated=300, seed=7, now_ms=now_ms)
+        await client.aclose()
+        async with running_app(create_app(settings)) as http:
+            body = (await http.get(f"{API}/running")).json()["data"]
+            stats = (await http.get(f"{API}/cache-stats")).json()["data"]
+        answers[name] = (body, stats)
+    (body, stats), (one_body, one_stats) = answers["cluster"], answers["server"]
+    ids = [task["taskId"] for task in body["tasks"]]
+    assert len(ids) == len(set(ids)) == summary.running_total  # every running task, once
+    assert set(ids) == summary.running_ids
+    assert set(ids) == {task["taskId"] for task in one_body["tasks"]}  # what one server answers
+    last = stats["lastRefresh"]
+    assert last["malformed"] == summary.malformed == one_stats["lastRefresh"]["malformed"]
+    assert last["wrongType"] == one_stats["lastRefresh"]["wrongType"] > 0
+    assert last["keysScanned"] == one_stats["lastRefresh"]["keysScanned"] == 3000
+    assert last["duplicates"] == 0 and last["error"] is None
+    nodes = stats["redis"]["nodes"]
+    assert stats["redis"]["mode"] == "cluster" and len(nodes) == 3
+    assert sum(node["keys"] for node in nodes) == 3000 and all(node["keys"] > 500 for node in nodes)
+    assert all(node["errors"] == 0 for node in nodes)
+
+
+async def test_the_change_feed_follows_every_primary(empty_cluster: LocalCluster) -> None:
+    app = create_app(cluster_settings(empty_cluster.url, change_feed="on", refresh_interval=0.5))
+    async with running_app(app) as http:
+        assert (await http.get(f"{API}/running")).json()["data"]["totalTasks"] == 0
+        full_scans = (await http.get(f"{API}/cache-stats")).json()["data"]["counters"]["refreshesOk"]
+        with empty_cluster.client() as producer:
+            keys = [f"request:id:feed-{number}" for number in range(30)]
+            for number, key in enumerate(keys):
+                producer.set(key, value(number), ex=3600)
+            owners = {producer.get_node_from_key(key).name for key in keys}
+        assert len(owners) == 3  # the writes landed on every primary
+        deadline = time.monotonic() + 5
+        while (await http.get(f"{API}/running")).json()["data"]["totalTasks"] < 30:
+            assert time.monotonic() < deadline, "the feed did not announce every primary's writes"
+            await asyncio.sleep(0.05)
+        stats = (await http.get(f"{API}/cache-stats")).json()["data"]
+    assert stats["changeFeed"]["state"] == "live" and stats["changeFeed"]["batches"] > 0
+    assert stats["counters"]["refreshesOk"] == full_scans  # batches, not full scans
+
+
+def _settings_for_scans(url: str) -> Settings:
+    return cluster_settings(url, scan_batch_size=20, max_scan_time=60_000, worker_count=4)
+
+
+def _write(cluster: LocalCluster, keys: list[str]) -> None:
+    with cluster.client() as producer:
+        pipe = producer.pipeline()
+        for number, key in enumerate(keys):
+            pipe.set(key, value(number % 100), ex=3600)
+        pipe.execute()
+
+
+def _found(observations: list[Observation]) -> Counter[str]:
+    return Counter(observation.task.task_id for observation in observations)
+
+
+def _migrate(cluster: LocalCluster, slot: int, target_port: int) -> None:
+    """Move `slot` to the node at `target_port` as redis-cli --cluster reshard does: IMPORTING, MIGRATING,
+    MIGRATE the keys, then NODE on every primary."""
+    with redis.Redis(port=target_port) as target:
+        target_id = target.cluster("myid")
+        source_port = next(
+            int(address.split(":")[1])
+            for address, node in target.cluster("nodes").items()
+            if "master" in node["flags"] and any(int(a) <= slot <= int(b) for a, b in _ranges(node["slots"]))
+        )
+    with redis.Redis(port=source_port) as source, redis.Redis(port=target_port) as target:
+        source_id = source.cluster("myid")
+        target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        while keys := source.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 50):
+            source.execute_command("MIGRATE", "127.0.0.1", target_port, "", 0, 5000, "KEYS", *keys)
+    for node in cluster.primaries():
+        with redis.Redis(port=node.port) as client:
+            client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
+
+def _ranges(slots: list[list[str]]) -> list[tuple[str, str]]:
+    return [(pair[0], pair[-1]) for pair in slots]
+
+
+async def test_a_slot_migrated_during_a_scan_loses_nothing_and_counts_nothing_twice(
+    empty_cluster: LocalCluster,
+) -> None:
+    moving = [f"request:id:{{moving}}-{number}" for number in range(300)]  # one hash slot
+    others = [f"request:id:still-{number}" for number in range(1500)]
+    _write(empty_cluster, moving + others)
+    client = create_client(_settings_for_scans(empty_cluster.url))
+    assert isinstance(client, RedisCluster)
+    slot = client.keyslot(moving[0])
+    await client.initialize()
+    owner = client.get_node_from_key(moving[0])
+    target = next(node for node in empty_cluster.primaries() if node.port != int(owner.port))
+
+    class MigratingMidScan(ClusterSource):
+        async def scan_pages(self, pattern: str, count: int) -> AsyncGenerator[ScanPage, None]:
+            pages = 0
+            async for page in super().scan_pages(pattern, count):
+                yield page
+                pages += 1
+                if pages == 3:  # the walks are under way: move the slot under them
+                    await asyncio.to_thread(_migrate, empty_cluster, slot, target.port)
+
+    settings = _settings_for_scans(empty_cluster.url)
+    source = MigratingMidScan(client, fetch_max_bytes=settings.running_tasks.fetch_max_bytes, max_connections=8)
+    found: list[Observation] = []
+    try:
+        stats = await Scanner(source, settings.running_tasks).scan(found.extend)
+        assert source.rewalks >= 1
+        counts = _found(found)
+        assert set(counts) == {key.removeprefix("request:id:") for key in moving + others}
+        assert max(counts.values()) == 1  # nothing twice
+        assert stats.matched == len(moving) + len(others) and stats.duplicates > 0
+        # the feed's lookups of the moved keys, with the client's slot map from before the move
+        client.nodes_manager.slots_cache[slot] = [owner]
+        page, values = await source.lookup([key.encode() for key in moving[:20]] + [b"request:id:gone"])
+        assert page.expire_ats[-1] == MISSING and all(at > 0 for at in page.expire_ats[:-1])
+        assert all(values[:-1]) and values[-1] is None
+    finally:
+        await source.aclose()
+        await client.aclose()
+
+
+async def test_a_primary_killed_mid_scan_is_walked_again_on_its_replica() -> None:
+    require_binaries("redis-server", "redis-cli")
+    local = LocalCluster(primaries=3, replicas=1)
+    try:
+        keys = [f"request:id:failover-{number}" for number in range(3000)]
+        _write(local, keys)
+        for node in local.primaries():
+            with redis.Redis(port=node.port) as client:
+                assert client.wait(1, 5000) == 1  # the replica has them
+        settings = _settings_for_scans(local.url)
+        client = create_client(settings)
+        assert isinstance(client, RedisCluster)
+        await client.initialize()
+        victim = local.node(int(client.get_primaries()[0].port))
+
+        class KillingMidScan(ClusterSource):
+            async def scan_pages(self, pattern: str, count: int) -> AsyncGenerator[ScanPage, None]:
+                pages = 0
+                async for page in super().scan_pages(pattern, count):
+                    yield page
+                    pages += 1
+                    if pages == 5:
+                        victim.kill()
+
+        source = KillingMidScan(client, fetch_max_bytes=settings.running_tasks.fetch_max_bytes, max_connections=8)
+        found: list[Observation] = []
+        try:
+            stats = await Scanner(source, settings.running_tasks).scan(found.extend)
+            errors = {node.node: node.errors for node in source.nodes()}
+        finally:
+            await source.aclose()
+            await client.aclose()
+        counts = _found(found)
+        assert set(counts) == {key.removeprefix("request:id:") for key in keys}
+        assert max(counts.values()) == 1
+        assert stats.matched == 3000
+        assert source.failovers >= 1
+        assert errors[f"127.0.0.1:{victim.port}"] > 0
+    finally:
+        local.close()
