@@ -64,19 +64,24 @@ class Producer:
         await self.sim.write(self.client, self.tasks, int(time.time() * 1000))
 
     async def churn(self, per_second: int, until: float) -> None:
+        """`per_second` rewrites a second, spread over it in steps of 20 ms as a busy embedder's writes arrive
+        (a burst of them once a second made every event wait for one large batch)."""
         rng = random.Random(2)
+        steps = 50
         while time.monotonic() < until:
             started = time.monotonic()
             batch = rng.sample(self.tasks, per_second)
-            for task in batch:
-                task.progress = (task.progress + 1) % 100
-            now = int(time.time() * 1000)
-            async with self.client.pipeline(transaction=False) as pipe:
-                for task in batch:
-                    pipe.set(task.key(), task.value(now), ex=3600)
-                    self.written.setdefault(task.task_id, []).append(time.monotonic())
-                await pipe.execute()
-            await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
+            for step in range(steps):
+                part = batch[step * per_second // steps : (step + 1) * per_second // steps]
+                for task in part:
+                    task.progress = (task.progress + 1) % 100
+                now = int(time.time() * 1000)
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for task in part:
+                        pipe.set(task.key(), task.value(now), ex=3600)
+                        self.written.setdefault(task.task_id, []).append(time.monotonic())
+                    await pipe.execute()
+                await asyncio.sleep(max(0.0, started + (step + 1) / steps - time.monotonic()))
 
 
 def _delays(arrivals: list[tuple[str, float]], written: dict[str, list[float]]) -> list[float]:
