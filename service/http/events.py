@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 
 from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
@@ -97,7 +98,7 @@ class EventStream:
 
     async def _pump(self, send: Send, subscriber: Subscriber, snapshot: Snapshot, resumed: bytes | None) -> None:
         hub = self._hub
-        counters, heartbeat = hub.counters, hub.settings.heartbeat_seconds
+        counters = hub.counters
         await send({"type": "http.response.start", "status": 200, "headers": list(_HEADERS)})
         await self._write(send, retry(hub.settings.retry_ms), event=False)
         if resumed is None:
@@ -117,14 +118,15 @@ class EventStream:
                 frames = list(subscriber.queue)
                 subscriber.queue.clear()
                 await self._write(send, b"".join(frames), events=len(frames))
+                subscriber.written = time.monotonic()
+            elif subscriber.heartbeat:  # nothing sent for heartbeat_seconds (the hub's sweep says so)
+                subscriber.heartbeat = False
+                await self._write(send, HEARTBEAT, event=False)
+                subscriber.written = time.monotonic()
+                counters.heartbeats += 1
             else:
                 subscriber.wake.clear()
-                try:
-                    async with asyncio.timeout(heartbeat):
-                        await subscriber.wake.wait()
-                except TimeoutError:
-                    await self._write(send, HEARTBEAT, event=False)
-                    counters.heartbeats += 1
+                await subscriber.wake.wait()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _send_snapshot(self, send: Send, view: Query, snapshot: Snapshot) -> None:

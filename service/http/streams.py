@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ class StreamCounters:
 class Subscriber:
     """One open stream: its view, the generation it has reached, what waits to be sent."""
 
-    __slots__ = ("closed", "generation", "queue", "reset", "view", "wake")
+    __slots__ = ("closed", "generation", "heartbeat", "queue", "reset", "view", "wake", "written")
 
     def __init__(self, view: Query, generation: int) -> None:
         self.view = view
@@ -54,6 +55,8 @@ class Subscriber:
         self.reset = False  # a fresh snapshot is owed instead of what was queued
         self.closed = False  # the client went away, or the service ends the stream
         self.wake = asyncio.Event()  # set when there is something to do
+        self.written = time.monotonic()  # when the stream last sent something
+        self.heartbeat = False  # a heartbeat is owed: nothing sent for heartbeat_seconds (StreamHub's sweep)
 
     def close(self) -> None:
         self.closed = True
@@ -71,6 +74,7 @@ class StreamHub:
         self._open = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
+        self._sweeper: asyncio.Task[None] | None = None
         self._pumps: dict[Subscriber, asyncio.Task[None]] = {}  # each stream's writer, cut if it outstays a stop
         self.counters = StreamCounters()
 
@@ -88,14 +92,31 @@ class StreamHub:
         return self._views
 
     def start(self) -> None:
-        """Listen to the change log, from the serving loop (where `publish` will run)."""
+        """Listen to the change log, from the serving loop (where `publish` will run), and sweep for heartbeats."""
         self._closing = False
         self._loop = asyncio.get_running_loop()
         self._log.listeners.append(self._recorded)
+        self._sweeper = self._loop.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        # One pass over the streams a fraction of the interval, rather than a timer per stream and event: with a
+        # thousand streams and tens of events a second each, the timers cost more than the events.
+        interval = self._settings.heartbeat_seconds
+        while True:
+            await asyncio.sleep(interval / 4)
+            idle_since = time.monotonic() - interval
+            for subscribers in self._views.values():
+                for subscriber in subscribers:
+                    if subscriber.written <= idle_since and not subscriber.heartbeat:
+                        subscriber.heartbeat = True
+                        subscriber.wake.set()
 
     def close(self) -> None:
         """End every stream now (the service stops): each sends what it has and finishes its response."""
         self._closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for subscribers in list(self._views.values()):
             for subscriber in list(subscribers):
                 if not subscriber.closed:
