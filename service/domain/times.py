@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from datetime import UTC, datetime
 
 # The times this service can state: 1970-01-01 up to the last millisecond of 9999 (RFC 3339's four-digit years).
@@ -29,8 +28,12 @@ def parse_time(value: str | int | None) -> int | None:
 
 def format_time(ms: int) -> str:
     """RFC 3339 UTC with milliseconds, e.g. `2026-11-28T01:02:03.456Z`; clamped to 1970-9999."""
-    seconds, millis = divmod(min(max(ms, 0), MAX_TIME_MS), 1000)
-    return _format_seconds(seconds) + _MILLIS[millis]
+    if not 0 <= ms <= MAX_TIME_MS:
+        ms = 0 if ms < 0 else MAX_TIME_MS
+    seconds, millis = divmod(ms, 1000)
+    day, second = divmod(seconds, 86_400)
+    hour, rest = divmod(second, 3600)
+    return (_DAYS.get(day) or _day(day)) + _HOURS[hour] + _MINUTES_SECONDS[rest] + _MILLIS[millis]
 
 
 def format_timestamp(seconds: float) -> str:
@@ -40,11 +43,18 @@ def format_timestamp(seconds: float) -> str:
     return format_time(whole * 1000 + int((seconds - whole) * 1000 + 0.0005))
 
 
-_MILLIS = tuple(f"{millis:03d}Z" for millis in range(1000))  # formatting these per call was a third of the cost
+# A snapshot formats two or three times for each of hundreds of thousands of tasks, whose seconds are nearly all
+# distinct (a cache of formatted seconds misses): the parts are looked up instead, and only days formatted.
+_MILLIS = tuple(f"{millis:03d}Z" for millis in range(1000))
+_MINUTES_SECONDS = tuple(f"{minute:02d}:{second:02d}." for minute in range(60) for second in range(60))
+_HOURS = tuple(f"{hour:02d}:" for hour in range(24))
+_DAYS: dict[int, str] = {}  # days since 1970 -> "YYYY-MM-DDT", the days formatted so far (a few per run)
+_MAX_DAYS = 4096  # strange values may name any day from 1970 to 9999: the memory stays bounded
 
 
-# Rendering tens of thousands of tasks (or a burst of log lines) formats the same few seconds again and again.
-@functools.lru_cache(maxsize=4096)
-def _format_seconds(seconds: int) -> str:
-    t = datetime.fromtimestamp(seconds, tz=UTC)
-    return f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}."
+def _day(day: int) -> str:
+    if len(_DAYS) >= _MAX_DAYS:
+        _DAYS.clear()
+    t = datetime.fromtimestamp(day * 86_400, tz=UTC)
+    text = _DAYS[day] = f"{t.year:04d}-{t.month:02d}-{t.day:02d}T"
+    return text

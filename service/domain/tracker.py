@@ -151,10 +151,13 @@ class Tracker:
             if obs.task.task_id in states and obs.task.task_id not in claimed:
                 self._finished[obs.task.task_id] = obs
 
-    def take_renewed(self) -> dict[str, TaskView]:
+    def take_renewed(self, limit: int | None = None) -> dict[str, TaskView] | None:
         """The running tasks scans gave a new view (failed scans included) that were not handed out since (by this
-        call, `apply` or `retime`): with a scan's departures, what may differ from the snapshot installed last."""
+        call, `apply` or `retime`): with a scan's departures, what may differ from the snapshot installed last.
+        None, when there are more than `limit` (the caller renders everything again: no need to gather them)."""
         states, renewed, self._renewed = self._states, self._renewed, set()
+        if limit is not None and len(renewed) > limit:
+            return None
         return {task_id: states[task_id].view for task_id in renewed if task_id in states}
 
     def end_scan(self) -> list[str]:

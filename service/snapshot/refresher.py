@@ -234,11 +234,14 @@ class Refresher:
             found = self._scanner.take_changed() | {prefix + task_id.encode() for task_id in departed}
             self.last_scan_changes = found - announced
             self._last_full_scan = time.monotonic()
-            changed: dict[str, TaskView | None] = {**self._tracker.take_renewed(), **dict.fromkeys(departed)}
             # a scan that changed a few tasks (a reconciliation while the feed is live) updates the snapshot as a
-            # batch does; one that changed many builds it again
-            few = self.snapshot is not None and len(changed) <= self.snapshot.task_count // _REBUILD_FRACTION
-            snapshot = await self._install(stats, changed if few else None)
+            # batch does; one that changed many (a first scan: all) builds it again
+            few = -1 if self.snapshot is None else self.snapshot.task_count // _REBUILD_FRACTION
+            renewed = self._tracker.take_renewed(few)
+            changed: dict[str, TaskView | None] | None = None
+            if renewed is not None and len(renewed) + len(departed) <= few:
+                changed = {**renewed, **dict.fromkeys(departed)}
+            snapshot = await self._install(stats, changed)
         self._full_scans += 1
         self._settle_heap(thaw=self._full_scans % _THAW_EVERY == 0)
         duration = round((time.perf_counter() - started) * 1000, 3)

@@ -364,7 +364,7 @@ def test_take_renewed_hands_out_what_scans_changed_and_nothing_batches_or_ticks_
     tracker = Tracker(producer_key_ttl=0, stall_after=30)
     now = T0
     scan(tracker, obs(task("a", 10), now), obs(task("b", 10), now), obs(task("c", 10), now))
-    assert set(tracker.take_renewed()) == {"a", "b", "c"}  # new to the snapshot
+    assert set(tracker.take_renewed() or ()) == {"a", "b", "c"}  # new to the snapshot
     assert tracker.take_renewed() == {}
     tracker.apply([obs(task("a", 20), now + 1000)], [], [])  # a batch: installed by the batch itself
     tracker.retime(now + 31_000)  # a tick: every task turns stalled, installed by the tick itself
@@ -379,4 +379,11 @@ def test_take_renewed_hands_out_what_scans_changed_and_nothing_batches_or_ticks_
         [obs(task("a", 20), now + 41_000), obs(task("b", 50), now + 41_000), obs(task("c", 10), now + 41_000)]
     )
     tracker.end_scan()
-    assert set(tracker.take_renewed()) == {"b"}
+    assert set(tracker.take_renewed() or ()) == {"b"}
+
+
+def test_take_renewed_past_its_limit_gathers_nothing_and_still_hands_out() -> None:
+    tracker = Tracker(producer_key_ttl=0, stall_after=30)
+    scan(tracker, obs(task("a", 10), T0), obs(task("b", 10), T0), obs(task("c", 10), T0))
+    assert tracker.take_renewed(limit=2) is None  # more than the caller would update: it renders everything
+    assert tracker.take_renewed(limit=2) == {}
