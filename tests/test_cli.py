@@ -215,7 +215,9 @@ def test_demo_serves_moving_tasks_and_stops_on_ctrl_c(kind: str) -> None:
     try:
         lines = _wait_for_line(process, DEMO_READY)
         shown = "redis-server cluster" if kind == "cluster" else kind
-        assert lines[0].startswith(f"demo: embedded Redis ({shown}) at redis://127.0.0.1:")
+        assert lines[0] == f"dashboard: http://127.0.0.1:{port}/"  # the dashboard's URL first
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 200
+        assert lines[1].startswith(f"demo: embedded Redis ({shown}) at redis://127.0.0.1:")
         url = f"http://127.0.0.1:{port}{RUNNING}"
         assert any(url in line for line in lines)
         first = httpx.get(url, timeout=10).json()
@@ -281,7 +283,7 @@ def test_demo_leaves_nothing_behind_on_sigterm_and_sighup(signum: signal.Signals
         directory = Path(f"/proc/{redis_pid}/cwd").readlink()  # redis-server works in its --dir
         assert directory.name.startswith("redis-test-")
         assert directory.is_dir()
-        redis_url = re.search(r"redis://\S+", lines[0])
+        redis_url = re.search(r"redis://\S+", lines[1])
         assert redis_url is not None
         assert httpx.get(f"http://127.0.0.1:{port}{RUNNING}", timeout=10).status_code == 200
         process.send_signal(signum)

@@ -40,6 +40,7 @@ def _port_taken(host: str, port: int) -> bool:
 def urls(host: str, port: int) -> list[tuple[str, str]]:
     base = f"http://{host}:{port}"
     return [
+        ("dashboard", f"{base}/"),
         ("running tasks", f"{base}{API_PREFIX}/running"),
         ("cache stats", f"{base}{API_PREFIX}/cache-stats"),
         ("health", f"{base}/healthz"),
@@ -77,8 +78,9 @@ async def _demo(host: str, port: int, tasks: int, seed: int, redis: EmbeddedRedi
     while not server.started and not serving.done():
         await asyncio.sleep(0.05)
     if server.started:
+        print(f"dashboard: {urls(host, port)[0][1]}")
         print(f"demo: embedded Redis ({redis.kind}) at {redis.url}, about {tasks} simulated tasks running")
-        for name, url in urls(host, port):
+        for name, url in urls(host, port)[1:]:
             print(f"  {name:<14} {url}")
         # the interpreter by its path: the command works as printed, whether or not the venv is activated
         scan = f"{shlex.quote(sys.executable)} -m service scan --redis-url {redis.url}"

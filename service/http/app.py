@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service.http.dashboard import Dashboard
 from service.http.delivery import Delivery
 from service.http.envelope import ERRORS_BY_STATUS, ErrorCode, error
 from service.http.metrics import Metrics
@@ -108,7 +109,7 @@ def create_app(
     if limiter is not None:
         metrics.add_gauge("rate_limit_clients", "Clients whose rate-limit bucket is remembered.", lambda: len(limiter))
     app = Starlette(
-        routes=build_routes(running, endpoints.events),
+        routes=build_routes(running, endpoints.events, Dashboard()),
         middleware=build_middleware(settings, metrics, limiter, running),
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error, **EXCEPTION_HANDLERS},

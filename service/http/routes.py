@@ -12,6 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from service.http.dashboard import ASSET_PREFIX, PAGE_PATHS, Dashboard
 from service.http.delivery import Answer, Delivery
 from service.http.envelope import FAILURE_CODES, ErrorCode, bad_request, error, ok
 from service.http.events import EventStream
@@ -242,7 +243,7 @@ async def _refresh_failed(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS = {QueryError: _bad_request, RefreshFailed: _refresh_failed}
 
 
-def build_routes(running: RunningList, events: EventStream) -> list[Route]:
+def build_routes(running: RunningList, events: EventStream, dashboard: Dashboard) -> list[Route]:
     """Every route; the running list's endpoint is `running`, its event stream's `events`."""
     running.route = Route(RUNNING_PATH, running, methods=["GET"])
     return [
@@ -256,4 +257,6 @@ def build_routes(running: RunningList, events: EventStream) -> list[Route]:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        *(Route(path, dashboard.page_endpoint, methods=["GET"]) for path in PAGE_PATHS),
+        Route(ASSET_PREFIX + "{name}", dashboard.asset_endpoint, methods=["GET"]),
     ]

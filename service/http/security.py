@@ -8,14 +8,15 @@ import math
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.http.auth import Authenticator
+from service.http.dashboard import PUBLIC_PATHS as DASHBOARD_PATHS
 from service.http.envelope import ErrorCode, send_error
 from service.http.ratelimit import RateLimiter
 
 # Orchestrators probe these; they must answer whatever the tokens and however often they are asked.
 PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 # Open to anyone (still rate limited): the API contract is no secret and clients fetch it before they have
-# a token.
-PUBLIC_PATHS = frozenset({"/openapi.json"})
+# a token; the dashboard's page and assets hold no data (its data calls carry the token).
+PUBLIC_PATHS = frozenset({"/openapi.json"}) | DASHBOARD_PATHS
 REALM = "running-tasks"
 _NO_TOKEN = f'Bearer realm="{REALM}"'.encode()
 _INVALID_TOKEN = _NO_TOKEN + b', error="invalid_token"'
