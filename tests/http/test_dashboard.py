@@ -38,17 +38,11 @@ class Served:
     log: Path
 
 
-@pytest.fixture(scope="module")
-def served(redis_server: RedisServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    redis_server.start()
-    client = redis.Redis.from_url(redis_server.url)
-    client.flushall()
-    tmp = tmp_path_factory.mktemp("dashboard")
+def _serve(redis_url: str, tmp: Path, settings_text: str) -> Served:
     settings = tmp / "settings.toml"
     settings.write_text(
-        f'[auth]\ntokens = ["{TOKEN}"]\n'
         "[running_tasks]\nrefresh_interval = 0.5\nproducer_key_ttl = 0\nstall_after = 3600\n"
-        f'change_feed = "{os.environ.get("TEST_CHANGE_FEED", "auto")}"\n'
+        f'change_feed = "{os.environ.get("TEST_CHANGE_FEED", "auto")}"\n{settings_text}'
     )
     port = free_port()
     log = tmp / "serve.log"
@@ -56,22 +50,35 @@ def served(redis_server: RedisServerProcess, tmp_path_factory: pytest.TempPathFa
         process = subprocess.Popen(
             [sys.executable, "-m", "service", "serve", "--port", str(port), "--settings", str(settings)],
             cwd=ROOT,
-            env={**os.environ, "REDIS_URL": redis_server.url},
+            env={**os.environ, "REDIS_URL": redis_url},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
         )
     base = f"http://127.0.0.1:{port}"
     first_answer(process, base + "/readyz")
-    yield Served(process, base, client, log)
-    process.send_signal(signal.SIGINT)
+    return Served(process, base, redis.Redis.from_url(redis_url), log)
+
+
+def _stop(served: Served) -> None:
+    served.process.send_signal(signal.SIGINT)
     try:
-        process.wait(timeout=30)
+        served.process.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    client.close()
-    assert "Traceback" not in log.read_text(), log.read_text()
+        served.process.kill()
+        served.process.wait()
+    served.redis.close()
+    assert "Traceback" not in served.log.read_text(), served.log.read_text()
+
+
+@pytest.fixture(scope="module")
+def served(redis_server: RedisServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    redis_server.start()
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    served = _serve(redis_server.url, tmp_path_factory.mktemp("dashboard"), f'[auth]\ntokens = ["{TOKEN}"]\n')
+    yield served
+    _stop(served)
 
 
 # ---- over HTTP ----------------------------------------------------------------------------------------------------
@@ -294,3 +301,27 @@ def test_redis_stopped_then_back(
     task.progress = 88
     producer.write(task)
     _until(lambda: _row_progress(driver, task.task_id) == "88|88 %", "writes shown again", 60)
+
+
+def test_without_a_stream_the_page_polls_with_since(
+    page: tuple[Any, Producer, list[SimTask]], redis_server: RedisServerProcess, tmp_path: Path
+) -> None:
+    driver, producer, tasks = page
+    redis_server.start()
+    for task in tasks:  # a test before may have restarted Redis, which keeps nothing
+        producer.write(task)
+    # no stream may be opened (503 + Retry-After): the page polls the running list instead
+    served = _serve(redis_server.url, tmp_path, "[events]\nmax_streams = 0\n")
+    try:
+        driver.get(served.base + "/dashboard")
+        _until(lambda: driver.find_element("id", "badge").text == "polling", "the badge says polling")
+        expected = sorted(task.task_id for task in tasks)
+        _until(lambda: sorted(_shown_ids(driver)) == expected, "every running task shown")
+        task = tasks[0]
+        task.progress = 42
+        producer.write(task)
+        _until(lambda: _row_progress(driver, task.task_id) == "42|42 %", "a write shown by polling")
+        failed = [entry for entry in _problems(driver) if " 503 " not in entry["message"]]
+        assert failed == []  # the refused streams, and nothing else
+    finally:
+        _stop(served)

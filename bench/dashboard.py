@@ -1,0 +1,192 @@
+"""The dashboard in Chromium at scale: `python -m bench.dashboard [--quick] [--screenshot FILE]`.
+
+A redis-server of its own holds the running tasks (59,400 by default, a 20th per client id); the service runs as
+the other benches run it; Debian's headless Chromium opens the dashboard while a producer rewrites 1 % of the
+tasks per second, spread over each second. Measured in the page: the time from navigation to the first rows shown
+with the whole list held, long tasks (> 50 ms, PerformanceObserver) per minute after that first render, the JS
+heap at the start and at the end of the window, and the bytes the page received per minute (the DevTools
+protocol's Network.dataReceived). Timings are reported, never asserted; the targets are the issue's.
+
+`--screenshot FILE`: a few dozen moving demo tasks instead, and a picture of the page (docs/dashboard.png)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from bench.events import Producer
+from bench.processes import Server, service_env
+from service.devtools.browser import chromium, missing
+from service.devtools.embedded import RedisServerProcess
+
+# Put in the page before its own code runs (through the DevTools protocol: the page's CSP does not apply).
+_OBSERVE = """
+window.__long = [];
+new PerformanceObserver((list) => {
+  for (const entry of list.getEntries()) window.__long.push([entry.startTime, entry.duration]);
+}).observe({ type: "longtask", buffered: true });
+window.__firstRender = null;
+(function wait() {
+  const total = document.getElementById("total");
+  const held = total ? total.textContent.replace(/\D/g, "") : "";
+  if (document.querySelector("#rows tr") && held === String(window.__expected)) {
+    window.__firstRender = performance.now();
+  } else {
+    requestAnimationFrame(wait);
+  }
+})();
+"""
+
+
+def _received(driver: Any) -> int:
+    """Bytes the page received since the last call (the performance log is drained by reading it)."""
+    total = 0
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.dataReceived":
+            total += int(message["params"]["encodedDataLength"])
+    return total
+
+
+def _heap(driver: Any) -> int:
+    usage = driver.execute_cdp_cmd("Runtime.getHeapUsage", {})
+    return int(usage["usedSize"])
+
+
+def _measure(base: str, expected: int, seconds: float) -> dict[str, float]:
+    driver = chromium(performance_log=True)
+    try:
+        driver.execute_cdp_cmd("Network.enable", {})
+        driver.execute_cdp_cmd(
+            "Page.addScriptToEvaluateOnNewDocument", {"source": f"window.__expected = {expected};" + _OBSERVE}
+        )
+        driver.get(base + "/")
+        deadline = time.monotonic() + 120
+        while (first := driver.execute_script("return window.__firstRender;")) is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the page did not show every task within 120 s")
+            time.sleep(0.05)
+        before = _received(driver)
+        heap_start = _heap(driver)
+        started = time.monotonic()
+        time.sleep(seconds)
+        window = time.monotonic() - started
+        received = _received(driver)
+        heap_end = _heap(driver)
+        long_tasks = driver.execute_script("return window.__long.filter(([start]) => start > arguments[0]);", first)
+        shown = int(driver.execute_script("return document.querySelectorAll('#rows tr').length;"))
+        held = driver.execute_script("return document.getElementById('total').textContent;")
+    finally:
+        driver.quit()
+    return {
+        "first_render_ms": float(first),
+        "first_bytes": float(before),
+        "long_per_minute": len(long_tasks) * 60 / window,
+        "longest_ms": max((duration for _, duration in long_tasks), default=0.0),
+        "heap_start": float(heap_start),
+        "heap_end": float(heap_end),
+        "bytes_per_minute": received * 60 / window,
+        "rows": float(shown),
+        "held": float(held.replace(",", "")),
+        "window": window,
+    }
+
+
+async def run(tasks: int, seconds: float) -> str:
+    redis_server = RedisServerProcess()
+    try:
+        redis_server.start()
+        client = aioredis.Redis.from_url(redis_server.url)
+        producer = Producer(client, tasks, files=5)
+        await producer.fill()
+        env = service_env(redis_server.url, cache_ttl=600, max_scan_time=120_000)
+        server = Server("bench.served:service_app", env, "/readyz")
+        try:
+            churn = asyncio.create_task(producer.churn(max(1, tasks // 100), time.monotonic() + seconds + 180))
+            try:
+                figures = await asyncio.to_thread(_measure, server.base, tasks, seconds)
+            finally:
+                churn.cancel()
+        finally:
+            server.stop()
+        await client.aclose()
+    finally:
+        redis_server.close()
+    rows = [
+        ("time to first render (every task held)", f"{figures['first_render_ms']:,.0f} ms", "—"),
+        ("bytes received for the first render", f"{figures['first_bytes'] / 1e6:,.2f} MB", "—"),
+        (
+            "long tasks (> 50 ms) per minute after it",
+            f"{figures['long_per_minute']:,.1f} (longest {figures['longest_ms']:,.0f} ms)",
+            "none",
+        ),
+        (
+            f"JS heap, start -> after {figures['window'] / 60:,.1f} min",
+            f"{figures['heap_start'] / 2**20:,.1f} -> {figures['heap_end'] / 2**20:,.1f} MiB",
+            "bounded",
+        ),
+        ("bytes received per minute", f"{figures['bytes_per_minute'] / 1e6:,.2f} MB", "—"),
+        ("rows in the DOM / tasks held", f"{figures['rows']:,.0f} / {figures['held']:,.0f}", "—"),
+    ]
+    head = (
+        f"python -m bench.dashboard: {tasks:,} running tasks, 1 % rewritten per second, one dashboard in headless "
+        f"Chromium for {seconds:.0f} s after its first render\n\n| figure | value | target |\n|---|---|---|\n"
+    )
+    return head + "\n".join(f"| {' | '.join(row)} |" for row in rows)
+
+
+async def screenshot(path: str) -> None:
+    redis_server = RedisServerProcess()
+    try:
+        redis_server.start()
+        client = aioredis.Redis.from_url(redis_server.url)
+        producer = Producer(client, 40, files=12)
+        for index, task in enumerate(producer.tasks):
+            task.progress = (index * 37) % 100
+        await producer.fill()
+        server = Server("bench.served:service_app", service_env(redis_server.url, cache_ttl=600), "/readyz")
+        try:
+            churn = asyncio.create_task(producer.churn(4, time.monotonic() + 60))
+
+            def shoot() -> None:
+                driver = chromium(1400, 900)
+                try:
+                    driver.get(server.base + "/")
+                    time.sleep(4)
+                    driver.save_screenshot(path)
+                finally:
+                    driver.quit()
+
+            await asyncio.to_thread(shoot)
+            churn.cancel()
+        finally:
+            server.stop()
+        await client.aclose()
+    finally:
+        redis_server.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="5,940 tasks, 20 s")
+    parser.add_argument("--tasks", type=int, default=None)
+    parser.add_argument("--seconds", type=float, default=None)
+    parser.add_argument("--screenshot", metavar="FILE", help="a picture of the page with demo data, then stop")
+    args = parser.parse_args()
+    absent = missing()
+    if absent:
+        raise SystemExit(f"bench.dashboard needs {', '.join(absent)} (Debian: chromium, chromium-driver)")
+    if args.screenshot:
+        asyncio.run(screenshot(args.screenshot))
+        return
+    tasks, seconds = (5_940, 20.0) if args.quick else (59_400, 300.0)
+    print(asyncio.run(run(args.tasks or tasks, args.seconds or seconds)))
+
+
+if __name__ == "__main__":
+    main()
