@@ -14,15 +14,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
+import statistics
 import time
+import urllib.request
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 
 from bench.events import Producer
 from bench.processes import Server, service_env
 from service.devtools.browser import chromium, missing
 from service.devtools.embedded import RedisServerProcess
+from service.devtools.simulator import KEY_PREFIX
+
+_PROGRESS = re.compile(rb'"totalProgress":(\d+)')
 
 # Put in the page before its own code runs (through the DevTools protocol: the page's CSP does not apply).
 _OBSERVE = """
@@ -58,7 +65,38 @@ def _heap(driver: Any) -> int:
     return int(usage["usedSize"])
 
 
-def _measure(base: str, expected: int, seconds: float) -> dict[str, float]:
+def _bar(driver: Any, task_id: str) -> int | None:
+    value = driver.execute_script(
+        "const tr = document.querySelector(`#rows tr[data-task-id='${arguments[0]}']`);"
+        "return tr ? tr.querySelector('progress').value : null;",
+        task_id,
+    )
+    return None if value is None else int(value)
+
+
+def _write_to_bar(driver: Any, redis_url: str, probes: int = 20) -> list[float]:
+    """A producer's write to one task on the page, then the page until its progress bar shows it: seconds each."""
+    delays = []
+    with redis.Redis.from_url(redis_url) as client:
+        for _ in range(probes):
+            task_id = driver.execute_script("return document.querySelector('#rows tr').dataset.taskId;")
+            key = KEY_PREFIX + task_id
+            value = client.get(key)
+            if not isinstance(value, bytes):
+                continue
+            progress = (int(_PROGRESS.search(value).group(1)) + 50) % 100  # type: ignore[union-attr]
+            written = time.perf_counter()
+            client.set(key, _PROGRESS.sub(b'"totalProgress":%d' % progress, value, count=1), ex=3600)
+            while _bar(driver, task_id) != progress:
+                if time.perf_counter() - written > 10:
+                    raise RuntimeError(f"a write to {task_id} not shown within 10 s")
+                time.sleep(0.005)
+            delays.append(time.perf_counter() - written)
+            time.sleep(0.2)
+    return delays
+
+
+def _measure(base: str, redis_url: str, expected: int, seconds: float) -> dict[str, Any]:
     driver = chromium(performance_log=True)
     try:
         driver.execute_cdp_cmd("Network.enable", {})
@@ -80,6 +118,9 @@ def _measure(base: str, expected: int, seconds: float) -> dict[str, float]:
         heap_end = _heap(driver)
         long_tasks = driver.execute_script("return window.__long.filter(([start]) => start > arguments[0]);", first)
         shown = int(driver.execute_script("return document.querySelectorAll('#rows tr').length;"))
+        delays = _write_to_bar(driver, redis_url)
+        with urllib.request.urlopen(base + "/codebase-embedder/api/v1/tasks/cache-stats", timeout=30) as answer:
+            streams = json.load(answer)["data"]["streams"]
         held = driver.execute_script("return document.getElementById('total').textContent;")
     finally:
         driver.quit()
@@ -94,7 +135,13 @@ def _measure(base: str, expected: int, seconds: float) -> dict[str, float]:
         "rows": float(shown),
         "held": float(held.replace(",", "")),
         "window": window,
+        "delays": delays,
+        "resets": streams["resets"],
     }
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
 
 
 async def run(tasks: int, seconds: float) -> str:
@@ -109,9 +156,10 @@ async def run(tasks: int, seconds: float) -> str:
         try:
             churn = asyncio.create_task(producer.churn(max(1, tasks // 100), time.monotonic() + seconds + 180))
             try:
-                figures = await asyncio.to_thread(_measure, server.base, tasks, seconds)
+                figures = await asyncio.to_thread(_measure, server.base, redis_server.url, tasks, seconds)
             finally:
                 churn.cancel()
+                await asyncio.gather(churn, return_exceptions=True)
         finally:
             server.stop()
         await client.aclose()
@@ -130,7 +178,14 @@ async def run(tasks: int, seconds: float) -> str:
             f"{figures['heap_start'] / 2**20:,.1f} -> {figures['heap_end'] / 2**20:,.1f} MiB",
             "bounded",
         ),
+        (
+            "a write to a task shown -> its progress bar moved, p50 / max",
+            f"{_median(figures['delays']) * 1000:,.0f} / {max(figures['delays']) * 1000:,.0f} ms "
+            f"({len(figures['delays'])} writes)",
+            "within 1 s",
+        ),
         ("bytes received per minute", f"{figures['bytes_per_minute'] / 1e6:,.2f} MB", "—"),
+        ("fresh snapshots the service sent the page after the first", f"{figures['resets']}", "—"),
         ("rows in the DOM / tasks held", f"{figures['rows']:,.0f} / {figures['held']:,.0f}", "—"),
     ]
     head = (
@@ -164,6 +219,7 @@ async def screenshot(path: str) -> None:
 
             await asyncio.to_thread(shoot)
             churn.cancel()
+            await asyncio.gather(churn, return_exceptions=True)
         finally:
             server.stop()
         await client.aclose()

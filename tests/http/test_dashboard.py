@@ -237,6 +237,11 @@ def test_a_finished_task_leaves_the_table_for_the_finished_list(page: tuple[Any,
     )
     row = driver.find_element("css selector", f"#finished-rows tr[data-task-id='{task.task_id}']")
     assert "completed" in row.text
+    # the chart of the last hour counts it in the last minute's bar
+    _until(
+        lambda: _js(driver, "return [...document.querySelectorAll('#chart rect')].at(-1).getAttribute('height') > 0"),
+        "the chart's last bar",
+    )
     assert _problems(driver) == []
 
 

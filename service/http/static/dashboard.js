@@ -524,20 +524,27 @@ async function refreshFinished() {
 let finishedTimer = 0;
 function refreshFinishedSoon() {
   clearTimeout(finishedTimer);
-  finishedTimer = setTimeout(() => refreshFinished().catch(() => {}), 300);
+  finishedTimer = setTimeout(() => {
+    for (const refresh of [refreshFinished, refreshChart, refreshStats]) refresh().catch(() => {});
+  }, 300);
 }
 
 const SVG = "http://www.w3.org/2000/svg";
 
 async function refreshChart() {
   const since = new Date(Date.now() - 3600_000).toISOString();
-  const response = await api(`/finished?pageSize=1000&endedAfter=${encodeURIComponent(since)}`);
-  if (!response.ok) return;
   const perMinute = new Array(60).fill(0);
   const now = Date.now();
-  for (const run of (await response.json()).data.tasks) {
-    const minute = 59 - Math.floor((now - Date.parse(run.endTime)) / 60_000);
-    if (minute >= 0 && minute < 60) perMinute[minute] += 1;
+  // the last hour's runs, a page of 1,000 at a time (the history holds history_size runs at most)
+  for (let page = 1, pages = 1; page <= Math.min(pages, 50); page += 1) {
+    const response = await api(`/finished?pageSize=1000&page=${page}&endedAfter=${encodeURIComponent(since)}`);
+    if (!response.ok) return;
+    const data = (await response.json()).data;
+    pages = data.totalPages;
+    for (const run of data.tasks) {
+      const minute = 59 - Math.floor((now - Date.parse(run.endTime)) / 60_000);
+      if (minute >= 0 && minute < 60) perMinute[minute] += 1;
+    }
   }
   const top = Math.max(1, ...perMinute);
   const chart = $("chart");
