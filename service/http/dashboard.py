@@ -62,10 +62,8 @@ class Dashboard:
         return _deliver(request, self.page)
 
     async def asset_endpoint(self, request: Request) -> Response:
-        asset = self.assets.get(request.path_params["name"])
-        if asset is None:
-            return Response(b"not found\n", 404, media_type="text/plain")
-        return _deliver(request, asset)
+        """One route per asset (`ASSETS`): the path names it."""
+        return _deliver(request, self.assets[request.url.path.removeprefix(ASSET_PREFIX)])
 
 
 def _deliver(request: Request, asset: Asset) -> Response:

@@ -30,6 +30,7 @@ import msgspec
 
 from service import __version__
 from service.domain.vocabulary import FILE_OPERATES, FILE_STATUSES, OUTCOME_ALIASES, OUTCOMES
+from service.http.dashboard import ASSET_PREFIX
 from service.http.envelope import ErrorCode
 from service.http.routes import API_PREFIX
 from service.query.finished import DEFAULT_FINISHED_PAGE_SIZE, FINISHED_SORT_KEYS
@@ -391,6 +392,19 @@ _NOT_RUNNING = json_response(
 
 _TEXT = {"schema": {"type": "string"}}
 
+
+def _page_answers(content: dict[str, Any]) -> dict[str, Any]:
+    """The dashboard's files: the file (gzip when accepted), or 304 against its ETag; CSP and ETag headers."""
+    return {
+        "200": {
+            "description": "The file, with a strong ETag, Cache-Control: no-cache and the page's "
+            "Content-Security-Policy",
+            "content": content,
+        },
+        "304": {"description": "Not modified: If-None-Match names the file's ETag"},
+    }
+
+
 OPERATIONS: list[Operation] = [
     Operation(
         f"{API_PREFIX}/running",
@@ -499,6 +513,33 @@ OPERATIONS: list[Operation] = [
         access=Access.PUBLIC,
         tags=("operations",),
     ),
+    *(
+        Operation(
+            path,
+            "get",
+            operation_id,
+            "The dashboard: a page for operators (it holds no data: its calls to the API carry the token)",
+            _page_answers({"text/html": _TEXT}),
+            access=Access.PUBLIC,
+            tags=("dashboard",),
+        )
+        for path, operation_id in (("/", "getDashboardRoot"), ("/dashboard", "getDashboard"))
+    ),
+    *(
+        Operation(
+            ASSET_PREFIX + name,
+            "get",
+            operation_id,
+            f"The dashboard's {what}",
+            _page_answers({media: _TEXT}),
+            access=Access.PUBLIC,
+            tags=("dashboard",),
+        )
+        for name, operation_id, what, media in (
+            ("dashboard.js", "getDashboardScript", "script", "text/javascript"),
+            ("dashboard.css", "getDashboardStyle", "style sheet", "text/css"),
+        )
+    ),
     Operation(
         "/healthz",
         "get",
@@ -558,6 +599,7 @@ def build_document(settings: Settings, operations: list[Operation] | None = None
         "tags": [
             {"name": "tasks", "description": "The embedder's tasks"},
             {"name": "operations", "description": "Health, readiness, metrics and this document"},
+            {"name": "dashboard", "description": "The page for operators and its assets (no token needed)"},
         ],
         "paths": paths,
         "components": {

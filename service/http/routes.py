@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from service.http.dashboard import ASSET_PREFIX, PAGE_PATHS, Dashboard
+from service.http.dashboard import ASSET_PREFIX, ASSETS, PAGE_PATHS, Dashboard
 from service.http.delivery import Answer, Delivery
 from service.http.envelope import FAILURE_CODES, ErrorCode, bad_request, error, ok
 from service.http.events import EventStream
@@ -258,5 +258,5 @@ def build_routes(running: RunningList, events: EventStream, dashboard: Dashboard
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         *(Route(path, dashboard.page_endpoint, methods=["GET"]) for path in PAGE_PATHS),
-        Route(ASSET_PREFIX + "{name}", dashboard.asset_endpoint, methods=["GET"]),
+        *(Route(ASSET_PREFIX + name, dashboard.asset_endpoint, methods=["GET"]) for name in ASSETS),
     ]
