@@ -131,16 +131,63 @@ function replaceAll(tasks) {
   state.order = [...state.tasks.values()].sort(compare);
 }
 
+// What arrives is applied in order, in slices of a few milliseconds: a change set of thousands of tasks (many
+// turning stalled at once, a reconciliation) never holds the page for longer than a frame.
+const SLICE_MS = 8;
+// [{generation, tasks}, -1]: replace everything; [a change set, the next upsert's index, its removals done]
+const inbox = [];
+let draining = false;
+
+function replaceLater(tasks, generation) {
+  inbox.push([{ generation, tasks }, -1]);
+  drainSoon();
+}
+
 function applyChanges(changes) {
-  let finished = false;
-  for (const gone of changes.removed) {
-    remove(gone.taskId);
-    finished ||= gone.outcome !== "filtered-out";
+  inbox.push([changes, 0, false]);
+  drainSoon();
+}
+
+function drainSoon() {
+  if (!draining) {
+    draining = true;
+    setTimeout(drain, 0);
   }
-  for (const task of changes.upserted) upsert(task);
-  state.generation = changes.generation;
+}
+
+function drain() {
+  const until = performance.now() + SLICE_MS;
+  let finished = false;
+  while (inbox.length && performance.now() < until) {
+    const item = inbox[0];
+    const [data, next] = item;
+    if (next < 0) {
+      replaceAll(data.tasks);
+    } else {
+      if (!item[2]) {
+        for (const gone of data.removed) {
+          remove(gone.taskId);
+          finished ||= gone.outcome !== "filtered-out";
+        }
+        item[2] = true;
+      }
+      let index = next;
+      while (index < data.upserted.length && (index % 64 !== 63 || performance.now() < until)) {
+        upsert(data.upserted[index]);
+        index += 1;
+      }
+      if (index < data.upserted.length) {
+        item[1] = index; // the rest of the upserts in the next slice
+        break;
+      }
+    }
+    state.generation = data.generation;
+    inbox.shift();
+  }
   if (finished) refreshFinishedSoon();
   schedule();
+  if (inbox.length) setTimeout(drain, 0);
+  else draining = false;
 }
 
 // ---- the event stream -------------------------------------------------------------------------------------------
@@ -222,9 +269,7 @@ async function read(body, retryMs) {
       }
       if (event === "snapshot") {
         const snapshot = JSON.parse(data);
-        replaceAll(snapshot.tasks);
-        state.generation = snapshot.generation;
-        schedule();
+        replaceLater(snapshot.tasks, snapshot.generation);
       } else if (event === "changes") {
         applyChanges(JSON.parse(data));
       }
@@ -246,13 +291,11 @@ async function poll(signal, until) {
         etag = response.headers.get("etag");
         const data = (await response.json()).data;
         if (params.has("since")) {
-          if (data.reset) replaceAll(data.upserted);
-          applyChanges(data.reset ? { ...data, upserted: [], removed: [] } : data);
+          if (data.reset) replaceLater(data.upserted, data.generation);
+          else applyChanges(data);
         } else {
-          replaceAll(data.tasks);
           state.view = view;
-          state.generation = Number(response.headers.get("x-snapshot-generation"));
-          schedule();
+          replaceLater(data.tasks, Number(response.headers.get("x-snapshot-generation")));
         }
       }
     } catch (error) {
