@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,7 +18,7 @@ import pytest
 import redis
 from starlette.applications import Starlette
 
-from service.devtools.embedded import RedisServerProcess
+from service.devtools.embedded import RedisServerProcess, free_port
 from service.settings import Settings, settings_from_mapping
 
 
@@ -100,3 +103,38 @@ def first_answer(process: subprocess.Popen[Any], url: str, timeout: float = 30.0
             assert process.poll() is None, f"the server exited with {process.returncode} before it answered"
             assert time.monotonic() < deadline, f"the server did not answer {url} within {timeout} s"
             time.sleep(0.1)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start_serve(redis_url: str, tmp_path: Path, settings_text: str) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """`python -m service serve` on a free port with `settings_text` as its settings file and `redis_url` as its
+    Redis, once /readyz answers: the process, its base URL and its log (stderr)."""
+    settings = tmp_path / "settings.toml"
+    settings.write_text(settings_text)
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve", "--port", str(port), "--settings", str(settings)],
+            cwd=ROOT,
+            env={**os.environ, "REDIS_URL": redis_url},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    base = f"http://127.0.0.1:{port}"
+    first_answer(process, base + "/readyz")
+    return process, base, log
+
+
+def stop_serve(process: subprocess.Popen[bytes]) -> None:
+    """Ctrl-C, as an operator stops it; killed after 30 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

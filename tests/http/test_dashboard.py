@@ -4,9 +4,7 @@ chromium driven through Debian's chromium-driver) against `serve` and a real red
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,12 +16,11 @@ import pytest
 import redis
 
 from service.devtools.browser import chromium, missing
-from service.devtools.embedded import RedisServerProcess, free_port
+from service.devtools.embedded import RedisServerProcess
 from service.devtools.simulator import SimTask, Simulator
 from service.http.dashboard import ASSETS
-from tests.conftest import first_answer
+from tests.conftest import start_serve, stop_serve
 
-ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "dashboard-test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 API = "/codebase-embedder/api/v1/tasks"
@@ -39,34 +36,17 @@ class Served:
 
 
 def _serve(redis_url: str, tmp: Path, settings_text: str) -> Served:
-    settings = tmp / "settings.toml"
-    settings.write_text(
+    process, base, log = start_serve(
+        redis_url,
+        tmp,
         "[running_tasks]\nrefresh_interval = 0.5\nproducer_key_ttl = 0\nstall_after = 3600\n"
-        f'change_feed = "{os.environ.get("TEST_CHANGE_FEED", "auto")}"\n{settings_text}'
+        f'change_feed = "{os.environ.get("TEST_CHANGE_FEED", "auto")}"\n{settings_text}',
     )
-    port = free_port()
-    log = tmp / "serve.log"
-    with log.open("wb") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve", "--port", str(port), "--settings", str(settings)],
-            cwd=ROOT,
-            env={**os.environ, "REDIS_URL": redis_url},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-    base = f"http://127.0.0.1:{port}"
-    first_answer(process, base + "/readyz")
     return Served(process, base, redis.Redis.from_url(redis_url), log)
 
 
 def _stop(served: Served) -> None:
-    served.process.send_signal(signal.SIGINT)
-    try:
-        served.process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        served.process.kill()
-        served.process.wait()
+    stop_serve(served.process)
     served.redis.close()
     assert "Traceback" not in served.log.read_text(), served.log.read_text()
 

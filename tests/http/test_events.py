@@ -9,7 +9,6 @@ import queue
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,11 +23,10 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.devtools.embedded import RedisServerProcess, free_port
+from service.devtools.embedded import RedisServerProcess
 from service.devtools.simulator import SimTask, Simulator
-from tests.conftest import first_answer
+from tests.conftest import start_serve, stop_serve
 
-ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "events-test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 API = "/codebase-embedder/api/v1/tasks"
@@ -183,38 +181,15 @@ class Service:
 
 
 def _start(redis_url: str, tmp_path: Path, extra: str = "") -> tuple[subprocess.Popen[bytes], str, Path]:
-    settings = tmp_path / "settings.toml"
-    settings.write_text(
+    return start_serve(
+        redis_url,
+        tmp_path,
         f'[auth]\ntokens = ["{TOKEN}"]\n'
         "[running_tasks]\nrefresh_interval = 0.2\nproducer_key_ttl = 0\n"
         f'change_feed = "{os.environ.get("TEST_CHANGE_FEED", "auto")}"\n'
         f"[events]\nmax_streams = {MAX_STREAMS}\nheartbeat_seconds = 0.5\nretry_ms = 1500\n"
-        f"queue_events = {QUEUE}\nheld_generations = {HELD}\n{extra}"
+        f"queue_events = {QUEUE}\nheld_generations = {HELD}\n{extra}",
     )
-    port = free_port()
-    log = tmp_path / "serve.log"
-    with log.open("wb") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve", "--port", str(port), "--settings", str(settings)],
-            cwd=ROOT,
-            env={**os.environ, "REDIS_URL": redis_url},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-    base = f"http://127.0.0.1:{port}"
-    first_answer(process, base + "/readyz")
-    return process, base, log
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +199,7 @@ def service(redis_server: RedisServerProcess, tmp_path_factory: pytest.TempPathF
     client.flushall()
     process, base, log = _start(redis_server.url, tmp_path_factory.mktemp("events"))
     yield Service(process, base, client, log)
-    _stop(process)
+    stop_serve(process)
     client.close()
     assert "Traceback" not in log.read_text(), log.read_text()
 
@@ -537,7 +512,7 @@ def test_sigterm_with_an_open_stream_exits_promptly(redis_url: str, tmp_path: Pa
         assert stream.next(skip=("heartbeat", "changes")).kind == "end"
         stream.close()
     finally:
-        _stop(process)
+        stop_serve(process)
     assert "Traceback" not in log.read_text(), log.read_text()
 
 
@@ -556,5 +531,5 @@ def test_a_stream_counts_once_against_the_rate_limit(redis_url: str, tmp_path: P
         finally:
             stream.close()
     finally:
-        _stop(process)
+        stop_serve(process)
     assert "Traceback" not in log.read_text(), log.read_text()
