@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import re
 import statistics
 import time
 import urllib.request
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import redis
@@ -144,19 +146,28 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-async def run(tasks: int, seconds: float) -> str:
+@contextlib.asynccontextmanager
+async def _served(
+    tasks: int, files: int, per_second: int, seconds: float, progress: Callable[[int], int] | None = None
+) -> AsyncIterator[tuple[Server, str]]:
+    """A redis-server of its own holding `tasks` running tasks, the service on it, and the producer rewriting
+    `per_second` of them a second for at most `seconds`: the service and the Redis URL."""
     redis_server = RedisServerProcess()
     try:
         redis_server.start()
         client = aioredis.Redis.from_url(redis_server.url)
-        producer = Producer(client, tasks, files=5)
+        producer = Producer(client, tasks, files=files)
+        if progress is not None:
+            for index, task in enumerate(producer.tasks):
+                task.progress = progress(index)
         await producer.fill()
-        env = service_env(redis_server.url, cache_ttl=600, max_scan_time=120_000)
-        server = Server("bench.served:service_app", env, "/readyz")
+        server = Server(
+            "bench.served:service_app", service_env(redis_server.url, cache_ttl=600, max_scan_time=120_000), "/readyz"
+        )
         try:
-            churn = asyncio.create_task(producer.churn(max(1, tasks // 100), time.monotonic() + seconds + 180))
+            churn = asyncio.create_task(producer.churn(per_second, time.monotonic() + seconds))
             try:
-                figures = await asyncio.to_thread(_measure, server.base, redis_server.url, tasks, seconds)
+                yield server, redis_server.url
             finally:
                 churn.cancel()
                 await asyncio.gather(churn, return_exceptions=True)
@@ -165,6 +176,11 @@ async def run(tasks: int, seconds: float) -> str:
         await client.aclose()
     finally:
         redis_server.close()
+
+
+async def run(tasks: int, seconds: float) -> str:
+    async with _served(tasks, 5, max(1, tasks // 100), seconds + 180) as (server, redis_url):
+        figures = await asyncio.to_thread(_measure, server.base, redis_url, tasks, seconds)
     rows = [
         ("time to first render (every task held)", f"{figures['first_render_ms']:,.0f} ms", "—"),
         ("bytes received for the first render", f"{figures['first_bytes'] / 1e6:,.2f} MB", "—"),
@@ -196,35 +212,17 @@ async def run(tasks: int, seconds: float) -> str:
 
 
 async def screenshot(path: str) -> None:
-    redis_server = RedisServerProcess()
-    try:
-        redis_server.start()
-        client = aioredis.Redis.from_url(redis_server.url)
-        producer = Producer(client, 40, files=12)
-        for index, task in enumerate(producer.tasks):
-            task.progress = (index * 37) % 100
-        await producer.fill()
-        server = Server("bench.served:service_app", service_env(redis_server.url, cache_ttl=600), "/readyz")
+    def shoot(base: str) -> None:
+        driver = chromium(1400, 900)
         try:
-            churn = asyncio.create_task(producer.churn(4, time.monotonic() + 60))
-
-            def shoot() -> None:
-                driver = chromium(1400, 900)
-                try:
-                    driver.get(server.base + "/")
-                    time.sleep(4)
-                    driver.save_screenshot(path)
-                finally:
-                    driver.quit()
-
-            await asyncio.to_thread(shoot)
-            churn.cancel()
-            await asyncio.gather(churn, return_exceptions=True)
+            driver.get(base + "/")
+            time.sleep(4)
+            driver.save_screenshot(path)
         finally:
-            server.stop()
-        await client.aclose()
-    finally:
-        redis_server.close()
+            driver.quit()
+
+    async with _served(40, 12, 4, 60, progress=lambda index: (index * 37) % 100) as (server, _):
+        await asyncio.to_thread(shoot, server.base)
 
 
 def main() -> None:
