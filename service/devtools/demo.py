@@ -78,9 +78,10 @@ async def _demo(host: str, port: int, tasks: int, seed: int, redis: EmbeddedRedi
     while not server.started and not serving.done():
         await asyncio.sleep(0.05)
     if server.started:
-        print(f"dashboard: {urls(host, port)[0][1]}")
+        (_, dashboard), *others = urls(host, port)
+        print(f"dashboard: {dashboard}")
         print(f"demo: embedded Redis ({redis.kind}) at {redis.url}, about {tasks} simulated tasks running")
-        for name, url in urls(host, port)[1:]:
+        for name, url in others:
             print(f"  {name:<14} {url}")
         # the interpreter by its path: the command works as printed, whether or not the venv is activated
         scan = f"{shlex.quote(sys.executable)} -m service scan --redis-url {redis.url}"

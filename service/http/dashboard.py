@@ -22,13 +22,21 @@ PUBLIC_PATHS = frozenset(PAGE_PATHS) | {ASSET_PREFIX + name for name in ASSETS}
 # No inline script or style anywhere: the page's code and styles are the two files below. connect-src 'self': the
 # page talks to this service only. frame-ancestors 'none': nobody can frame it (clickjacking).
 CSP = (
-    b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-    b"object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
+_HEADERS = {
+    "vary": "Accept-Encoding",
+    # revalidate each time (a 304 is a few bytes): a new release's page is never mixed with an old script
+    "cache-control": "no-cache",
+    "content-security-policy": CSP,
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+}
 _TYPES = {
-    ".html": b"text/html; charset=utf-8",
-    ".js": b"text/javascript; charset=utf-8",
-    ".css": b"text/css; charset=utf-8",
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
 }
 
 
@@ -37,7 +45,7 @@ class Asset:
     body: bytes
     gzipped: bytes
     etag: str  # strong, of the identity body; the gzip variant is tagged as the API's are
-    content_type: bytes
+    content_type: str
 
     @classmethod
     def load(cls, name: str) -> Asset:
@@ -54,10 +62,6 @@ class Dashboard:
         self.page = Asset.load("index.html")
         self.assets = {name: Asset.load(name) for name in ASSETS}
 
-    @property
-    def total_bytes(self) -> int:
-        return len(self.page.body) + sum(len(asset.body) for asset in self.assets.values())
-
     async def page_endpoint(self, request: Request) -> Response:
         return _deliver(request, self.page)
 
@@ -69,21 +73,10 @@ class Dashboard:
 def _deliver(request: Request, asset: Asset) -> Response:
     if_none_match, accept_encoding = request_headers(request.scope)
     encoding = choose_encoding(accept_encoding)
-    etag = variant_etag(asset.etag, encoding)
-    headers = {
-        "etag": etag,
-        "vary": "Accept-Encoding",
-        # revalidate each time (a 304 is a few bytes): a new release's page is never mixed with an old script
-        "cache-control": "no-cache",
-        "content-security-policy": CSP.decode(),
-        "referrer-policy": "no-referrer",
-        "x-frame-options": "DENY",
-    }
+    headers = {**_HEADERS, "etag": variant_etag(asset.etag, encoding)}
     if etag_matches(asset.etag, if_none_match):
         return Response(None, 304, headers)
-    body = asset.body if encoding is None else asset.gzipped
-    if encoding is not None:
-        headers["content-encoding"] = encoding
-    response = Response(body, 200, headers)
-    response.headers["content-type"] = asset.content_type.decode()
-    return response
+    if encoding is None:
+        return Response(asset.body, 200, headers, media_type=asset.content_type)
+    headers["content-encoding"] = encoding
+    return Response(asset.gzipped, 200, headers, media_type=asset.content_type)
