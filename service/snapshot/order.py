@@ -6,7 +6,7 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import NamedTuple
 
 from service.domain.tracker import TaskView
@@ -33,6 +33,11 @@ class Group(NamedTuple):
     keys: tuple[TaskKey, ...]  # each segment's first task
     chunks: tuple[bytes, ...]  # the segments' chunks, in order
     length: int  # their bytes
+
+
+# C-level accessors for the per-batch walks (a Python call per item or group costs more than the walk itself)
+_HEAD, _VIEW, _FIRST = itemgetter(1), itemgetter(0), itemgetter(0)
+_KEYS, _FILE_LIST = attrgetter("keys"), attrgetter("file_list")
 
 
 def task_key(view: TaskView) -> TaskKey:
@@ -66,7 +71,7 @@ def segments_of(groups: Iterable[Group]) -> Iterator[Segment]:
 
 
 def group_keys(groups: Iterable[Group]) -> tuple[TaskKey, ...]:
-    return tuple(group.keys[0] for group in groups)
+    return tuple(map(_FIRST, map(_KEYS, groups)))
 
 
 def relocate(
@@ -79,39 +84,110 @@ def relocate(
     took their new ones (None: gone). Only the segments they leave or enter are cut again, and only their groups
     are made again; every other group is taken as it is."""
     # (group, segment) -> what leaves it (each task's old place) and what enters it (its new one); a task whose
-    # place did not change is both
+    # place in the order did not change (a progress update: the common case) is only replaced where it is
     leaving: dict[tuple[int, int], list[TaskKey]] = {}
     entering: dict[tuple[int, int], list[Entry]] = {}
+    replacing: dict[tuple[int, int], list[tuple[TaskKey, Entry]]] = {}
     for task_id, entry in changed.items():
         old = known.get(task_id)
-        if old is not None:
-            key = task_key(old[0])
+        key = None if old is None else task_key(old[0])
+        if entry is not None and key is not None and task_key(entry[0]) == key:
+            replacing.setdefault(_place(groups, keys, key), []).append((key, entry))
+            continue
+        if key is not None:
             leaving.setdefault(_place(groups, keys, key), []).append(key)
         if entry is not None:
             entering.setdefault(_place(groups, keys, task_key(entry[0])), []).append(entry)
     touched: dict[int, list[int]] = {}
-    for where in sorted(leaving.keys() | entering.keys()):
+    for where in sorted(leaving.keys() | entering.keys() | replacing.keys()):
         touched.setdefault(where[0], []).append(where[1])
     made: list[Group] = []
     done = 0
     for index, numbers in touched.items():
         made += groups[done:index]
-        segments, firsts = list(groups[index].segments), list(groups[index].keys)
+        group_ = groups[index]
+        segments, firsts = list(group_.segments), list(group_.keys)
+        spliced: list[tuple[int, Segment]] = []  # (number, its segment before) of those only spliced
         for number in reversed(numbers):  # from the end: the places before stay valid
+            where = (index, number)
+            replaced = replacing.get(where, ())
+            if where not in leaving and where not in entering:
+                segment = _splice(segments[number], replaced)
+                if segment is not None:
+                    spliced.append((number, segments[number]))
+                    segments[number] = segment
+                    continue
             items: list[Entry] = list(segments[number].items)  # type: ignore[arg-type]
-            for key in leaving.get((index, number), ()):
+            for key, entry in replaced:
+                items[bisect.bisect_left(items, key, key=entry_key)] = entry
+            for key in leaving.get(where, ()):
                 del items[bisect.bisect_left(items, key, key=entry_key)]
-            for entry in entering.get((index, number), ()):
+            for entry in entering.get(where, ()):
                 bisect.insort(items, entry, key=entry_key)
             new = cut(items)
             segments[number : number + 1] = new
             firsts[number : number + 1] = [entry_key(segment.items[0]) for segment in new]  # type: ignore[arg-type]
-        for start in range(0, len(segments), GROUP_SIZE if len(segments) > 2 * GROUP_SIZE else len(segments) or 1):
-            end = start + (GROUP_SIZE if len(segments) > 2 * GROUP_SIZE else len(segments))
-            made.append(_group(segments[start:end], firsts[start:end]))
+        if len(spliced) == len(numbers):  # the same segments, a few of them with other bytes
+            made.append(_respliced(group_, segments, spliced))
+        else:
+            step = GROUP_SIZE if len(segments) > 2 * GROUP_SIZE else len(segments) or 1
+            for start in range(0, len(segments), step):
+                made.append(_group(segments[start : start + step], firsts[start : start + step]))
         done = index + 1
     made += groups[done:]
     return tuple(made)
+
+
+def _splice(segment: Segment, replaced: Sequence[tuple[TaskKey, Entry]]) -> Segment | None:
+    """`segment` with the tasks of `replaced` (each at the place of its `key`, which it keeps) rendered anew in its
+    one chunk: a copy of the chunk with a few tasks' bytes swapped, instead of rendering all of its tasks again.
+    None where `cut` might cut these items otherwise (a large task, a segment near CHUNK_BYTES)."""
+    if len(segment.chunks) != 1:  # a large task is a chunk of its own
+        return None
+    chunk = segment.chunks[0]
+    items: list[Entry] = list(segment.items)  # type: ignore[arg-type]
+    # the tasks' bytes without their separators: under CHUNK_BYTES before and after, no cut was made by size, nor
+    # would be (cuts by id stay where they are)
+    size = before = len(chunk) - len(items)
+    places = sorted((bisect.bisect_left(items, key, key=entry_key), entry) for key, entry in replaced)
+    pieces: list[bytes] = []
+    copied = position = scanned = 0  # chunk bytes copied; where items[scanned] starts in the chunk
+    for place, entry in places:
+        view, head = entry
+        if len(view.file_list) >= OWN_CHUNK_BYTES:
+            return None
+        between = items[scanned:place]
+        position += (
+            sum(map(len, map(_HEAD, between))) + sum(map(len, map(_FILE_LIST, map(_VIEW, between)))) + 2 * len(between)
+        )
+        pieces += (chunk[copied:position], SEPARATOR, head, view.file_list, TASK_END)
+        size += _length(entry) - _length(items[place])
+        position = copied = position + _length(items[place])
+        items[place] = entry
+        scanned = place + 1
+    if max(before, size) >= CHUNK_BYTES:
+        return None
+    pieces.append(chunk[copied:])
+    return Segment(tuple(items), (b"".join(pieces),))
+
+
+def _length(entry: Entry) -> int:
+    """An entry's bytes in a chunk: SEPARATOR, head, file list, TASK_END."""
+    return len(entry[1]) + len(entry[0].file_list) + 2
+
+
+def _respliced(group: Group, segments: list[Segment], spliced: list[tuple[int, Segment]]) -> Group:
+    """`group` with the segments numbered in `spliced` (each with its one chunk, before and after) replaced from
+    `segments`: the chunks tuple copied with those swapped, not chained again."""
+    chunks = list(group.chunks)
+    length = group.length
+    one_each = len(chunks) == len(group.segments)
+    for number, before in spliced:
+        position = number if one_each else sum(len(segment.chunks) for segment in group.segments[:number])
+        chunk = segments[number].chunks[0]
+        chunks[position] = chunk
+        length += len(chunk) - len(before.chunks[0])
+    return Group(tuple(segments), group.keys, tuple(chunks), length)
 
 
 def cut(items: list[Entry]) -> list[Segment]:

@@ -7,6 +7,7 @@ import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 import msgspec
 
@@ -168,7 +169,7 @@ async def update_snapshot(
 
 
 def _rendered(groups: tuple[Group, ...], total: int, etag_prefix: str, generation: int) -> Rendered:
-    length = sum(group.length for group in groups)
+    length = sum(map(attrgetter("length"), groups))
     body = assemble_parts(_prefix(total), [group.chunks for group in groups], length, SEPARATOR, _SUFFIX)
     return Rendered(body, f'"{etag_prefix}-{generation}"')
 

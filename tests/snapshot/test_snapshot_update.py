@@ -10,7 +10,7 @@ import pytest
 
 from service.domain.tracker import TaskView
 from service.snapshot.entries import Layered
-from service.snapshot.order import GROUP_SIZE
+from service.snapshot.order import GROUP_SIZE, cut, segments_of
 from service.snapshot.snapshot import Snapshot, build_snapshot, task_key, update_snapshot
 from service.source.scanner import ScanStats
 
@@ -72,6 +72,10 @@ async def test_updates_equal_a_snapshot_built_from_scratch(seed: int) -> None:
         assert current.tasks == expected.tasks
         assert current.entries.keys() == expected.entries.keys()
         assert bytes(current.body) == bytes(expected.body)
+        # every segment, whether cut again or only spliced, is what cutting its tasks again makes, chunk for chunk
+        assert all(cut(list(s.items)) == [s] for s in segments_of(current.groups))  # type: ignore[arg-type]
+        assert all(g.chunks == tuple(c for s in g.segments for c in s.chunks) for g in current.groups)
+        assert all(g.length == sum(map(len, g.chunks)) for g in current.groups)
         assert current.group_keys == tuple(g.keys[0] for g in current.groups)
         assert all(g.keys == tuple(task_key(s.items[0][0]) for s in g.segments) for g in current.groups)  # type: ignore[index]
 
