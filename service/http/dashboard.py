@@ -1,5 +1,5 @@
-"""The dashboard: one page and its two assets, inside the package, served with ETags, gzip and a strict CSP. The
-page holds no data (every data call it makes carries the token), so it needs no token itself."""
+"""The dashboard: one page and its assets (script, worker, style sheet), inside the package, served with ETags, gzip
+and a strict CSP. The page holds no data (every data call it makes carries the token), so it needs no token itself."""
 
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ from service.snapshot.body import variant_etag
 
 PAGE_PATHS = ("/", "/dashboard")
 ASSET_PREFIX = "/dashboard/"
-ASSETS = ("dashboard.js", "dashboard.css")
+ASSETS = ("dashboard.js", "dashboard.css", "stream.js")  # stream.js: the page's worker
 # Open to anyone (still rate limited): they hold no data.
 PUBLIC_PATHS = frozenset(PAGE_PATHS) | {ASSET_PREFIX + name for name in ASSETS}
-# No inline script or style anywhere: the page's code and styles are the two files below. connect-src 'self': the
-# page talks to this service only. frame-ancestors 'none': nobody can frame it (clickjacking).
+# No inline script or style anywhere: the page's code and styles are the files below (its worker falls under
+# script-src). connect-src 'self': the page talks to this service only. frame-ancestors 'none': nobody can frame
+# it (clickjacking).
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
@@ -56,7 +57,7 @@ class Asset:
 
 
 class Dashboard:
-    """The page at `/` and `/dashboard`, its script and style sheet under `/dashboard/`."""
+    """The page at `/` and `/dashboard`, its script, worker and style sheet under `/dashboard/`."""
 
     def __init__(self) -> None:
         self.page = Asset.load("index.html")

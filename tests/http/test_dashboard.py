@@ -73,8 +73,9 @@ def test_the_page_needs_no_token_and_forbids_inline_code(served: Served, path: s
     assert "default-src 'self'" in csp and "script-src 'self'" in csp and "'unsafe-inline'" not in csp
     assert response.headers["x-content-type-options"] == "nosniff"
     assert "<script>" not in response.text and " style=" not in response.text  # nothing inline for CSP to block
-    for name in ASSETS:
-        assert f"/dashboard/{name}" in response.text
+    script = httpx.get(served.base + "/dashboard/dashboard.js").text
+    for name in ASSETS:  # each asset is used: by the page, or by its script (the stream's worker)
+        assert f"/dashboard/{name}" in response.text + script
 
 
 def test_assets_are_cached_with_etags_and_compressed(served: Served) -> None:
@@ -267,6 +268,35 @@ def test_the_file_list_drawer_opens_from_the_keyboard(page: tuple[Any, Producer,
     assert paths == [entry["path"] for entry in task.files]
     driver.switch_to.active_element.send_keys(Keys.ESCAPE)
     _until(lambda: not driver.find_element("id", "drawer").is_displayed(), "the drawer closed")
+    assert _problems(driver) == []
+
+
+def test_a_change_set_of_thousands_is_applied_whole(page: tuple[Any, Producer, list[SimTask]]) -> None:
+    # far more tasks at once than the worker posts in one part (stream.js: PART): applied in parts, all of them
+    driver, producer, tasks = page
+    bulk = []
+    for _ in range(2000):
+        task = producer.sim.new_task()
+        task.client_id = "client-bulk"
+        task.start_ms = int(time.time() * 1000) - 60_000  # older than the page's tasks: they stay on page 1
+        bulk.append(task)
+    now = int(time.time() * 1000)
+    with producer.client.pipeline(transaction=False) as pipe:
+        for task in bulk:
+            pipe.set(task.key(), task.value(now), ex=3600)
+        pipe.execute()
+    _until(lambda: driver.find_element("id", "total").text == f"{len(tasks) + len(bulk):,}", "every new task held")
+    search = driver.find_element("id", "f-search")
+    search.send_keys(bulk[-1].task_id)
+    _until(lambda: _shown_ids(driver) == [bulk[-1].task_id], "the last of them held")
+    search.clear()
+    _js(driver, "document.getElementById('f-search').dispatchEvent(new Event('input', {bubbles: true}));")
+    with producer.client.pipeline(transaction=False) as pipe:
+        for task in bulk:
+            pipe.delete(task.key())
+        pipe.execute()
+    _until(lambda: driver.find_element("id", "total").text == str(len(tasks)), "every one of them gone")
+    assert sorted(_shown_ids(driver)) == sorted(task.task_id for task in tasks)
     assert _problems(driver) == []
 
 

@@ -181,7 +181,7 @@ function drain() {
         break;
       }
     }
-    state.generation = data.generation;
+    if (data.last !== false) state.generation = data.generation; // a set in parts: complete with its last
     inbox.shift();
   }
   if (finished) refreshFinishedSoon();
@@ -190,12 +190,53 @@ function drain() {
   else draining = false;
 }
 
-// ---- the event stream -------------------------------------------------------------------------------------------
+// ---- the event stream, read by a worker (stream.js): the page's thread only applies what it posts ----------------
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const streamWorker = new Worker("/dashboard/stream.js");
+let streamSerial = 0; // the stream followed now; what the worker posts for an earlier one is dropped
+let streamEnd = null; // resolves the stream's promise: {kind: "refused" | "ended" | "aborted", …}
+let incoming = []; // the parts of a snapshot being received
 
 function restart() {
   if (state.abort) state.abort.abort();
+}
+
+streamWorker.onmessage = ({ data }) => {
+  if (data.serial !== streamSerial) return;
+  if (data.kind === "open") {
+    if (data.view !== state.view) {
+      state.view = data.view;
+      state.generation = null;
+    }
+    setConnection("live");
+  } else if (data.kind === "snapshot") {
+    if (data.first) incoming = [];
+    incoming.push(...data.tasks);
+    if (data.last) {
+      replaceLater(incoming, data.generation);
+      incoming = [];
+    }
+  } else if (data.kind === "changes") {
+    applyChanges(data);
+  } else {
+    streamEnd(data);
+  }
+};
+
+function stream(view, headers, signal) {
+  streamSerial += 1;
+  const serial = streamSerial;
+  return new Promise((resolve) => {
+    streamEnd = resolve;
+    signal.addEventListener("abort", () => {
+      if (serial !== streamSerial) return;
+      streamSerial += 1;
+      streamWorker.postMessage({ type: "close" });
+      resolve({ kind: "aborted" });
+    });
+    streamWorker.postMessage({ type: "open", serial, view, url: `${API}/running/events?${view}`, headers });
+  });
 }
 
 async function follow() {
@@ -203,77 +244,25 @@ async function follow() {
   for (;;) {
     const controller = new AbortController();
     state.abort = controller;
-    const params = viewParams();
-    const view = params.toString();
+    const view = viewParams().toString();
     const headers = authHeaders({ Accept: "text/event-stream" });
     if (state.generation !== null && view === state.view) headers["Last-Event-ID"] = String(state.generation);
-    let holdOff = 0;
-    try {
-      const response = await fetch(`${API}/running/events?${view}`, {
-        headers,
-        cache: "no-store",
-        signal: controller.signal,
-      });
-      if (response.status === 401) {
-        askToken(token ? "That token was refused." : "");
-        await new Promise((resolve) => controller.signal.addEventListener("abort", resolve));
-        continue;
-      }
-      if (!response.ok || !response.body) {
-        // no stream to be had (too many streams, a proxy that buffers): poll meanwhile
-        holdOff = 1000 * (Number(response.headers.get("retry-after")) || 30);
-      } else {
-        if (view !== state.view) {
-          state.view = view;
-          state.generation = null;
-        }
-        setConnection("live");
-        retryMs = await read(response.body, retryMs);
-      }
-    } catch (error) {
-      if (error instanceof Unauthorized) return;
-    }
-    if (controller.signal.aborted) continue; // the filters changed: at once
-    if (holdOff) {
-      setConnection("polling");
-      await poll(controller.signal, performance.now() + holdOff);
+    const end = await stream(view, headers, controller.signal);
+    if (end.kind === "aborted") continue; // the filters or the token changed: at once
+    if (end.kind === "refused" && end.status === 401) {
+      askToken(token ? "That token was refused." : "");
+      await new Promise((resolve) => controller.signal.addEventListener("abort", resolve));
       continue;
     }
+    if (end.kind === "refused") {
+      // no stream to be had (too many streams, a proxy that buffers): poll meanwhile
+      setConnection("polling");
+      await poll(controller.signal, performance.now() + 1000 * (Number(end.retryAfter) || 30));
+      continue;
+    }
+    if (end.retryMs) retryMs = end.retryMs;
     setConnection("reconnecting");
     await sleep(retryMs);
-  }
-}
-
-async function read(body, retryMs) {
-  const reader = body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) return retryMs;
-    buffer += decoder.decode(value, { stream: true }).replace(/\r\n?/g, "\n");
-    let end;
-    while ((end = buffer.indexOf("\n\n")) >= 0) {
-      const block = buffer.slice(0, end);
-      buffer = buffer.slice(end + 2);
-      let event = "message";
-      let data = "";
-      for (const line of block.split("\n")) {
-        if (line.startsWith(":")) continue; // a heartbeat
-        const colon = line.indexOf(":");
-        const field = colon < 0 ? line : line.slice(0, colon);
-        const text = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
-        if (field === "event") event = text;
-        else if (field === "data") data += data ? `\n${text}` : text;
-        else if (field === "retry" && /^\d+$/.test(text)) retryMs = Number(text);
-      }
-      if (event === "snapshot") {
-        const snapshot = JSON.parse(data);
-        replaceLater(snapshot.tasks, snapshot.generation);
-      } else if (event === "changes") {
-        applyChanges(JSON.parse(data));
-      }
-    }
   }
 }
 
