@@ -48,6 +48,7 @@ class LocalCluster:
             "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
             *extra_args,
         )  # fmt: skip
+        self._cluster_args = cluster_args
         self.nodes: list[RedisServerProcess] = []
         try:
             for _ in range(primaries * (1 + replicas)):
@@ -64,6 +65,24 @@ class LocalCluster:
             self.close()
             raise
         self.url = f"redis://127.0.0.1:{self.nodes[0].port}/0"
+
+    def add_primary(self) -> RedisServerProcess:
+        """A new node joined to the running cluster as a primary that serves no slot yet (as `redis-cli --cluster
+        add-node` makes one): move slots to it to have it serve keys."""
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise FileNotFoundError("redis-cli is not installed (Debian: apt-get install redis-tools)")
+        node = RedisServerProcess(cluster_port(), extra_args=self._cluster_args)
+        self.nodes.append(node)
+        existing = f"127.0.0.1:{self.running()[0].port}"
+        subprocess.run(
+            [cli, "--cluster", "add-node", f"127.0.0.1:{node.port}", existing],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        self.wait_ok()
+        return node
 
     def wait_ok(self, timeout: float = 30.0) -> None:
         """Until every running node says the cluster is ok, knows every node, and the replicas have synced."""

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from typing import Final, Generic, TypeVar
+from typing import Final, Generic, TypeVar, overload
 
 V = TypeVar("V")
+T = TypeVar("T")
 _GONE: Final = object()  # in the changes: the key was removed
 
 # The changes are copied with each new mapping; past this many (or 16 times the square root of the base's size, if
@@ -56,6 +57,17 @@ class Layered(Mapping[str, V], Generic[V]):
         if value is _GONE:
             raise KeyError(key)
         return value  # type: ignore[return-value]
+
+    @overload
+    def get(self, key: str, /) -> V | None: ...
+    @overload
+    def get(self, key: str, default: V | T, /) -> V | T: ...
+    def get(self, key: str, default: object = None, /) -> object:
+        # Mapping's own get goes through __getitem__ and a KeyError: a batch asks for every touched task
+        value = self._changes.get(key, self)
+        if value is self:
+            return self._base.get(key, default)
+        return default if value is _GONE else value
 
     def __contains__(self, key: object) -> bool:
         value = self._changes.get(key, self)  # type: ignore[call-overload]

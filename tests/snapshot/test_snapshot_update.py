@@ -136,5 +136,6 @@ def test_layered_entries_are_the_dict_they_stand_for() -> None:
         assert len(layered) == len(expected)
         assert all((key in layered) == (key in expected) for key in changes)
         assert all(layered.get(key) == expected.get(key) for key in changes)
+        assert all(layered.get(key, -1) == expected.get(key, -1) for key in changes)
         assert dict(before) == was  # the mapping it was made from is unchanged
     assert folded > 0

@@ -15,6 +15,7 @@ import orjson
 import pytest
 import redis
 from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 
 from service.devtools.cluster import LocalCluster
 from service.devtools.simulator import build_workload
@@ -26,6 +27,8 @@ from service.source.cluster_source import ClusterSource
 from service.source.redis_source import MISSING, ScanPage
 from service.source.scanner import Scanner
 from tests.conftest import make_settings, require_binaries, running_app
+from tests.source.test_acl import COMMANDS as ACL_COMMANDS
+from tests.source.test_acl import PASSWORD, USER, add_user
 
 pytestmark = [pytest.mark.real_redis, pytest.mark.anyio]
 API = "/codebase-embedder/api/v1/tasks"
@@ -225,3 +228,81 @@ async def test_a_primary_killed_mid_scan_is_walked_again_on_its_replica() -> Non
         assert errors[f"127.0.0.1:{victim.port}"] > 0
     finally:
         local.close()
+
+
+async def test_a_node_added_to_a_running_cluster_is_followed_and_scanned() -> None:
+    require_binaries("redis-server", "redis-cli")
+    local = LocalCluster(primaries=3)  # a cluster of its own: this test changes its shape
+    try:
+        settings = cluster_settings(local.url, change_feed="on", refresh_interval=0.5)
+        async with running_app(create_app(settings)) as http:
+            assert (await http.get(f"{API}/running")).json()["data"]["totalTasks"] == 0
+            added = local.add_primary()
+            keys = [f"request:id:added-{number}" for number in range(12)]
+            for slot in sorted({key_slot(key.encode()) for key in keys}):
+                _migrate(local, slot, added.port)
+            # the feed notices the new primary (its topology check) and follows it; written only after that, these
+            # keys can be seen within a batch only if it does
+            deadline = time.monotonic() + 30
+            while (await http.get(f"{API}/cache-stats")).json()["data"]["changeFeed"]["reconnects"] < 1:
+                assert time.monotonic() < deadline, "the feed did not notice the new primary"
+                await asyncio.sleep(0.1)
+            while (await http.get(f"{API}/cache-stats")).json()["data"]["changeFeed"]["state"] != "live":
+                assert time.monotonic() < deadline, "the feed is not live again"
+                await asyncio.sleep(0.1)
+            read_before = (await http.get(f"{API}/cache-stats")).json()["data"]["changeFeed"]["keysRead"]
+            _write(local, keys)
+            with local.client() as producer:
+                assert {producer.get_node_from_key(key).port for key in keys} == {added.port}
+            # announced by the new primary's feed: its batches read every one of them (a full scan may run too)
+            while (stats := (await http.get(f"{API}/cache-stats")).json()["data"])["changeFeed"][
+                "keysRead"
+            ] < read_before + len(keys):
+                assert time.monotonic() < deadline, "the new primary's writes were not announced"
+                await asyncio.sleep(0.05)
+            assert stats["changeFeed"]["state"] == "live"
+            assert (await http.get(f"{API}/running")).json()["data"]["totalTasks"] == len(keys)
+        # and a scan walks it: a service started now counts its keys under its name, none twice
+        async with running_app(create_app(cluster_settings(local.url))) as http:
+            stats = (await http.get(f"{API}/cache-stats")).json()["data"]
+        nodes = {node["node"]: node for node in stats["redis"]["nodes"]}
+        assert len(nodes) == 4 and nodes[f"127.0.0.1:{added.port}"]["keys"] == len(keys)
+        assert stats["lastRefresh"]["matched"] == len(keys) and stats["lastRefresh"]["duplicates"] == 0
+    finally:
+        local.close()
+
+
+# The README's ACL list for a cluster: the single server's (tests/source/test_acl.py) and what redis-py's cluster
+# client asks of every node to learn the slots and the commands' keys.
+CLUSTER_COMMANDS = f"{ACL_COMMANDS} +cluster|slots +cluster|nodes +command +eval"
+
+
+async def test_an_acl_user_with_the_listed_commands_runs_on_a_cluster(empty_cluster: LocalCluster) -> None:
+    for node in empty_cluster.primaries():
+        add_user(node.port, CLUSTER_COMMANDS)
+    with empty_cluster.client() as producer:
+        for number in range(30):
+            producer.set(f"request:id:acl-{number}", value(number), ex=3600)
+    url = f"redis://{USER}:{PASSWORD}@127.0.0.1:{empty_cluster.running()[0].port}/0"
+    try:
+        app = create_app(cluster_settings(url, change_feed="on", refresh_interval=0.5))
+        async with running_app(app) as http:
+            assert (await http.get(f"{API}/running")).json()["data"]["totalTasks"] == 30
+            with empty_cluster.client() as producer:
+                producer.set("request:id:acl-new", value(5), ex=3600)
+            deadline = time.monotonic() + 10
+            while (await http.get(f"{API}/running")).json()["data"]["totalTasks"] < 31:
+                assert time.monotonic() < deadline, "the feed did not announce the write"
+                await asyncio.sleep(0.05)
+            stats = (await http.get(f"{API}/cache-stats")).json()["data"]
+        assert stats["changeFeed"]["state"] == "live" and stats["lastRefresh"]["error"] is None
+        denied = []
+        for node in empty_cluster.primaries():  # what the user was denied, on any node: nothing
+            with redis.Redis(port=node.port) as admin:
+                denied += [entry for entry in admin.acl_log() if entry.get("username") == USER]
+        assert denied == []
+    finally:
+        for node in empty_cluster.primaries():
+            with redis.Redis(port=node.port) as admin:
+                admin.acl_deluser(USER)
+                admin.acl_log_reset()
