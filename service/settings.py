@@ -44,6 +44,10 @@ class RedisSettings(_Section, frozen=True, forbid_unknown_fields=True):
     mode: Literal["standalone", "cluster", "sentinel"] = "standalone"
     sentinels: tuple[str, ...] = ()  # "host:port" of each Sentinel (sentinel mode)
     master_name: str = ""  # the name the Sentinels monitor the master under (sentinel mode)
+    # the Sentinels' own credentials (sentinel.conf `requirepass`, or an ACL user there), apart from the master's in
+    # `url`: a Sentinel rarely has any, so none by default
+    sentinel_username: str = ""
+    sentinel_password: str = ""
     # TLS (a rediss:// url): the names are redis.conf's own (tls-ca-cert-file, tls-cert-file, tls-key-file)
     tls_ca_cert_file: str = ""  # the CA that signed the servers' certificates; empty: the system's CAs
     tls_cert_file: str = ""  # a client certificate, for servers with tls-auth-clients yes
@@ -73,6 +77,19 @@ class RedisSettings(_Section, frozen=True, forbid_unknown_fields=True):
                 raise SettingsError(f"redis.url = {shown!r}: a cluster is reached over TCP (redis:// or rediss://)")
             if parts.path.strip("/") not in ("", "0"):
                 raise SettingsError(f"redis.url = {shown!r}: a cluster has database 0 only")
+        if self.mode != "sentinel":
+            for name, given in (
+                ("sentinel_username", self.sentinel_username),
+                ("sentinel_password", self.sentinel_password),
+            ):
+                if given:
+                    raise SettingsError(
+                        f"redis.{name} is set, but redis.mode = {self.mode!r}: it is for the Sentinels (sentinel mode)"
+                    )
+        elif self.sentinel_username and not self.sentinel_password:
+            raise SettingsError(
+                f"redis.sentinel_username = {self.sentinel_username!r}: needs redis.sentinel_password too"
+            )
         if self.mode == "sentinel":
             if not self.sentinels:
                 raise SettingsError('redis.sentinels = []: sentinel mode needs at least one "host:port"')
@@ -255,9 +272,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
 
     def redacted(self) -> dict[str, Any]:
-        """The settings in effect as plain data, with any password in the Redis URL and every token replaced."""
+        """The settings in effect as plain data, with any password (the Redis URL's, the Sentinels') and every token
+        replaced."""
         data: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(self))  # as JSON has them: lists
         data["redis"]["url"] = redact_url(self.redis.url)
+        if self.redis.sentinel_password:
+            data["redis"]["sentinel_password"] = "***"
         data["auth"]["tokens"] = ["***"] * len(self.auth.tokens)
         return data
 

@@ -86,12 +86,16 @@ def _master_for(settings: RedisSettings, options: dict[str, Any]) -> aioredis.Re
         url_options.pop(name, None)
     ssl = url_options.pop("connection_class", None) is SSLConnection
     master_options = {**options, **url_options, "ssl": ssl}
-    # the Sentinels: the same timeouts and TLS, no credentials (a Sentinel has its own, rarely set)
+    # the Sentinels: the same timeouts and TLS, and credentials of their own (sentinel_username, sentinel_password)
     sentinel_options = {
         name: value
         for name, value in master_options.items()
         if name.startswith("ssl") or name in ("socket_timeout", "socket_connect_timeout", "decode_responses")
     }
+    if settings.sentinel_password:
+        sentinel_options["password"] = settings.sentinel_password
+        if settings.sentinel_username:
+            sentinel_options["username"] = settings.sentinel_username
     sentinel = Sentinel(settings.sentinel_addresses(), sentinel_kwargs=sentinel_options)
     client: aioredis.Redis = sentinel.master_for(
         settings.master_name, redis_class=_SentinelManagedRedis, **master_options

@@ -11,6 +11,9 @@ from redis.asyncio.sentinel import MasterNotFoundError
 
 # an ACL user's command refused (NOPERM), as redis-py raises it
 _DENIED = redis.exceptions.NoPermissionError
+# what redis-py's Sentinel client collects of a Sentinel that refused it (no password, a wrong one) into the
+# MasterNotFoundError it raises
+_REFUSED_WORDS = ("AuthenticationError", "WRONGPASS", "NOAUTH")
 
 
 class ScanTimeout(Exception):
@@ -62,6 +65,11 @@ def describe(exc: BaseException, tls: bool) -> str:
         )
     if is_refused_access(exc):
         return f"{type(exc).__name__}: Redis refused the user or password of redis.url ({text})"
+    if isinstance(exc, MasterNotFoundError) and any(word in str(exc) for word in _REFUSED_WORDS):
+        return (
+            f"{type(exc).__name__}: the Sentinels of redis.sentinels refused the credentials given them "
+            f"(redis.sentinel_username, redis.sentinel_password) ({text})"
+        )
     if isinstance(exc, MasterNotFoundError):
         return f"{type(exc).__name__}: no Sentinel of redis.sentinels names a master for redis.master_name ({text})"
     if _in_chain(exc, FileNotFoundError):

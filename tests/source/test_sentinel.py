@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,10 +15,12 @@ import orjson
 import pytest
 import redis
 
+from service.devtools.embedded import free_port
 from service.devtools.sentinel import MASTER_NAME, LocalSentinel
 from service.http.app import create_app
 from service.settings import SettingsError, settings_from_mapping
 from tests.conftest import make_settings, require_binaries, running_app
+from tests.source.test_tls import _certificates as certificates
 
 pytestmark = [pytest.mark.real_redis, pytest.mark.anyio]
 RUNNING = "/codebase-embedder/api/v1/tasks/running"
@@ -99,6 +102,78 @@ async def test_an_unknown_master_name_is_said_in_one_line(sentinel: LocalSentine
     assert answer.status_code == 503
     error = stats["lastRefresh"]["error"]
     assert "redis.master_name" in error and "\n" not in error
+
+
+async def test_sentinels_with_a_password_of_their_own() -> None:
+    require_binaries("redis-server")
+    setup = LocalSentinel(replicas=0, sentinels=1, sentinel_password="sentinel-s3cret")
+    try:
+        with redis.Redis(port=setup.master.port) as master:
+            master.set("request:id:guarded", value(7), ex=3600)
+        for password, expected in (("sentinel-s3cret", 200), ("", 503), ("wrong-password", 503)):
+            redis_section = {"url": "redis://master.invalid/0", "mode": "sentinel", "sentinels": setup.addresses,
+                             "master_name": MASTER_NAME, "sentinel_password": password}  # fmt: skip
+            async with running_app(create_app(make_settings(redis=redis_section, redis_timeout=1000))) as http:
+                answer = await http.get(RUNNING)
+                stats = (await http.get("/codebase-embedder/api/v1/tasks/cache-stats")).json()["data"]
+            assert answer.status_code == expected, (password, answer.text)
+            if expected == 200:
+                assert [task["taskId"] for task in answer.json()["data"]["tasks"]] == ["guarded"]
+                assert stats["settings"]["redis"]["sentinel_password"] == "***"  # never shown
+            else:  # one line naming the settings to look at
+                error = stats["lastRefresh"]["error"]
+                assert "redis.sentinel_password" in error and "\n" not in error, error
+    finally:
+        setup.close()
+
+
+async def test_sentinels_and_master_over_tls(tmp_path: Path) -> None:
+    require_binaries("redis-server", "openssl")
+    certificates(tmp_path)
+    files = {name: str(tmp_path / name) for name in ("server.crt", "server.key", "ca.crt", "client.crt", "client.key")}
+    tls_port = free_port()
+    master_tls = ("--tls-port", str(tls_port), "--tls-cert-file", files["server.crt"],
+                  "--tls-key-file", files["server.key"], "--tls-ca-cert-file", files["ca.crt"])  # fmt: skip
+    setup = LocalSentinel(
+        replicas=0,
+        extra_args=master_tls,
+        tls_files=(files["server.crt"], files["server.key"], files["ca.crt"]),
+        master_port=tls_port,
+    )
+    try:
+        with redis.Redis(port=setup.master.port) as master:
+            master.set("request:id:over-tls", value(3), ex=3600)
+        redis_section = {"url": "rediss://master.invalid/0", "mode": "sentinel", "sentinels": setup.tls_addresses,
+                         "master_name": MASTER_NAME, "tls_ca_cert_file": files["ca.crt"],
+                         "tls_cert_file": files["client.crt"], "tls_key_file": files["client.key"]}  # fmt: skip
+        async with running_app(create_app(make_settings(redis=redis_section, redis_timeout=2000))) as http:
+            answer = await http.get(RUNNING)
+            stats = (await http.get("/codebase-embedder/api/v1/tasks/cache-stats")).json()["data"]
+        assert answer.status_code == 200, answer.text
+        assert [task["taskId"] for task in answer.json()["data"]["tasks"]] == ["over-tls"]
+        # the master was reached on its TLS port, as the Sentinel (itself asked over TLS) named it
+        assert [node["node"] for node in stats["redis"]["nodes"]] == [f"127.0.0.1:{tls_port}"]
+    finally:
+        setup.close()
+
+
+def test_sentinel_credentials_are_for_sentinel_mode_only() -> None:
+    with pytest.raises(SettingsError, match=r"^redis.sentinel_password is set, but redis.mode = 'standalone'"):
+        settings_from_mapping({"redis": {"sentinel_password": "x"}})
+    with pytest.raises(SettingsError, match=r"^redis.sentinel_username = 'watcher': needs redis.sentinel_password"):
+        settings_from_mapping(
+            {
+                "redis": {
+                    "mode": "sentinel",
+                    "sentinels": ["a:26379"],
+                    "master_name": "t",
+                    "sentinel_username": "watcher",
+                }
+            }
+        )
+    env = {"SERVICE__REDIS__MODE": "sentinel", "SERVICE__REDIS__SENTINELS": "a:26379",
+           "SERVICE__REDIS__MASTER_NAME": "t", "SERVICE__REDIS__SENTINEL_PASSWORD": "from-env"}  # fmt: skip
+    assert settings_from_mapping({}, env).redis.sentinel_password == "from-env"
 
 
 def test_sentinel_mode_needs_sentinels_and_a_master_name() -> None:
