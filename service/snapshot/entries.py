@@ -1,62 +1,75 @@
-"""A read-only mapping made from the previous one plus a few changes, without copying the whole of it."""
+"""A read-only mapping that the next snapshot makes from the previous one plus a few changes, at the cost of the
+changes: the keys are spread over small shards by hash, and a change copies only the shards it touches."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from itertools import chain
 from typing import Final, Generic, TypeVar, overload
 
 V = TypeVar("V")
 T = TypeVar("T")
-_GONE: Final = object()  # in the changes: the key was removed
+_MISSING: Final = object()
 
-# The changes are copied with each new mapping; past this many (or 16 times the square root of the base's size, if
-# more) they are folded into a new base: the copies of the layer and the copy of the base cost about the same.
-_FOLD_AT = 4096
+# Keys per shard, about: a batch copies the shards its changes fall in, and the tuple of the shards. The index this
+# replaced, one dict with a layer of changes, was folded back into a new dict every couple of seconds at a million
+# tasks: that copy, and the cyclic collector's walks of the new dict, stalled the batch that did it for tens of
+# milliseconds (docs/performance.md, issue 17).
+_PER_SHARD = 64
+_MAX_SHARDS = 1 << 16
 
 
-class Layered(Mapping[str, V], Generic[V]):
-    """`base` with `changes` over it, both never changed after construction: what a change feed's batch makes of
-    the previous snapshot's task index. `with_changes` costs the changes held so far, not the size of the base."""
+def _shard_count(length: int) -> int:
+    count = 1
+    while count * _PER_SHARD < length and count < _MAX_SHARDS:
+        count *= 2
+    return count
 
-    __slots__ = ("_base", "_changes", "_len")
 
-    def __init__(self, base: dict[str, V], changes: dict[str, object] | None = None, length: int | None = None) -> None:
-        self._base = base
-        self._changes: dict[str, object] = changes or {}
-        self._len = len(base) if length is None else length
+class Sharded(Mapping[str, V], Generic[V]):
+    """`key -> value` in shards (dicts) chosen by the key's hash; never changed after construction.
+    `with_changes` copies the shards its changes fall in and shares the others: its cost follows the changes, not
+    the size of the mapping. The shards are redistributed only when the mapping has grown past four times what
+    they were made for (a geometric growth, paid rarely)."""
 
-    def with_changes(self, changes: Mapping[str, V | None]) -> Layered[V]:
+    __slots__ = ("_len", "_mask", "_shards")
+
+    def __init__(self, items: Iterable[tuple[str, V]] = (), length_hint: int = 0) -> None:
+        """The mapping of `items`, in shards for about `length_hint` keys."""
+        builder: ShardedBuilder[V] = ShardedBuilder(length_hint)
+        for key, value in items:
+            builder.add(key, value)
+        self._shards, self._mask, self._len = builder.shards, builder.mask, builder.length
+
+    @classmethod
+    def _of(cls, shards: tuple[dict[str, V], ...], length: int) -> Sharded[V]:
+        made = cls.__new__(cls)
+        made._shards, made._mask, made._len = shards, len(shards) - 1, length
+        return made
+
+    def with_changes(self, changes: Mapping[str, V | None]) -> Sharded[V]:
         """A new mapping: this one with `changes` applied (a value of None removes the key)."""
-        layer = dict(self._changes)
+        shards = list(self._shards)
+        mask = self._mask
+        copied: set[int] = set()
         length = self._len
         for key, change in changes.items():
-            had = key in self
-            value: object = _GONE if change is None else change
-            if value is _GONE:
-                if had:
-                    layer[key] = _GONE
-                    length -= 1
+            index = hash(key) & mask
+            shard = shards[index]
+            if index not in copied:
+                shard = shards[index] = dict(shard)
+                copied.add(index)
+            if change is None:
+                length -= shard.pop(key, _MISSING) is not _MISSING
             else:
-                layer[key] = value
-                length += not had
-        if len(layer) > max(_FOLD_AT, math.isqrt(len(self._base)) * 16):
-            base = dict(self._base)
-            for key, value in layer.items():
-                if value is _GONE:
-                    base.pop(key, None)
-                else:
-                    base[key] = value  # type: ignore[assignment]
-            return Layered(base)
-        return Layered(self._base, layer, length)
+                length += key not in shard
+                shard[key] = change
+        if length > 4 * len(shards) * _PER_SHARD and len(shards) < _MAX_SHARDS:
+            return Sharded(chain.from_iterable(shard.items() for shard in shards), length)
+        return Sharded._of(tuple(shards), length)
 
     def __getitem__(self, key: str) -> V:
-        value = self._changes.get(key, self)  # `self` as a marker: never a value
-        if value is self:
-            return self._base[key]
-        if value is _GONE:
-            raise KeyError(key)
-        return value  # type: ignore[return-value]
+        return self._shards[hash(key) & self._mask][key]
 
     @overload
     def get(self, key: str, /) -> V | None: ...
@@ -64,25 +77,34 @@ class Layered(Mapping[str, V], Generic[V]):
     def get(self, key: str, default: V | T, /) -> V | T: ...
     def get(self, key: str, default: object = None, /) -> object:
         # Mapping's own get goes through __getitem__ and a KeyError: a batch asks for every touched task
-        value = self._changes.get(key, self)
-        if value is self:
-            return self._base.get(key, default)
-        return default if value is _GONE else value
+        return self._shards[hash(key) & self._mask].get(key, default)
 
     def __contains__(self, key: object) -> bool:
-        value = self._changes.get(key, self)  # type: ignore[call-overload]
-        if value is self:
-            return key in self._base
-        return value is not _GONE
+        return isinstance(key, str) and key in self._shards[hash(key) & self._mask]
 
     def __len__(self) -> int:
         return self._len
 
     def __iter__(self) -> Iterator[str]:
-        changes = self._changes
-        for key in self._base:
-            if key not in changes:
-                yield key
-        for key, value in changes.items():
-            if value is not _GONE:
-                yield key
+        return chain.from_iterable(self._shards)
+
+
+class ShardedBuilder(Generic[V]):
+    """A Sharded mapping filled one key at a time (a snapshot's build adds its tasks as it walks them, yielding to
+    the event loop between slices), then `build()`."""
+
+    __slots__ = ("length", "mask", "shards")
+
+    def __init__(self, length_hint: int) -> None:
+        count = _shard_count(length_hint)
+        self.shards: tuple[dict[str, V], ...] = tuple({} for _ in range(count))
+        self.mask = count - 1
+        self.length = 0
+
+    def add(self, key: str, value: V) -> None:
+        shard = self.shards[hash(key) & self.mask]
+        self.length += key not in shard
+        shard[key] = value
+
+    def build(self) -> Sharded[V]:
+        return Sharded._of(self.shards, self.length)

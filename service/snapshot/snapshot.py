@@ -15,7 +15,7 @@ from service.domain.tracker import TaskView
 from service.shapes.envelope import OK_PREFIX
 from service.shapes.tasks import RunningTasks
 from service.snapshot.body import Rendered, RenderedBody, Segment, assemble_parts, render_body
-from service.snapshot.entries import Layered
+from service.snapshot.entries import Sharded, ShardedBuilder
 from service.snapshot.order import (
     SEPARATOR,
     Entry,
@@ -47,7 +47,7 @@ class Snapshot:
     generation: int
     built_ms: int  # wall clock, for people
     built_monotonic: float  # for the age, immune to clock steps
-    entries: Layered[Entry] = field(compare=False, repr=False)  # task id -> its view and head; read only
+    entries: Sharded[Entry] = field(compare=False, repr=False)  # task id -> its view and head; read only
     rendered: Rendered = field(compare=False, repr=False)  # the running list's whole success envelope
     stats: ScanStats = field(compare=False)
     # The tasks in serving order as the body is cut: segments of tasks, in groups (service.snapshot.order).
@@ -105,14 +105,16 @@ async def build_snapshot(
     as they are. The event loop gets a turn now and then: a body of hundreds of megabytes never blocks the
     requests served meanwhile."""
     known: Mapping[str, Entry] = {} if previous is None else previous.entries
-    entries: dict[str, Entry] = {}
+    entries: ShardedBuilder[Entry] = ShardedBuilder(len(tasks))
+    ordered: list[Entry] = []
     work = 0
     for view in tasks:
         entry = known.get(view.task_id)
         if entry is None or entry[0] is not view:
             entry = (view, task_head(view))
             work += _RENDER_WORK
-        entries[view.task_id] = entry
+        entries.add(view.task_id, entry)
+        ordered.append(entry)
         work += 1
         if work >= _WORK_PER_TURN:
             work = 0
@@ -122,7 +124,7 @@ async def build_snapshot(
     else:
         _, segments = await render_body(
             b"",
-            list(entries.values()),
+            ordered,
             parts,
             SEPARATOR,
             b"",
@@ -132,7 +134,7 @@ async def build_snapshot(
         groups = group(segments)
         keys = group_keys(groups)
         body = _rendered(groups, len(tasks), etag_prefix, generation)
-    return Snapshot(generation, built_ms, time.monotonic(), Layered(entries), body, stats, groups, keys, [tuple(tasks)])
+    return Snapshot(generation, built_ms, time.monotonic(), entries.build(), body, stats, groups, keys, [tuple(tasks)])
 
 
 async def update_snapshot(

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from service.domain.tracker import TaskView
-from service.snapshot.entries import Layered
+from service.snapshot.entries import Sharded
 from service.snapshot.order import GROUP_SIZE, cut, segments_of
 from service.snapshot.snapshot import Snapshot, build_snapshot, task_key, update_snapshot
 from service.source.scanner import ScanStats
@@ -113,29 +113,34 @@ async def test_a_group_that_grows_is_split_and_one_that_empties_goes() -> None:
     assert len(current.entries) == len(tasks) == current.task_count
 
 
-def test_layered_entries_are_the_dict_they_stand_for() -> None:
-    rng = random.Random(3)
-    expected = {f"k{i}": i for i in range(300)}
-    layered: Layered[int] = Layered(dict(expected))
-    folded = 0
+@pytest.mark.parametrize("start", [0, 300])
+def test_sharded_entries_are_the_dict_they_stand_for(start: int) -> None:
+    rng = random.Random(3 + start)
+    expected = {f"k{i}": i for i in range(start)}
+    sharded: Sharded[int] = Sharded(expected.items(), len(expected))
+    shard_counts = {len(sharded._shards)}
     for _ in range(400):
         changes: dict[str, int | None] = {}
         for _ in range(rng.choice([1, 5, 60])):
-            key = f"k{rng.randrange(600)}"
-            changes[key] = None if rng.random() < 0.4 else rng.randrange(10**6)
+            key = f"k{rng.randrange(5000)}"
+            changes[key] = None if rng.random() < 0.3 else rng.randrange(10**6)
         was = dict(expected)
         for key, value in changes.items():
             if value is None:
                 expected.pop(key, None)
             else:
                 expected[key] = value
-        before = layered
-        layered = layered.with_changes(changes)
-        folded += not layered._changes  # folded into a new base
-        assert dict(layered) == expected
-        assert len(layered) == len(expected)
-        assert all((key in layered) == (key in expected) for key in changes)
-        assert all(layered.get(key) == expected.get(key) for key in changes)
-        assert all(layered.get(key, -1) == expected.get(key, -1) for key in changes)
+        before = sharded
+        sharded = sharded.with_changes(changes)
+        shard_counts.add(len(sharded._shards))
+        assert dict(sharded) == expected
+        assert len(sharded) == len(expected)
+        assert all((key in sharded) == (key in expected) for key in changes)
+        assert all(sharded.get(key) == expected.get(key) for key in changes)
+        assert all(sharded.get(key, -1) == expected.get(key, -1) for key in changes)
         assert dict(before) == was  # the mapping it was made from is unchanged
-    assert folded > 0
+        # only the shards the changes fell in are new; the others are shared with the mapping before
+        if len(before._shards) == len(sharded._shards):
+            new = sum(a is not b for a, b in zip(before._shards, sharded._shards, strict=True))
+            assert new == len({hash(key) & sharded._mask for key in changes})
+    assert len(shard_counts) > 1  # grown from a few keys to thousands: spread over more shards on the way
