@@ -2,7 +2,7 @@
 and on one redis-server; the service's refresh (cold: every value read and decoded; warm: values unchanged) on
 each, a cluster-aware SCAN+read floor, the three ways of reading values from a cluster (one script call per node,
 redis-py's pipeline of GETs per node, redis-py's MGET per hash slot), and each Redis process's CPU time per
-refresh.
+refresh, as measured and less what the process spends with nobody calling it (a cluster node's bus and cron).
 
     python -m bench.cluster                  # 100,000 task keys (about 5 minutes)
     python -m bench.cluster --tasks 20000    # a quicker look
@@ -22,6 +22,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
+from bench import refresh
 from bench.table import Row, render_markdown
 from service.devtools.cluster import LocalCluster
 from service.devtools.embedded import RedisServerProcess
@@ -129,6 +130,14 @@ async def floor(ports: list[int], reps: int) -> float:
     return statistics.median(times)
 
 
+def idle_rates(ports: list[int], seconds: float = 5.0) -> list[float]:
+    """Each server's CPU seconds per second with nobody calling it: a cluster node's own work (the cluster bus's
+    pings, its cron), which a refresh's CPU delta includes but the refresh did not cause."""
+    before = _cpu(ports)
+    time.sleep(seconds)
+    return [(after - earlier) / seconds for after, earlier in zip(_cpu(ports), before, strict=True)]
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:,.0f} ms"
 
@@ -151,6 +160,8 @@ async def main(tasks: int, reps: int) -> None:
         pipelined = await refreshes(cluster.url, "cluster", primaries, reps, "pipeline")
         by_slot = await refreshes(cluster.url, "cluster", primaries, reps, "mget")
         floor_s = await floor(primaries, reps)
+        idle = idle_rates([*primaries, single.port])
+        single_floor = statistics.median(refresh.floor(single.url, PATTERN, BATCH)[0] for _ in range(reps))
         assert ours["running"] == one["running"] == summary.running_total
     finally:
         cluster.close()
@@ -164,6 +175,8 @@ async def main(tasks: int, reps: int) -> None:
             f"{ours['cold'] / floor_s:.2f}x", "<= 1.5x", ours["cold"] <= 1.5 * floor_s),
         Row("20", "refresh, warm, vs cluster SCAN+read floor", _ms(ours["warm"]), _ms(floor_s),
             f"{ours['warm'] / floor_s:.2f}x", "<= 1.5x", ours["warm"] <= 1.5 * floor_s),
+        Row("20", "for scale: refresh, cold, one server vs its own SCAN+MGET floor", _ms(one["cold"]),
+            _ms(single_floor), f"{one['cold'] / single_floor:.2f}x", "—", None),
         Row("20", "refresh, cold, reads: redis-py pipeline of GETs per node vs one script call per node",
             _ms(pipelined["cold"]), _ms(ours["cold"]), f"{pipelined['cold'] / ours['cold']:.2f}x", "—", None),
         Row("20", "refresh, cold, reads: redis-py MGET per hash slot vs one script call per node",
@@ -177,6 +190,30 @@ async def main(tasks: int, reps: int) -> None:
                 Row("20", f"Redis CPU per {kind} refresh, primary :{port} vs one server", _ms(cpu),
                     _ms(single_cpu[kind]), f"{share:.2f}x", "about 0.33x", None)
             )  # fmt: skip
+    # what all the primaries spend together, by way of reading values
+    for name, figures in (("one script call per node", ours), ("pipeline of GETs per node", pipelined),
+                          ("MGET per hash slot", by_slot)):  # fmt: skip
+        total = sum(figures["cold_cpu"])
+        rows.append(
+            Row("20", f"Redis CPU per cold refresh, all primaries together, reads: {name}", _ms(total),
+                _ms(single_cpu["cold"]), f"{total / single_cpu['cold']:.2f}x", "—", None)
+        )  # fmt: skip
+    # the same, less what each server spends idle over the refresh's duration
+    single_idle = idle[-1]
+    for kind in ("cold", "warm"):
+        single_net = single_cpu[kind] - single_idle * one[kind]
+        for port, cpu, rate in zip(primaries, ours[f"{kind}_cpu"], idle, strict=False):
+            net = cpu - rate * ours[kind]
+            share = net / single_net if single_net > 0 else 0.0
+            rows.append(
+                Row("20", f"Redis CPU per {kind} refresh less idle CPU, primary :{port} vs one server", _ms(net),
+                    _ms(single_net), f"{share:.2f}x", "about 0.33x", None)
+            )  # fmt: skip
+    for port, rate in zip([*primaries, single.port], idle, strict=True):
+        what = "one server" if port == single.port else f"primary :{port}"
+        rows.append(
+            Row("20", f"Redis CPU idle (nobody calling), {what}", f"{rate * 1000:,.1f} ms/s", "—", "—", "—", None)
+        )
     print(render_markdown(rows, f"python -m bench.cluster --tasks {tasks} --reps {reps}"))
 
 
