@@ -147,8 +147,14 @@ class Stream:
         self.events.put(Event("end"))
 
     def next(self, timeout: float = 30, skip: tuple[str, ...] = ("heartbeat", "retry")) -> Event:
+        """The next event not of a `skip` kind, within `timeout` s in all (heartbeats do not extend it: a stream
+        that only ever heartbeats fails the test instead of holding it)."""
+        deadline = time.monotonic() + timeout
         while True:
-            event = self.events.get(timeout=timeout)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no event but {', '.join(skip)} within {timeout:.0f} s")
+            event = self.events.get(timeout=left)
             if event.kind not in skip:
                 return event
 
@@ -402,7 +408,15 @@ def test_last_event_id_resumes_within_the_log_and_resets_beyond(service: Service
         producer.apply(operation)
     resumed = Stream(service.base, {}, {"Last-Event-ID": str(held.generation)})
     try:
-        event = resumed.next()
+        try:
+            event = resumed.next()
+        except AssertionError as missing:  # seen once in CI (it hung then): say what the service held
+            stats = service.get(f"{API}/cache-stats").json()["data"]
+            raise AssertionError(
+                f"{missing}; resumed from {held.generation}, the service at {stats['snapshot']['generation']}, "
+                f"feed {stats['changeFeed']['state']}, {stats['changeFeed']['batches']} batches, "
+                f"{stats['changeFeed']['rescans']} rescans"
+            ) from missing
         assert event.kind == "changes"  # only what it missed
         held.apply(event)
         _agrees(resumed, held, service, {})
