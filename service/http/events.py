@@ -66,8 +66,12 @@ class EventStream:
         # what a reconnecting client missed, when the log still holds it; else the snapshot (no await before this:
         # the generation the stream starts from is the one the hub sees)
         resumed = self._resume(subscriber, last_event_id(header(scope, b"last-event-id")))
+        # A stream that starts from `snapshot`: a change recorded after `current()` gave it and before `subscribe`
+        # reached no stream (the hub publishes to the streams it holds), and the stream, at the snapshot's
+        # generation, would wait for it forever; the log has it, sent right after the snapshot.
+        catch_up = self._since(subscriber, snapshot.generation) if resumed is None else None
         watcher = asyncio.create_task(_watch_disconnect(receive, subscriber))
-        pump = asyncio.create_task(self._pump(send, subscriber, snapshot, resumed))
+        pump = asyncio.create_task(self._pump(send, subscriber, snapshot, resumed, catch_up))
         hub.track(subscriber, pump)
         try:
             await asyncio.wait((pump,))
@@ -84,9 +88,16 @@ class EventStream:
         view), and the stream moved to that generation; None when it needs a snapshot."""
         if generation is None:
             return None
+        resumed = self._since(subscriber, generation)
+        if resumed is None:
+            self._hub.counters.resets += 1
+        return resumed
+
+    def _since(self, subscriber: Subscriber, generation: int) -> bytes | None:
+        """The `changes` event from `generation` to the log's newest (b"" when nothing changed in the view), the
+        stream moved to that generation; None when the log no longer holds `generation`."""
         changes = self._log.since(generation)
         if changes is None:
-            self._hub.counters.resets += 1
             return None
         net = delta(changes, subscriber.view, generation)
         subscriber.generation = net.generation
@@ -96,13 +107,17 @@ class EventStream:
         assert snapshot is not None  # (a snapshot was served to get here)
         return frame(b"changes", net.generation, (encode_changes(net, subscriber.view, heads(snapshot)),))
 
-    async def _pump(self, send: Send, subscriber: Subscriber, snapshot: Snapshot, resumed: bytes | None) -> None:
+    async def _pump(
+        self, send: Send, subscriber: Subscriber, snapshot: Snapshot, resumed: bytes | None, catch_up: bytes | None
+    ) -> None:
         hub = self._hub
         counters = hub.counters
         await send({"type": "http.response.start", "status": 200, "headers": list(_HEADERS)})
         await self._write(send, retry(hub.settings.retry_ms), event=False)
         if resumed is None:
             await self._send_snapshot(send, subscriber.view, snapshot)
+            if catch_up:
+                await self._write(send, catch_up)
         elif resumed:
             await self._write(send, resumed)
         while not subscriber.closed:

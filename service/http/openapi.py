@@ -538,6 +538,7 @@ OPERATIONS: list[Operation] = [
         for name, operation_id, what, media in (
             ("dashboard.js", "getDashboardScript", "script", "text/javascript"),
             ("dashboard.css", "getDashboardStyle", "style sheet", "text/css"),
+            ("stream.js", "getDashboardStreamWorker", "worker (reads the event stream)", "text/javascript"),
         )
     ),
     Operation(
