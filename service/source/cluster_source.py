@@ -46,6 +46,14 @@ _UNSERVED = (*_CONNECTION_ERRORS, redis.exceptions.ClusterDownError, redis.excep
 _FAILOVER_WAIT = 30.0
 
 
+def _failing_over(exc: BaseException) -> bool:
+    """A node that is gone, or one whose cluster is down for a moment (a replica just promoted answers a script with
+    "Script attempted to execute a command while the cluster is down", which redis-py does not name)."""
+    if isinstance(exc, _UNSERVED):
+        return True
+    return isinstance(exc, redis.exceptions.ResponseError) and "cluster is down" in str(exc)
+
+
 class Layout:
     """Who serves which slots, as CLUSTER NODES tells it: `moving` while a slot migrates."""
 
@@ -189,8 +197,8 @@ class ClusterSource:
                         async for page in pages:
                             await queue.put(page)
                     break
-                except _CONNECTION_ERRORS as exc:
-                    if slot is None:
+                except (*_CONNECTION_ERRORS, redis.exceptions.ResponseError) as exc:
+                    if slot is None or not _failing_over(exc):
                         raise
                     level = logging.WARNING if pause == _REWALK_FIRST else logging.DEBUG  # once per failure
                     logger.log(
@@ -246,8 +254,8 @@ class ClusterSource:
                 if self.read_mode == "node":
                     return await self._read_on_nodes(group)
                 return await self._read_routed(group, self.read_mode)
-            except _UNSERVED as exc:
-                if asyncio.get_running_loop().time() + pause > deadline:
+            except (*_UNSERVED, redis.exceptions.ResponseError) as exc:
+                if not _failing_over(exc) or asyncio.get_running_loop().time() + pause > deadline:
                     raise
                 logger.info("cluster: a read failed (%s); reading again once the slots are served", exc)
                 await asyncio.sleep(pause)

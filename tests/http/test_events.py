@@ -154,7 +154,10 @@ class Stream:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise AssertionError(f"no event but {', '.join(skip)} within {timeout:.0f} s")
-            event = self.events.get(timeout=left)
+            try:
+                event = self.events.get(timeout=left)
+            except queue.Empty:
+                raise AssertionError(f"no event but {', '.join(skip)} within {timeout:.0f} s") from None
             if event.kind not in skip:
                 return event
 
