@@ -304,7 +304,10 @@ class Scanner:
         stats: ScanStats,
         decoded: dict[bytes, _Memory],
         finished: list[Observation] | None,
+        again: bool = False,
     ) -> Iterable[Observation]:
+        """The running tasks of `values`; values in a finished status go to `finished` when newly decoded (with
+        `again`, known ones too)."""
         plen = len(self._prefix)
         previous = self._decoded
         for (meta, seen_ms), value in zip(batch, values, strict=True):
@@ -329,6 +332,13 @@ class Scanner:
                 # The same memory object when nothing moved: a full read then leaves no new objects for the
                 # cyclic collector to walk after the scan.
                 decoded[key] = known if known[1] == expire_at else (fingerprint, expire_at, size, entry)
+                if isinstance(entry, str) and finished is not None and again:
+                    # a batch's finished value the memory already knows (a scan that ended meanwhile read it, or it
+                    # was written twice): reported all the same, so that a task still tracked departs with its
+                    # outcome rather than as vanished; the tracker ignores tasks it no longer tracks
+                    stored = self._decode(task_id, value)
+                    if stored is not None:
+                        finished.append(Observation(stored, fingerprint, pttl, seen_ms))
             else:
                 stored = self._decode(task_id, value)
                 stats.decoded += 1
@@ -378,13 +388,13 @@ class Scanner:
                 values[place] = value
             stats.fetches += 1
         finished: list[Observation] = []
-        running = list(self._decode_fetched(wanted, values, stats, memory, finished))
+        running = list(self._decode_fetched(wanted, values, stats, memory, finished, again=True))
         settled = {obs.task.task_id for obs in running} | {obs.task.task_id for obs in finished}
         for meta, _ in wanted:
             with contextlib.suppress(UnicodeDecodeError):
                 task_id = meta.key[plen:].decode()
                 if task_id not in settled:
-                    absent.append(task_id)  # gone since the lookup, malformed, or finished and known as such
+                    absent.append(task_id)  # gone since the lookup, or malformed
         if self._claims is not None:  # a scan runs: what was read here stands over what it reads
             claims = self._claims
             for key in page.keys:

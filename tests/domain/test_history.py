@@ -328,6 +328,35 @@ def test_only_a_complete_scan_declares_a_task_vanished(redis_url: str) -> None:
     asyncio.run(main())
 
 
+@pytest.mark.real_redis
+def test_a_batch_after_a_scan_read_the_same_finished_value_records_its_outcome(redis_url: str) -> None:
+    # The race once seen in CI: a full scan reads a task's finished value and ends, and a change feed's batch for
+    # that write reads it before the tracker takes the scan's end in. The scanner's memory already knows the value;
+    # the batch must report it as finished all the same, or the task departs as vanished.
+    async def main() -> None:
+        async with aioredis.Redis.from_url(redis_url) as client:
+            await client.set("request:id:b", value(10), ex=3600)
+            history = History(10)
+            tracker = Tracker(3600, on_departures=history.record)
+            rt = make_settings().running_tasks
+            source = RedisSource(client, fetch_max_bytes=rt.fetch_max_bytes)
+            scanner = Scanner(source, rt, finished_sink=tracker.observe_finished)
+            tracker.begin_scan()
+            await scanner.scan(tracker.observe)
+            tracker.end_scan()
+            await client.set("request:id:b", value(60, "failed"), ex=3600)
+            tracker.begin_scan()
+            await scanner.scan(tracker.observe)  # reads "failed": the scanner's memory knows it from here
+            reads = await scanner.read_keys([b"request:id:b"])  # the batch, before the scan's end is taken in
+            tracker.apply(reads.running, reads.finished, reads.absent)
+            tracker.end_scan()
+            again = await scanner.read_keys([b"request:id:b"])  # the same value announced again: nothing more
+            tracker.apply(again.running, again.finished, again.absent)
+        assert [(r.task_id, r.outcome) for r in history.newest_first()] == [("b", "failed")]
+
+    asyncio.run(main())
+
+
 def test_a_run_never_ends_before_it_starts() -> None:
     # the finished value's producer start is after its end (a clock ahead): the start is clamped to the end
     history = History(10, clock=lambda: T0 + 9_000)
