@@ -73,6 +73,33 @@ async def test_a_failing_listener_does_not_break_the_refresh(caplog: pytest.LogC
     assert any("listener" in r.message and r.exc_info for r in caplog.records)
 
 
+async def test_a_stop_that_cancels_a_job_not_yet_started_logs_no_error(caplog: pytest.LogCaptureFixture) -> None:
+    # seen once in CI: the scheduler handed the loop a run of the job, and the stop cancelled its task before it began
+    client = Switchable()
+    refresher = refresher_for(client)
+    await refresher.start()
+    scheduler = refresher._scheduler
+    assert scheduler is not None
+    job = scheduler.get_job(refresher_module.JOB_ID)
+    with caplog.at_level(logging.DEBUG, logger="apscheduler"):
+        # APScheduler's shutdown runs in a later turn of the loop (call_soon_threadsafe): a run of the job handed to
+        # the loop meanwhile has its task cancelled before it begins
+        await refresher.stop()
+        scheduler._lookup_executor("default").submit_job(job, [job.next_run_time])
+        await asyncio.sleep(0.05)  # the shutdown, then the cancelled task's callback
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    errors: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = errors.append  # type: ignore[method-assign]
+    executor_log = logging.getLogger("apscheduler.executors.default")
+    executor_log.addHandler(handler)
+    try:  # a job's real failure is still told
+        executor_log.error("Job failed", exc_info=RuntimeError("a defect"))
+    finally:
+        executor_log.removeHandler(handler)
+    assert len(errors) == 1
+
+
 async def test_scanning_is_true_only_while_a_scan_runs() -> None:
     client = Switchable()
     client.delay = 0.05
