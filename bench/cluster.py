@@ -1,8 +1,9 @@
 """Cluster mode against one server, in one run (issue 20): the same task keys on a local cluster of three primaries
 and on one redis-server; the service's refresh (cold: every value read and decoded; warm: values unchanged) on
-each, a cluster-aware SCAN+read floor, the three ways of reading values from a cluster (one script call per node,
-redis-py's pipeline of GETs per node, redis-py's MGET per hash slot), and each Redis process's CPU time per
-refresh, as measured and less what the process spends with nobody calling it (a cluster node's bus and cron).
+each, a cluster-aware SCAN+read floor, the four ways of reading values from a cluster (plain GETs sent at once on
+each node's own connection, one script call per node, redis-py's pipeline of GETs per node, redis-py's MGET per hash
+slot), and each Redis process's CPU time per refresh, as measured and less what the process spends with nobody
+calling it (a cluster node's bus and cron), against the Redis CPU of the two floors.
 
     python -m bench.cluster                  # 100,000 task keys (about 5 minutes)
     python -m bench.cluster --tasks 20000    # a quicker look
@@ -102,13 +103,13 @@ async def refreshes(
     }
 
 
-async def _node_floor(port: int) -> None:
+async def _node_floor(port: int, read: bool = True) -> None:
     client = aioredis.Redis(port=port)
     try:
         cursor = 0
         while True:
             cursor, keys = await client.scan(cursor=cursor, match=PATTERN, count=BATCH)
-            if keys:
+            if keys and read:
                 pipe = client.pipeline(transaction=False)
                 for key in keys:
                     pipe.get(key)
@@ -119,15 +120,28 @@ async def _node_floor(port: int) -> None:
         await client.aclose()
 
 
-async def floor(ports: list[int], reps: int) -> float:
+async def floor(ports: list[int], reps: int, read: bool = True) -> tuple[float, list[float]]:
     """Cluster-aware SCAN+read floor: every primary at once, each SCAN page's values read by one pipeline of GETs on
-    that node (MGET refuses keys of several slots); nothing decoded. Median wall seconds."""
+    that node (MGET refuses keys of several slots); nothing decoded. Median wall seconds, and each primary's median
+    CPU seconds. Without `read`, SCAN alone (on one server too: one port)."""
     times = []
+    cpus = []
     for _ in range(reps):
-        started = time.perf_counter()
-        await asyncio.gather(*(_node_floor(port) for port in ports))
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        wall, cpu = await _measured(lambda: asyncio.gather(*(_node_floor(port, read) for port in ports)), ports)
+        times.append(wall)
+        cpus.append(cpu)
+    return statistics.median(times), [statistics.median(column) for column in zip(*cpus, strict=True)]
+
+
+def single_floor(url: str, port: int, reps: int) -> tuple[float, float]:
+    """One server's SCAN+MGET floor (bench.refresh.floor): median wall seconds and the server's median CPU seconds."""
+    times = []
+    cpus = []
+    for _ in range(reps):
+        before = _cpu([port])[0]
+        times.append(refresh.floor(url, PATTERN, BATCH)[0])
+        cpus.append(_cpu([port])[0] - before)
+    return statistics.median(times), statistics.median(cpus)
 
 
 def idle_rates(ports: list[int], seconds: float = 5.0) -> list[float]:
@@ -156,12 +170,15 @@ async def main(tasks: int, reps: int) -> None:
               f"{time.perf_counter() - built:.0f} s")  # fmt: skip
         primaries = [node.port for node in cluster.primaries()]
         one = await refreshes(single.url, "standalone", [single.port], reps)
-        ours = await refreshes(cluster.url, "cluster", primaries, reps, "node")
+        ours = await refreshes(cluster.url, "cluster", primaries, reps, "gets")
+        scripted = await refreshes(cluster.url, "cluster", primaries, reps, "node")
         pipelined = await refreshes(cluster.url, "cluster", primaries, reps, "pipeline")
         by_slot = await refreshes(cluster.url, "cluster", primaries, reps, "mget")
-        floor_s = await floor(primaries, reps)
+        floor_s, floor_cpu = await floor(primaries, reps)
+        _, scan_cpu = await floor(primaries, reps, read=False)
+        _, (single_scan_cpu,) = await floor([single.port], reps, read=False)
         idle = idle_rates([*primaries, single.port])
-        single_floor = statistics.median(refresh.floor(single.url, PATTERN, BATCH)[0] for _ in range(reps))
+        single_floor_s, single_floor_cpu = single_floor(single.url, single.port, reps)
         assert ours["running"] == one["running"] == summary.running_total
     finally:
         cluster.close()
@@ -176,11 +193,23 @@ async def main(tasks: int, reps: int) -> None:
         Row("20", "refresh, warm, vs cluster SCAN+read floor", _ms(ours["warm"]), _ms(floor_s),
             f"{ours['warm'] / floor_s:.2f}x", "<= 1.5x", ours["warm"] <= 1.5 * floor_s),
         Row("20", "for scale: refresh, cold, one server vs its own SCAN+MGET floor", _ms(one["cold"]),
-            _ms(single_floor), f"{one['cold'] / single_floor:.2f}x", "—", None),
-        Row("20", "refresh, cold, reads: redis-py pipeline of GETs per node vs one script call per node",
-            _ms(pipelined["cold"]), _ms(ours["cold"]), f"{pipelined['cold'] / ours['cold']:.2f}x", "—", None),
-        Row("20", "refresh, cold, reads: redis-py MGET per hash slot vs one script call per node",
-            _ms(by_slot["cold"]), _ms(ours["cold"]), f"{by_slot['cold'] / ours['cold']:.2f}x", "—", None),
+            _ms(single_floor_s), f"{one['cold'] / single_floor_s:.2f}x", "—", None),
+    ]  # fmt: skip
+    for name, figures in (("one script call per node", scripted), ("redis-py pipeline of GETs per node", pipelined),
+                          ("redis-py MGET per hash slot", by_slot)):  # fmt: skip
+        rows.append(
+            Row("20", f"refresh, cold, reads: {name} vs plain GETs per node", _ms(figures["cold"]), _ms(ours["cold"]),
+                f"{figures['cold'] / ours['cold']:.2f}x", "—", None)
+        )  # fmt: skip
+    rows += [
+        Row("20", "Redis CPU of the SCAN+read floors: cluster (GETs per node), one primary vs one server (MGET)",
+            _ms(max(floor_cpu)), _ms(single_floor_cpu), f"{max(floor_cpu) / single_floor_cpu:.2f}x", "—", None),
+        Row("20", "Redis CPU of the SCAN+read floors: cluster, all primaries together vs one server",
+            _ms(sum(floor_cpu)), _ms(single_floor_cpu), f"{sum(floor_cpu) / single_floor_cpu:.2f}x", "—", None),
+        Row("20", "Redis CPU of plain SCAN (no value read): one primary vs one server",
+            _ms(max(scan_cpu)), _ms(single_scan_cpu), f"{max(scan_cpu) / single_scan_cpu:.2f}x", "—", None),
+        Row("20", "Redis CPU of plain SCAN (no value read): all primaries together vs one server",
+            _ms(sum(scan_cpu)), _ms(single_scan_cpu), f"{sum(scan_cpu) / single_scan_cpu:.2f}x", "—", None),
     ]  # fmt: skip
     single_cpu = {"cold": one["cold_cpu"][0], "warm": one["warm_cpu"][0]}
     for kind in ("cold", "warm"):
@@ -191,8 +220,8 @@ async def main(tasks: int, reps: int) -> None:
                     _ms(single_cpu[kind]), f"{share:.2f}x", "about 0.33x", None)
             )  # fmt: skip
     # what all the primaries spend together, by way of reading values
-    for name, figures in (("one script call per node", ours), ("pipeline of GETs per node", pipelined),
-                          ("MGET per hash slot", by_slot)):  # fmt: skip
+    for name, figures in (("plain GETs per node", ours), ("one script call per node", scripted),
+                          ("pipeline of GETs per node", pipelined), ("MGET per hash slot", by_slot)):  # fmt: skip
         total = sum(figures["cold_cpu"])
         rows.append(
             Row("20", f"Redis CPU per cold refresh, all primaries together, reads: {name}", _ms(total),

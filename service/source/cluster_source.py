@@ -1,14 +1,15 @@
-"""A Redis Cluster as one source: SCAN walks every primary at once (SCAN is per node), values are read through
-redis-py's cluster client (which routes each key to its slot's node and follows MOVED and ASK), and the change
-feed's lookups go to each key's node. Topology changes during a scan are walked again, never lost: a primary that
-fails is walked again on the replica that takes its slots over, and a scan during which slots moved is repeated."""
+"""A Redis Cluster as one source: SCAN walks every primary at once (SCAN is per node), values are read on the node
+redis-py's cluster client names for each key's slot, over that node's own connection (a key whose slot moved is read
+again through the cluster client, which follows MOVED and ASK), and the change feed's lookups go to each key's node.
+Topology changes during a scan are walked again, never lost: a primary that fails is walked again on the replica
+that takes its slots over, and a scan during which slots moved is repeated."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Iterable
 from contextlib import aclosing
 from typing import Any, Literal
 
@@ -29,11 +30,13 @@ from service.source.redis_source import (
 
 logger = logging.getLogger("service.source.cluster_source")
 
-# How values are read from a cluster (python -m bench.cluster measures the three, docs/performance.md): "node", one
-# script call per node reading that node's keys of any slot (a key whose slot moved is read again through the
-# cluster client); "pipeline", redis-py's cluster pipeline of GETs (one pipeline per node); "mget", redis-py's MGET
-# per hash slot (MGET refuses keys of several slots). redis-py's routing cost more per key than Redis took.
-ReadMode = Literal["node", "pipeline", "mget"]
+# How values are read from a cluster (python -m bench.cluster measures the four, docs/performance.md): "gets", plain
+# GETs sent at once on each node's own connection, for the keys of any slot the client knows that node to serve (a
+# key whose slot moved answers MOVED or ASK and is read again through the cluster client); "node", the same in one
+# script call per node (one reply, but Redis takes about twice the CPU of plain GETs); "pipeline", redis-py's
+# cluster pipeline of GETs; "mget", redis-py's MGET per hash slot (MGET refuses keys of several slots). redis-py's
+# routing of the last two cost more per key than Redis took.
+ReadMode = Literal["node", "gets", "pipeline", "mget"]
 # A scan during which the slots moved is walked again, at most this many times in all; then it is taken as it is
 # (the next scan walks again) and the scan's `topology` says so.
 _PASSES = 3
@@ -84,7 +87,7 @@ class ClusterSource:
     """Paged SCAN of every primary, reads and lookups routed by slot, over redis-py's cluster client."""
 
     def __init__(
-        self, cluster: RedisCluster, *, fetch_max_bytes: int, max_connections: int, read_mode: ReadMode = "node"
+        self, cluster: RedisCluster, *, fetch_max_bytes: int, max_connections: int, read_mode: ReadMode = "gets"
     ) -> None:
         self.client = cluster
         options = cluster.nodes_manager.connection_kwargs
@@ -251,7 +254,7 @@ class ClusterSource:
         pause = _REWALK_FIRST
         while True:
             try:
-                if self.read_mode == "node":
+                if self.read_mode in ("node", "gets"):
                     return await self._read_on_nodes(group)
                 return await self._read_routed(group, self.read_mode)
             except (*_UNSERVED, redis.exceptions.ResponseError) as exc:
@@ -282,7 +285,7 @@ class ClusterSource:
         by_node = self._by_node(group, range(len(group)))
         replies = await asyncio.gather(
             *(
-                self.node_source(node).read_several_slots([group[i] for i in places])
+                self._read_node(node, [group[i] for i in places])
                 for node, places in by_node.values()
             )
         )
@@ -298,6 +301,10 @@ class ClusterSource:
             for place, value in zip(moved, await self._read_routed([group[i] for i in moved], "pipeline"), strict=True):
                 values[place] = value
         return values
+
+    def _read_node(self, node: ClusterNode, keys: list[bytes]) -> Awaitable[list[bytes | int | None]]:
+        source = self.node_source(node)
+        return source.get_each(keys) if self.read_mode == "gets" else source.read_several_slots(keys)
 
     def _by_node(self, keys: list[bytes], places: Iterable[int]) -> dict[str, tuple[ClusterNode, list[int]]]:
         """The places of `keys` grouped by the node the client knows for their slot."""

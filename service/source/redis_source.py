@@ -3,7 +3,9 @@ fetches that skip unchanged values and are bounded in bytes."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -390,6 +392,45 @@ class RedisSource:
             await self.client.script_load(_GET_ARGV_LUA)
             reply = await self._command(b"EVALSHA", *args)
         return reply
+
+    async def get_each(self, keys: list[bytes]) -> list[bytes | int | None]:
+        """The values of `keys` on this cluster node by one GET each, sent at once on one connection (Redis takes
+        plain GETs for about half the CPU of the same reads in a script): None for a key gone or of another type,
+        NOT_HERE_VALUE for a key the node does not serve (MOVED, ASK). A node that cannot serve now (CLUSTERDOWN,
+        TRYAGAIN) raises its error once every reply is read, so that the connection stays usable."""
+        try:
+            return await self._retry.call_with_retry(lambda: self._get_each_once(keys), _ignore)
+        except Exception:
+            self.stats.errors += 1
+            raise
+
+    async def _get_each_once(self, keys: list[bytes]) -> list[bytes | int | None]:
+        pool = self.client.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        values: list[bytes | int | None] = []
+        failure: Exception | None = None
+        try:
+            await connection.send_packed_command(b"".join([_pack((b"GET", key)) for key in keys]), check_health=False)
+            # one bound for all the replies: a bound per reply cost more than Redis took to answer it
+            async with asyncio.timeout(connection.socket_timeout):
+                for _ in keys:
+                    try:
+                        values.append(await connection.read_response(timeout=math.inf))
+                    except redis.exceptions.AskError:  # MOVED too (a subclass): the key's slot is elsewhere
+                        values.append(NOT_HERE_VALUE)
+                    except (redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError) as exc:
+                        values.append(None)
+                        failure = failure or exc
+                    except redis.exceptions.ResponseError:  # WRONGTYPE: a key of another type
+                        values.append(None)
+        except BaseException:
+            await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
+        if failure is not None:
+            raise failure
+        return values
 
     async def read(self, metas: list[KeyMeta]) -> list[bytes | None]:
         """The values of the keys of `metas`, in order (None: expired since SCAN, or of another type by now).

@@ -24,7 +24,7 @@ from service.http.app import create_app
 from service.settings import Settings
 from service.source.clients import create_client
 from service.source.cluster_source import ClusterSource
-from service.source.redis_source import MISSING, ScanPage
+from service.source.redis_source import MISSING, NOT_HERE_VALUE, KeyMeta, ScanPage
 from service.source.scanner import Scanner
 from tests.conftest import make_settings, require_binaries, running_app
 from tests.source.test_acl import COMMANDS as ACL_COMMANDS
@@ -183,6 +183,33 @@ async def test_a_slot_migrated_during_a_scan_loses_nothing_and_counts_nothing_tw
         page, values = await source.lookup([key.encode() for key in moving[:20]] + [b"request:id:gone"])
         assert page.expire_ats[-1] == MISSING and all(at > 0 for at in page.expire_ats[:-1])
         assert all(values[:-1]) and values[-1] is None
+        # the scan's reads of the moved keys, with the slot map from before the move: each node's plain GETs say
+        # MOVED, and those keys are read again through the cluster client
+        client.nodes_manager.slots_cache[slot] = [owner]
+        metas = [KeyMeta(key.encode(), 0, 10, 0) for key in moving[:20] + others[:20]]
+        assert all(await source.read(metas))
+    finally:
+        await source.aclose()
+        await client.aclose()
+
+
+async def test_plain_gets_on_a_node_tell_keys_it_does_not_serve(empty_cluster: LocalCluster) -> None:
+    client = create_client(cluster_settings(empty_cluster.url))
+    assert isinstance(client, RedisCluster)
+    source = ClusterSource(client, fetch_max_bytes=1 << 20, max_connections=4)
+    try:
+        await client.initialize()
+        here, there = client.get_primaries()[:2]
+        mine = next(f"request:id:{n}" for n in range(1000) if client.get_node_from_key(f"request:id:{n}") is here)
+        theirs = next(f"request:id:{n}" for n in range(1000) if client.get_node_from_key(f"request:id:{n}") is there)
+        listed = next(f"request:id:l{n}" for n in range(1000) if client.get_node_from_key(f"request:id:l{n}") is here)
+        gone = next(f"request:id:g{n}" for n in range(1000) if client.get_node_from_key(f"request:id:g{n}") is here)
+        await client.set(mine, value(5))
+        await client.set(theirs, value(6))
+        await client.rpush(listed, b"not a string")
+        keys = [key.encode() for key in (mine, theirs, listed, gone)]
+        assert await source.node_source(here).get_each(keys) == [value(5), NOT_HERE_VALUE, None, None]
+        assert await source.node_source(here).get_each([keys[0]]) == [value(5)]  # the connection is still in step
     finally:
         await source.aclose()
         await client.aclose()
