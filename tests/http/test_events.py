@@ -415,10 +415,11 @@ def test_last_event_id_resumes_within_the_log_and_resets_beyond(service: Service
             event = resumed.next()
         except AssertionError as missing:  # seen once in CI (it hung then): say what the service held
             stats = service.get(f"{API}/cache-stats").json()["data"]
+            listed = _listed(service, {})[1]
             raise AssertionError(
                 f"{missing}; resumed from {held.generation}, the service at {stats['snapshot']['generation']}, "
-                f"feed {stats['changeFeed']['state']}, {stats['changeFeed']['batches']} batches, "
-                f"{stats['changeFeed']['rescans']} rescans"
+                f"feed {stats['changeFeed']}, streams {stats['streams']}; held {sorted(held.tasks)}, "
+                f"listed {sorted(listed)}, written {[task.task_id for task in producer.tasks]}"
             ) from missing
         assert event.kind == "changes"  # only what it missed
         held.apply(event)
