@@ -284,10 +284,7 @@ class ClusterSource:
         """One call per node the keys' slots are on, the nodes at once; keys whose slot moved, routed."""
         by_node = self._by_node(group, range(len(group)))
         replies = await asyncio.gather(
-            *(
-                self._read_node(node, [group[i] for i in places])
-                for node, places in by_node.values()
-            )
+            *(self._read_node(node, [group[i] for i in places]) for node, places in by_node.values())
         )
         values: list[bytes | None] = [None] * len(group)
         moved: list[int] = []
