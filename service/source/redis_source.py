@@ -4,12 +4,13 @@ fetches that skip unchanged values and are bounded in bytes."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -17,6 +18,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 logger = logging.getLogger("service.source.redis_source")
+T = TypeVar("T")
 
 # PEXPIRETIME never answers -3, so it marks a key of another Redis type (STRLEN raised WRONGTYPE).
 MISSING = -2
@@ -218,6 +220,32 @@ def node_name(client: aioredis.Redis) -> str:
     return f"{options.get('host', '?')}:{options.get('port', '?')}"
 
 
+async def _one_reply(connection: Any, args: tuple[bytes, ...]) -> Any:
+    await connection.send_packed_command(_pack(args), check_health=False)
+    return await connection.read_response()
+
+
+async def _replies_to_gets(connection: Any, keys: list[bytes]) -> tuple[list[bytes | int | None], Exception | None]:
+    """One GET per key, sent at once, and every reply read (the connection stays in step): the values, NOT_HERE_VALUE
+    for MOVED and ASK, None for a key gone or of another type; and the first CLUSTERDOWN or TRYAGAIN met."""
+    values: list[bytes | int | None] = []
+    failure: Exception | None = None
+    await connection.send_packed_command(b"".join([_pack((b"GET", key)) for key in keys]), check_health=False)
+    # one bound for all the replies: a bound per reply cost more than Redis took to answer it
+    async with asyncio.timeout(connection.socket_timeout):
+        for _ in keys:
+            try:
+                values.append(await connection.read_response(timeout=math.inf))
+            except redis.exceptions.AskError:  # MOVED too (a subclass): the key's slot is elsewhere
+                values.append(NOT_HERE_VALUE)
+            except (redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError) as exc:
+                values.append(None)
+                failure = failure or exc
+            except redis.exceptions.ResponseError:  # WRONGTYPE: a key of another type
+                values.append(None)
+    return values, failure
+
+
 class RedisSource:
     """Paged SCAN and bounded value fetches over one client (one server, or one node of a cluster)."""
 
@@ -261,20 +289,24 @@ class RedisSource:
         The fetch commands carry hundreds of arguments that are bytes already; the client's general packing
         and dispatch cost more than Redis took to answer (docs/performance.md). Errors are the client's own
         (ConnectionError, TimeoutError, ResponseError); the connection is dropped after one."""
+        return await self._retried(lambda: self._on_connection(functools.partial(_one_reply, args=args)))
+
+    async def _retried(self, once: Callable[[], Awaitable[T]]) -> T:
+        """`once`, called again after a connection error (reconnecting()); its failures counted in the stats."""
         try:
-            return await self._retry.call_with_retry(lambda: self._command_once(args), _ignore)
+            return await self._retry.call_with_retry(once, _ignore)
         except redis.exceptions.NoScriptError:
             raise  # a script to load (first use, a restarted server): the caller does, no failure
         except Exception:
             self.stats.errors += 1
             raise
 
-    async def _command_once(self, args: tuple[bytes, ...]) -> Any:
+    async def _on_connection(self, exchange: Callable[[Any], Awaitable[T]]) -> T:
+        """`exchange` on a pooled connection, which is dropped if it fails (a reply may be left unread)."""
         pool = self.client.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            await connection.send_packed_command(_pack(args), check_health=False)
-            return await connection.read_response()
+            return await exchange(connection)
         except BaseException:
             await connection.disconnect()
             raise
@@ -398,36 +430,10 @@ class RedisSource:
         plain GETs for about half the CPU of the same reads in a script): None for a key gone or of another type,
         NOT_HERE_VALUE for a key the node does not serve (MOVED, ASK). A node that cannot serve now (CLUSTERDOWN,
         TRYAGAIN) raises its error once every reply is read, so that the connection stays usable."""
-        try:
-            return await self._retry.call_with_retry(lambda: self._get_each_once(keys), _ignore)
-        except Exception:
-            self.stats.errors += 1
-            raise
+        return await self._retried(lambda: self._get_each_once(keys))
 
     async def _get_each_once(self, keys: list[bytes]) -> list[bytes | int | None]:
-        pool = self.client.connection_pool
-        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-        values: list[bytes | int | None] = []
-        failure: Exception | None = None
-        try:
-            await connection.send_packed_command(b"".join([_pack((b"GET", key)) for key in keys]), check_health=False)
-            # one bound for all the replies: a bound per reply cost more than Redis took to answer it
-            async with asyncio.timeout(connection.socket_timeout):
-                for _ in keys:
-                    try:
-                        values.append(await connection.read_response(timeout=math.inf))
-                    except redis.exceptions.AskError:  # MOVED too (a subclass): the key's slot is elsewhere
-                        values.append(NOT_HERE_VALUE)
-                    except (redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError) as exc:
-                        values.append(None)
-                        failure = failure or exc
-                    except redis.exceptions.ResponseError:  # WRONGTYPE: a key of another type
-                        values.append(None)
-        except BaseException:
-            await connection.disconnect()
-            raise
-        finally:
-            await pool.release(connection)
+        values, failure = await self._on_connection(functools.partial(_replies_to_gets, keys=keys))
         if failure is not None:
             raise failure
         return values
