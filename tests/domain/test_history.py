@@ -288,6 +288,13 @@ async def test_transitions_feed_the_history(redis_url: str) -> None:
             assert missing["code"] == 404 and "failed" in missing["message"]
 
 
+def recording(source: RedisSource) -> tuple[History, Tracker, Scanner]:
+    """A scanner of `source` whose tracker records every departure in the history, as the service wires them."""
+    history = History(10)
+    tracker = Tracker(3600, on_departures=history.record)
+    return history, tracker, Scanner(source, make_settings().running_tasks, finished_sink=tracker.observe_finished)
+
+
 class FailingSource(RedisSource):
     fail = False
 
@@ -303,11 +310,8 @@ def test_only_a_complete_scan_declares_a_task_vanished(redis_url: str) -> None:
         async with aioredis.Redis.from_url(redis_url) as client:
             await client.set("request:id:a", value(10), ex=3600)
             await client.set("request:id:b", value(10), ex=3600)
-            history = History(10)
-            tracker = Tracker(3600, on_departures=history.record)
-            rt = make_settings().running_tasks
-            source = FailingSource(client, fetch_max_bytes=rt.fetch_max_bytes)
-            scanner = Scanner(source, rt, finished_sink=tracker.observe_finished)
+            source = FailingSource(client, fetch_max_bytes=make_settings().running_tasks.fetch_max_bytes)
+            history, tracker, scanner = recording(source)
 
             async def scan() -> None:
                 tracker.begin_scan()
@@ -336,11 +340,8 @@ def test_a_batch_after_a_scan_read_the_same_finished_value_records_its_outcome(r
     async def main() -> None:
         async with aioredis.Redis.from_url(redis_url) as client:
             await client.set("request:id:b", value(10), ex=3600)
-            history = History(10)
-            tracker = Tracker(3600, on_departures=history.record)
-            rt = make_settings().running_tasks
-            source = RedisSource(client, fetch_max_bytes=rt.fetch_max_bytes)
-            scanner = Scanner(source, rt, finished_sink=tracker.observe_finished)
+            source = RedisSource(client, fetch_max_bytes=make_settings().running_tasks.fetch_max_bytes)
+            history, tracker, scanner = recording(source)
             tracker.begin_scan()
             await scanner.scan(tracker.observe)
             tracker.end_scan()
