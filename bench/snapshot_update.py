@@ -47,7 +47,7 @@ async def run(count: int, batches: list[int]) -> tuple[list[Row], str]:
     rng = random.Random(1)
     tasks = _tasks(count, rng)
     ids = list(tasks)
-    gc.disable()  # the service freezes what survives (Refresher._settle_heap); a collection here is noise
+    gc.disable()  # the service freezes what survives (service.snapshot.heap); a collection here is noise
     try:
         snapshot, built = await _build(tasks, 1)
         rows: list[Row] = []

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import logging
 import secrets
 import time
@@ -21,6 +20,7 @@ from service.domain.times import format_time
 from service.domain.tracker import TaskView, Tracker
 from service.settings import RunningTasksSettings
 from service.shapes.operations import JobInfo, LastRefresh, SnapshotInfo
+from service.snapshot import heap
 from service.snapshot.changes import ChangeLog
 from service.snapshot.snapshot import Snapshot, build_snapshot, update_snapshot
 from service.snapshot.worker import RefreshLoop, run_on
@@ -34,11 +34,6 @@ JOB_ID = "refresh-running-tasks"
 # starting a scan of their own: the job keeps retrying on its own schedule.
 _FAILURE_HOLD_SECONDS = 1.0
 _REMINDER_SECONDS = 60.0
-# Full scans between two full collections of the frozen heap (see _full_scan): five minutes at the default interval
-# without the change feed.
-_THAW_EVERY = 150
-# Batches freeze what they leave behind at most this often (see _settle_heap): a young collection each time.
-_SETTLE_SECONDS = 1.0
 # A scan that changed more than this fraction of the tasks builds the next snapshot again rather than update it.
 _REBUILD_FRACTION = 4
 
@@ -157,7 +152,8 @@ class Refresher:
         self.first_generation = self._clock() * 1000 + secrets.randbelow(1000)
         self._generation = self.first_generation
         self._full_scans = 0  # complete ones
-        self._settled = 0.0  # monotonic, when the heap was last frozen (_settle_heap)
+        self._heap = heap.Settler()
+        self._young_threshold_raised = False  # while started (heap.raise_young_threshold)
         self._scheduler: AsyncIOScheduler | None = None
         self._stopped = False
         self.snapshot: Snapshot | None = None
@@ -221,21 +217,12 @@ class Refresher:
         started_ms = self._clock()
         started = time.perf_counter()
         self._tracker.begin_scan()
-        # A first scan creates a million long-lived objects, and each full collection walks them all again:
-        # pausing the collector for the first scan makes a cold refresh markedly faster (docs/performance.md).
-        # Later scans make few lasting objects; pausing for those too only piles them up for one long collection
-        # when it resumes, a long event-loop step.
-        collecting = gc.isenabled() and self.snapshot is None
-        if collecting:
-            gc.disable()
         try:
-            stats = await self._scanner.scan(self._tracker.observe, self._no_batch.wait)
+            with heap.paused(self.snapshot is None):  # a first scan: see heap.paused
+                stats = await self._scanner.scan(self._tracker.observe, self._no_batch.wait)
         except Exception as exc:
             failure = self._record_failure(exc, trigger, started_ms, started)
             raise failure from exc
-        finally:
-            if collecting:
-                gc.enable()
         # The change feed's batches go on while the scan reads (what they read stands over what the scan reads of
         # the same keys: Tracker and Scanner claims); taking its results in and installing them is theirs alone.
         async with self._lock:
@@ -255,7 +242,7 @@ class Refresher:
                 changed = {**renewed, **dict.fromkeys(departed)}
             snapshot = await self._install(stats, changed)
         self._full_scans += 1
-        self._settle_heap(thaw=self._full_scans % _THAW_EVERY == 0)
+        self._heap.settle(thaw=self._full_scans % heap.THAW_EVERY == 0)
         duration = round((time.perf_counter() - started) * 1000, 3)
         record = RefreshRecord(started_ms, duration, trigger, stats.as_dict(), None)
         self.last_refresh = record
@@ -295,21 +282,6 @@ class Refresher:
             self.changes.record(previous, snapshot, touched)
         return snapshot
 
-    def _settle_heap(self, thaw: bool = False) -> None:
-        """What survives a refresh or a batch lives until a later one replaces it, and reference counting frees it
-        then (it forms no cycles). Frozen, the cyclic collector no longer walks it on every full collection, each of
-        which was an event-loop stall with a large workload (at a million keys, the objects a minute of batches
-        leaves behind took a full collection every few seconds). Cyclic garbage frozen with it would never be
-        freed, so the young generations are collected first (cheap), and with `thaw` everything is thawed and
-        collected once: one full pass every `_THAW_EVERY` full scans instead of a leak."""
-        if thaw:
-            gc.unfreeze()
-            gc.collect()
-        else:
-            gc.collect(1)
-        gc.freeze()
-        self._settled = time.monotonic()
-
     @_on_refresh_loop
     async def apply_changes(self, keys: list[bytes]) -> KeyReads | None:
         """A change feed's batch: read the values of `keys`, take them in, and install the next snapshot, made
@@ -328,8 +300,7 @@ class Refresher:
                 reads = await self._scanner.read_keys(keys)
                 touched = self._tracker.apply(reads.running, reads.finished, reads.absent)
                 await self._install(self.snapshot.stats, touched)
-                if time.monotonic() - self._settled >= _SETTLE_SECONDS:
-                    self._settle_heap()
+                self._heap.settle_if_due()
                 return reads
         finally:
             self._no_batch.set()
@@ -443,6 +414,9 @@ class Refresher:
         scheduler.add_listener(self._on_skipped_run, EVENT_JOB_MAX_INSTANCES)
         scheduler.start()
         self._scheduler = scheduler
+        if not self._young_threshold_raised:
+            heap.raise_young_threshold()
+            self._young_threshold_raised = True
 
     def _on_skipped_run(self, event: JobSubmissionEvent) -> None:
         self.counters.job_runs_skipped += 1
@@ -450,6 +424,9 @@ class Refresher:
     @_on_refresh_loop
     async def stop(self) -> None:
         self._stopped = True
+        if self._young_threshold_raised:
+            heap.lower_young_threshold()
+            self._young_threshold_raised = False
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None

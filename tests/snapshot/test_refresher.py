@@ -14,6 +14,7 @@ import pytest
 import redis.exceptions
 
 from service.http.app import create_app
+from service.snapshot import heap
 from service.snapshot import refresher as refresher_module
 from service.snapshot.pipeline import build_pipeline
 from service.snapshot.refresher import Refresher, RefreshRecord
@@ -155,7 +156,7 @@ def test_cyclic_garbage_is_not_frozen_for_good(monkeypatch: pytest.MonkeyPatch) 
             gc.enable()
             gc.unfreeze()
 
-    monkeypatch.setattr(refresher_module, "_THAW_EVERY", 3)
+    monkeypatch.setattr(heap, "THAW_EVERY", 3)
     asyncio.run(main())
 
 
