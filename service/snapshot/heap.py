@@ -1,57 +1,25 @@
 """The refreshes and CPython's cyclic collector.
 
 What a scan or a change feed's batch makes forms no cycles and lives until a later one replaces it; reference
-counting frees it then. The collector's walks over it are pure cost, paid on the refreshes' thread between the
-reads of a batch. So a first scan runs with the collector paused, young collections run less often while a
-refresher runs, and what survives is frozen (docs/performance.md)."""
+counting frees it then. The collector's walks over it are pure cost, paid on the refreshes' thread. So a first scan
+runs with the collector paused, and what survives is frozen.
+
+CPython's young threshold is left as it is: raised (20,000 tried), a batch's survivors were no longer walked in
+the middle of batches, but all of a second's were walked at once by the settle, a stall of 26-55 ms every second
+(docs/performance.md)."""
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import threading
 import time
 from collections.abc import Iterator
 
-# Tracked objects allocated, net of those freed, before a young collection (CPython's default is 700). At a large
-# keyspace a batch of the change feed crossed 700 several times: each young collection walked what the young
-# objects refer to, among them the batch's new index and group tuples (tens of thousands of references, a cache
-# miss each), and every tenth one the second generation too. Most of a batch's objects are freed before the count
-# reaches this; what survives is collected and frozen by `settle` at least once a second instead.
-YOUNG_THRESHOLD = 20_000
 # Full scans between two full collections of the frozen heap: five minutes at the default interval without the
 # change feed.
 THAW_EVERY = 150
 # Batches freeze what they leave behind at most this often: a young collection each time.
 SETTLE_SECONDS = 1.0
-
-_lock = threading.Lock()
-_holders = 0  # refreshers running, which share the process's one collector
-_saved: tuple[int, int, int] | None = None  # the thresholds before the first of them raised the young one
-
-
-def raise_young_threshold() -> None:
-    """While a refresher runs (`lower_young_threshold` when it stops): young collections at YOUNG_THRESHOLD, unless
-    the process asked for a higher one itself."""
-    global _holders, _saved
-    with _lock:
-        _holders += 1
-        if _holders == 1:
-            _saved = gc.get_threshold()
-            if _saved[0] < YOUNG_THRESHOLD:
-                gc.set_threshold(YOUNG_THRESHOLD, *_saved[1:])
-
-
-def lower_young_threshold() -> None:
-    """The thresholds as they were before the first running refresher raised them, once the last one stops."""
-    global _holders, _saved
-    with _lock:
-        if _holders == 0:
-            return
-        _holders -= 1
-        if _holders == 0 and _saved is not None:
-            gc.set_threshold(*_saved)
-            _saved = None
 
 
 @contextlib.contextmanager

@@ -153,7 +153,6 @@ class Refresher:
         self._generation = self.first_generation
         self._full_scans = 0  # complete ones
         self._heap = heap.Settler()
-        self._young_threshold_raised = False  # while started (heap.raise_young_threshold)
         self._scheduler: AsyncIOScheduler | None = None
         self._stopped = False
         self.snapshot: Snapshot | None = None
@@ -414,9 +413,6 @@ class Refresher:
         scheduler.add_listener(self._on_skipped_run, EVENT_JOB_MAX_INSTANCES)
         scheduler.start()
         self._scheduler = scheduler
-        if not self._young_threshold_raised:
-            heap.raise_young_threshold()
-            self._young_threshold_raised = True
 
     def _on_skipped_run(self, event: JobSubmissionEvent) -> None:
         self.counters.job_runs_skipped += 1
@@ -424,9 +420,6 @@ class Refresher:
     @_on_refresh_loop
     async def stop(self) -> None:
         self._stopped = True
-        if self._young_threshold_raised:
-            heap.lower_young_threshold()
-            self._young_threshold_raised = False
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
