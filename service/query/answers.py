@@ -90,7 +90,7 @@ class QueryService:
         entry = snapshot.entries.get(task_id)
         if entry is None:
             return None
-        view = entry[0]
+        view = entry.view
 
         def render() -> Rendered:
             body = ok_body(render_task(view, snapshot.head(view), projection))

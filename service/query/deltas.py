@@ -112,7 +112,7 @@ class _Heads:
 
     def __call__(self, view: TaskView) -> bytes:
         entry = self._entries.get(view.task_id)
-        return entry[1] if entry is not None and entry[0] is view else task_head(view)
+        return entry.head if entry is not None and entry.view is view else task_head(view)
 
 
 def _tasks(views: Iterable[TaskView], query: Query, head: _Heads) -> list[ProjectedTask]:

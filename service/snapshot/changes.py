@@ -68,8 +68,8 @@ def diff(
         candidates = {*old.keys(), *new.keys()}  # type: ignore[assignment]  # a set of ids, iterated the same
     for task_id in candidates:
         before_entry, now_entry = old.get(task_id), new.get(task_id)
-        before = None if before_entry is None else before_entry[0]
-        now = None if now_entry is None else now_entry[0]
+        before = None if before_entry is None else before_entry.view
+        now = None if now_entry is None else now_entry.view
         if before is now:
             continue
         if now is not None:

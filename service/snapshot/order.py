@@ -9,11 +9,21 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from operator import attrgetter, itemgetter
 from typing import NamedTuple
 
+import msgspec
+
 from service.domain.tracker import TaskView
 from service.snapshot.body import CHUNK_BYTES, OWN_CHUNK_BYTES, Segment
 
-# A task with its JSON head, rendered when the task's view changed; the same tuple while it does not.
-Entry = tuple[TaskView, bytes]
+
+# gc=False: an entry holds a struct and bytes, never a cycle. The collector does not track it, nor the index's
+# shards that hold only entries: a batch's copies of the shards it touched are never walked (docs/performance.md).
+class Entry(msgspec.Struct, frozen=True, gc=False):
+    """A task with its JSON head, rendered when the task's view changed; the same entry while it does not."""
+
+    view: TaskView
+    head: bytes
+
+
 # Where a task stands in the serving order (newest start first, ties by task id).
 TaskKey = tuple[int, str]
 
@@ -36,7 +46,8 @@ class Group(NamedTuple):
 
 
 # C-level accessors for the per-batch walks (a Python call per item or group costs more than the walk itself)
-_HEAD, _VIEW, _FIRST = itemgetter(1), itemgetter(0), itemgetter(0)
+_FIRST = itemgetter(0)
+_HEAD, _VIEW = attrgetter("head"), attrgetter("view")
 _KEYS, _FILE_LIST = attrgetter("keys"), attrgetter("file_list")
 
 
@@ -45,16 +56,16 @@ def task_key(view: TaskView) -> TaskKey:
 
 
 def entry_key(entry: Entry) -> TaskKey:
-    return (-entry[0].start_ms, entry[0].task_id)
+    return (-entry.view.start_ms, entry.view.task_id)
 
 
 def parts(entry: Entry) -> tuple[bytes, bytes, bytes]:
     # the file list is held once, in the view; bodies are joined from these parts
-    return entry[1], entry[0].file_list, TASK_END
+    return entry.head, entry.view.file_list, TASK_END
 
 
 def ends_segment(entry: Entry) -> bool:
-    return hash(entry[0].task_id) & SEGMENT_MASK == 0
+    return hash(entry.view.task_id) & SEGMENT_MASK == 0
 
 
 def group(segments: Sequence[Segment]) -> tuple[Group, ...]:
@@ -90,14 +101,14 @@ def relocate(
     replacing: dict[tuple[int, int], list[tuple[TaskKey, Entry]]] = {}
     for task_id, entry in changed.items():
         old = known.get(task_id)
-        key = None if old is None else task_key(old[0])
-        if entry is not None and key is not None and task_key(entry[0]) == key:
+        key = None if old is None else task_key(old.view)
+        if entry is not None and key is not None and task_key(entry.view) == key:
             replacing.setdefault(_place(groups, keys, key), []).append((key, entry))
             continue
         if key is not None:
             leaving.setdefault(_place(groups, keys, key), []).append(key)
         if entry is not None:
-            entering.setdefault(_place(groups, keys, task_key(entry[0])), []).append(entry)
+            entering.setdefault(_place(groups, keys, task_key(entry.view)), []).append(entry)
     touched: dict[int, list[int]] = {}
     for where in sorted(leaving.keys() | entering.keys() | replacing.keys()):
         touched.setdefault(where[0], []).append(where[1])
@@ -153,7 +164,7 @@ def _splice(segment: Segment, replaced: Sequence[tuple[TaskKey, Entry]]) -> Segm
     pieces: list[bytes] = []
     copied = position = scanned = 0  # chunk bytes copied; where items[scanned] starts in the chunk
     for place, entry in places:
-        view, head = entry
+        view, head = entry.view, entry.head
         if len(view.file_list) >= OWN_CHUNK_BYTES:
             return None
         between = items[scanned:place]
@@ -173,7 +184,7 @@ def _splice(segment: Segment, replaced: Sequence[tuple[TaskKey, Entry]]) -> Segm
 
 def _length(entry: Entry) -> int:
     """An entry's bytes in a chunk: SEPARATOR, head, file list, TASK_END."""
-    return len(entry[1]) + len(entry[0].file_list) + 2
+    return len(entry.head) + len(entry.view.file_list) + 2
 
 
 def _respliced(group: Group, segments: list[Segment], spliced: list[tuple[int, Segment]]) -> Group:
@@ -198,7 +209,8 @@ def cut(items: list[Entry]) -> list[Segment]:
     chunks: list[bytes] = []
     pending: list[bytes] = []
     start = size = 0
-    for index, (view, head) in enumerate(items):
+    for index, entry in enumerate(items):
+        view, head = entry.view, entry.head
         file_list = view.file_list
         if len(file_list) >= OWN_CHUNK_BYTES:
             pending += (SEPARATOR, head)

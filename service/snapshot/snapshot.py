@@ -60,7 +60,7 @@ class Snapshot:
     def tasks(self) -> tuple[TaskView, ...]:
         """The running tasks, newest start first (ties by task id)."""
         if not self._tasks:  # two threads may both make it: the same tuple, and either is kept
-            self._tasks.append(tuple(entry[0] for segment in self.segments for entry in segment.items))  # type: ignore[index]
+            self._tasks.append(tuple(entry.view for segment in self.segments for entry in segment.items))  # type: ignore[attr-defined]
         return self._tasks[0]
 
     @property
@@ -89,7 +89,7 @@ class Snapshot:
 
     def head(self, view: TaskView) -> bytes:
         """The JSON head of one of this snapshot's tasks."""
-        return self.entries[view.task_id][1]
+        return self.entries[view.task_id].head
 
 
 async def build_snapshot(
@@ -110,8 +110,8 @@ async def build_snapshot(
     work = 0
     for view in tasks:
         entry = known.get(view.task_id)
-        if entry is None or entry[0] is not view:
-            entry = (view, task_head(view))
+        if entry is None or entry.view is not view:
+            entry = Entry(view, task_head(view))
             work += _RENDER_WORK
         entries.add(view.task_id, entry)
         ordered.append(entry)
@@ -154,15 +154,15 @@ async def update_snapshot(
     changed: dict[str, Entry | None] = {}
     for task_id, view in touched.items():
         old = known.get(task_id)
-        if (old[0] if old is not None else None) is not view:
-            changed[task_id] = None if view is None else (view, task_head(view))
+        if (old.view if old is not None else None) is not view:
+            changed[task_id] = None if view is None else Entry(view, task_head(view))
     stats = previous.stats if stats is None else stats
     if not changed:
         return dataclasses.replace(
             previous, generation=generation, built_ms=built_ms, built_monotonic=time.monotonic(), stats=stats
         )
     if not previous.groups:
-        tasks = sorted((entry[0] for entry in changed.values() if entry is not None), key=task_key)
+        tasks = sorted((entry.view for entry in changed.values() if entry is not None), key=task_key)
         return await build_snapshot(generation, tasks, stats, built_ms, previous, etag_prefix)
     groups = relocate(previous.groups, previous.group_keys, known, changed)
     entries = known.with_changes(changed)
