@@ -6,6 +6,7 @@ other keys, in a redis-server of the bench's own. In one run:
 - the fetch floor: SCAN + one MGET per page, no decoding (bench.refresh.floor), the median of three;
 - cold start: from starting `python -m service serve` (change_feed = "on") to its first 200 from /readyz;
 - memory: the service's resident set once ready, against the bytes of the running tasks' values;
+- CPU: the service's own (user + system) while the producer writes, per value its change feed read;
 - freshness: with a producer rewriting 1 % of the running tasks per second (as fast as it can, one at a time),
   probe writes and `GET /running/{taskId}` every 5 ms until each shows, p50/p99/max.
 
@@ -56,6 +57,13 @@ def _ready(port: int) -> bool:
         return False
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU the process has used so far (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rss(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
@@ -98,6 +106,9 @@ async def run(tasks: int, file_range: tuple[int, int]) -> tuple[list[Row], str]:
                 async with aioredis.Redis.from_url(url) as client, httpx.AsyncClient(timeout=30) as http:
                     base = _Based(http, f"http://127.0.0.1:{port}")
                     probes = []
+                    stats_path = "/codebase-embedder/api/v1/tasks/cache-stats"
+                    read_before = (await base.get(stats_path)).json()["data"]["changeFeed"]["keysRead"]
+                    cpu_before = _cpu_seconds(process.pid)
                     t0 = time.perf_counter()
                     number = 0
                     while time.perf_counter() - t0 < PROBE_SECONDS:
@@ -106,9 +117,12 @@ async def run(tasks: int, file_range: tuple[int, int]) -> tuple[list[Row], str]:
                         number += 1
                         await asyncio.sleep(0.2)
                     await asyncio.gather(*probes)
-                    produced = rewritten() / (time.perf_counter() - t0)
-                    stats = (await base.get("/codebase-embedder/api/v1/tasks/cache-stats")).json()["data"]
+                    window = time.perf_counter() - t0
+                    produced = rewritten() / window
+                    cpu = _cpu_seconds(process.pid) - cpu_before
+                    stats = (await base.get(stats_path)).json()["data"]
                     feed = stats["changeFeed"]
+                    read = feed["keysRead"] - read_before
             rss_after = _rss(process.pid)
         finally:
             process.terminate()
@@ -137,6 +151,18 @@ async def run(tasks: int, file_range: tuple[int, int]) -> tuple[list[Row], str]:
             f"after {PROBE_SECONDS:.0f} s of writes: {rss_after / 2**20:,.0f} MiB",
         ),  # fmt: skip
     ]
+    rows.append(
+        Row(
+            "1M",
+            "service CPU while the producer writes",
+            f"{cpu / window:.0%} of a core",
+            "—",
+            "—",
+            "—",
+            None,
+            f"{cpu / max(read, 1) * 1e6:,.0f} µs of CPU per value the feed read ({read:,} values in {window:.0f} s)",
+        )  # fmt: skip
+    )
     for label, q in (("p50", 0.5), ("p99", 0.99), ("max", 1.0)):
         value = _quantile(out.latencies, q)
         rows.append(
