@@ -1,5 +1,5 @@
-"""python -m bench.collector [--tasks 594000] [--thresholds 700 20000]: what CPython's cyclic collector costs a
-change feed's batches at a given size, in-process, for each young threshold in the same run.
+"""python -m bench.collector [--tasks 594000] [--thresholds 700 20000] [--per-shard 64]: what CPython's cyclic
+collector costs a change feed's batches at a given size, in-process, for each young threshold in the same run.
 
 The tasks and batches of bench.snapshot_update (synthetic running tasks, batches of 120 progress updates through
 `update_snapshot`), the heap frozen after the build, and the service's settle (`heap.Settler.settle`: the young
@@ -23,6 +23,7 @@ import msgspec
 
 from bench.snapshot_update import _build, _tasks
 from bench.table import Row, render_text
+from service.snapshot import entries
 from service.snapshot.heap import Settler
 from service.snapshot.snapshot import update_snapshot
 
@@ -131,11 +132,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=594_000)
     parser.add_argument("--thresholds", type=int, nargs="+", default=[700, 20_000])
+    parser.add_argument("--per-shard", type=int, default=entries._PER_SHARD, help="keys per shard of the task index")
     args = parser.parse_args()
+    entries._PER_SHARD = args.per_shard
     rows = asyncio.run(run(args.tasks, args.thresholds))
     print(
         f"python -m bench.collector --tasks {args.tasks} --thresholds {' '.join(map(str, args.thresholds))}: "
-        f"{BATCHES} batches of {KEYS} progress updates, settled every {SETTLE_EVERY}"
+        f"--per-shard {args.per_shard}: {BATCHES} batches of {KEYS} progress updates, settled every {SETTLE_EVERY}"
     )
     print(render_text(rows))
 
