@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import httpx
 import redis.asyncio as aioredis
 
 from bench.dashboards import Dashboards
-from bench.processes import Server, service_env
+from bench.processes import Server, cpu_seconds, service_env
 from service.devtools.embedded import RedisServerProcess
 from service.devtools.simulator import SimTask, Simulator
 
@@ -41,12 +40,6 @@ class Window:
     polls_due: int = 0
     polls_answered: int = 0
     rss_per_stream: float = 0.0
-
-
-def _cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        parts = stat.read().rsplit(")", 1)[1].split()
-    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Producer:
@@ -107,9 +100,9 @@ async def _window(server: Server, producer: Producer, dashboards: int, seconds: 
         opened = server.rss_bytes()
         producer.written.clear()
         held.start()
-        cpu0, started = _cpu(server.process.pid), time.monotonic()
+        cpu0, started = cpu_seconds(server.process.pid), time.monotonic()
         await producer.churn(max(1, len(producer.tasks) // 100), started + seconds)
-        window.cpu, window.seconds = _cpu(server.process.pid) - cpu0, time.monotonic() - started
+        window.cpu, window.seconds = cpu_seconds(server.process.pid) - cpu0, time.monotonic() - started
     finally:
         received = held.stop()
     window.bytes, window.errors = received.bytes, received.errors

@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 
 from bench import refresh, workload
 from bench.feed import PROBE_TASKS, Window, _Based, _probe, _quantile
-from bench.processes import LOAD_CPU, ROOT, SERVER_CPU, pin, service_env
+from bench.processes import LOAD_CPU, ROOT, SERVER_CPU, cpu_seconds, pin, rss_bytes, service_env
 from bench.table import Row, render_markdown, render_text
 from service.devtools.embedded import RedisServerProcess, free_port
 from service.devtools.simulator import build_workload
@@ -55,13 +55,6 @@ def _ready(port: int) -> bool:
             return bool(response.status == 200)
     except OSError:
         return False
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU the process has used so far (/proc/PID/stat)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _cpu_ticks(cpu: int) -> tuple[int, int]:
@@ -100,14 +93,6 @@ def _bucket_quantile(before: dict[float, float], after: dict[float, float], q: f
     return "no names"
 
 
-def _rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
-
-
 async def run(tasks: int, file_range: tuple[int, int]) -> tuple[list[Row], str]:
     server = RedisServerProcess()
     try:
@@ -134,7 +119,7 @@ async def run(tasks: int, file_range: tuple[int, int]) -> tuple[list[Row], str]:
                     raise RuntimeError(f"the service exited with {process.returncode}")
                 time.sleep(0.05)
             cold = time.perf_counter() - started
-            rss = _rss(process.pid)
+            rss = rss_bytes(process.pid)
             running = sorted(summary.running_ids)
             probe_ids, producer_ids = running[:PROBE_TASKS], frozenset(running[PROBE_TASKS:])
             out = Window()
@@ -144,7 +129,7 @@ async def run(tasks: int, file_range: tuple[int, int]) -> tuple[list[Row], str]:
                     probes = []
                     stats_path = "/codebase-embedder/api/v1/tasks/cache-stats"
                     read_before = (await base.get(stats_path)).json()["data"]["changeFeed"]["keysRead"]
-                    cpu_before = _cpu_seconds(process.pid)
+                    cpu_before = cpu_seconds(process.pid)
                     load_before = _cpu_ticks(LOAD_CPU)
                     latency_before = await _latency_buckets(base)
                     t0 = time.perf_counter()
@@ -157,13 +142,13 @@ async def run(tasks: int, file_range: tuple[int, int]) -> tuple[list[Row], str]:
                     await asyncio.gather(*probes)
                     window = time.perf_counter() - t0
                     produced = rewritten() / window
-                    cpu = _cpu_seconds(process.pid) - cpu_before
+                    cpu = cpu_seconds(process.pid) - cpu_before
                     load_busy = _busy(load_before, _cpu_ticks(LOAD_CPU))
                     stats = (await base.get(stats_path)).json()["data"]
                     feed = stats["changeFeed"]
                     read = feed["keysRead"] - read_before
                     latency_after = await _latency_buckets(base)
-            rss_after = _rss(process.pid)
+            rss_after = rss_bytes(process.pid)
         finally:
             process.terminate()
             process.wait(timeout=30)

@@ -12,26 +12,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import tempfile
 from pathlib import Path
 
 from bench import workload
 from bench.__main__ import RUNNING_PATH, _bare
-from bench.processes import Server, closed_loop, service_env
+from bench.processes import Server, closed_loop, cpu_seconds, service_env
 from bench.served import BARE_PATHS, SAME_HEADERS_PATHS
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
 def _measure(server: Server, path: str, headers: dict[str, str], seconds: float) -> tuple[float, float]:
-    before = _cpu_seconds(server.process.pid)
+    before = cpu_seconds(server.process.pid)
     load = closed_loop(server.url(path), seconds, headers=headers)
-    return load.rps, (_cpu_seconds(server.process.pid) - before) / max(1, load.requests) * 1e6
+    return load.rps, (cpu_seconds(server.process.pid) - before) / max(1, load.requests) * 1e6
 
 
 def _variant(text: str) -> tuple[str, dict[str, str]]:
