@@ -9,8 +9,6 @@ import pytest
 
 from service.snapshot import heap
 
-pytestmark = pytest.mark.anyio
-
 
 def test_paused_pauses_only_when_asked_and_enabled() -> None:
     assert gc.isenabled()
