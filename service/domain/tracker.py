@@ -9,6 +9,7 @@ import bisect
 import heapq
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
 import msgspec
 
@@ -48,16 +49,33 @@ class Departure:
 DepartureSink = Callable[[list[Departure]], None]
 
 
-@dataclass(slots=True)
-class _State:
+# One per running task, a million of them at the scale the service is built for: flat fields rather than tuples
+# of (time, progress), the serving order's key held here rather than in a tuple per task, and gc=False (it holds
+# numbers, strings and an untracked view, never a cycle): each is a saving per task (docs/performance.md).
+class _State(msgspec.Struct, gc=False):
+    order: int  # -view.start_ms: the tracker's order is (order, task_id), newest start first
+    task_id: str
     first_seen_ms: int
     fingerprint: int
-    anchor: tuple[int, int]  # (time, progress) of the first progress observed: the start of the rate
-    last: tuple[int, int]  # (time, progress) of the latest progress change
+    anchor_ms: int  # the first progress observed, (time, progress): the start of the rate
+    anchor_progress: int
+    last_ms: int  # the latest progress change
+    last_progress: int
     view: TaskView
     scan: int  # the last scan that saw this task
     seen_ms: int  # when that scan read it
     due_ms: int | None = None  # the earliest time the tracker will look at this view again (see Tracker.retime)
+
+    @property
+    def anchor(self) -> tuple[int, int]:
+        return (self.anchor_ms, self.anchor_progress)
+
+    @property
+    def last(self) -> tuple[int, int]:
+        return (self.last_ms, self.last_progress)
+
+
+_ORDER = attrgetter("order", "task_id")  # a state's place in the tracker's order (bisect's key, in C)
 
 
 def estimate_completion(anchor: tuple[int, int], last: tuple[int, int], now_ms: int) -> int | None:
@@ -92,12 +110,11 @@ class Tracker:
         self._stall_ms = stall_after * 1000
         self._on_departures = on_departures
         self._states: dict[str, _State] = {}
-        # (-start_ms, task_id, state), kept sorted; the state rides along so that views() needs no lookups.
-        # (-start_ms, task_id) is unique, so a state is never compared.
-        self._order: list[tuple[int, str, _State]] = []
+        # the states by (-start_ms, task_id) (`_ORDER`, unique), kept sorted: views() needs no lookups
+        self._order: list[_State] = []
         # Tasks added during the current scan, sorted into _order in one go: one insort per new task is
         # quadratic when a first scan adds tens of thousands.
-        self._added: list[tuple[int, str, _State]] = []
+        self._added: list[_State] = []
         # Known tasks the current scan has not seen yet: what is left at its end is gone. A copy at the start
         # and a pop per task seen cost less than a pass over every state at the end, which held the event loop
         # too long with tens of thousands of tasks.
@@ -170,10 +187,10 @@ class Tracker:
         for task_id, _ in gone:
             del self._states[task_id]
         if len(gone) > 64:  # one pass rather than a list deletion per task
-            self._order = [entry for entry in self._order if entry[2].scan == scan]
+            self._order = [state for state in self._order if state.scan == scan]
         else:
-            for task_id, state in gone:
-                self._order.pop(bisect.bisect_left(self._order, (-state.view.start_ms, task_id)))
+            for _, state in gone:
+                self._unorder(state)
         if gone and self._on_departures is not None:
             finished = self._finished
             self._on_departures([self._departure(state, finished.get(task_id)) for task_id, state in gone])
@@ -215,7 +232,15 @@ class Tracker:
         del self._states[task_id]
         self._unseen.pop(task_id, None)
         self._finished.pop(task_id, None)
-        self._order.pop(bisect.bisect_left(self._order, (-state.view.start_ms, task_id)))
+        self._unorder(state)
+
+    def _unorder(self, state: _State) -> None:
+        order = self._order
+        index = bisect.bisect_left(order, _ORDER(state), key=_ORDER)
+        if index < len(order) and order[index] is state:
+            del order[index]
+        else:  # added during the scan running now, not sorted in yet
+            self._added.remove(state)
 
     def retime(self, now_ms: int) -> dict[str, TaskView | None]:
         """What time alone changes, with no value read: a task turns stalled, a passed estimate is made again.
@@ -275,15 +300,15 @@ class Tracker:
         self._merge_added()
         order = self._order
         for start in range(0, len(order), size):
-            yield [entry[2].view for entry in order[start : start + size]]
+            yield [state.view for state in order[start : start + size]]
 
     def _merge_added(self) -> None:
         if len(self._added) <= 64:  # a few (a feed's batch): in place, no pass over the whole order
-            for entry in self._added:
-                bisect.insort(self._order, entry)
+            for state in self._added:
+                bisect.insort(self._order, state, key=_ORDER)
         else:
             self._order.extend(self._added)
-            self._order.sort()
+            self._order.sort(key=_ORDER)
         self._added = []
 
     def _observed_update(self, obs: Observation, previous: int | None, changed: bool) -> int:
@@ -317,13 +342,16 @@ class Tracker:
         start_ms = first_seen if task.start_ms is None else min(task.start_ms, first_seen)
         if task.start_ms is not None and task.start_ms > obs.seen_ms:
             self.future_times += 1  # a start after the scan that saw the task running: clamped to the sighting
-        point = (update_ms, task.total_progress)
+        progress = task.total_progress
         view = _view(obs, start_ms, update_ms, None, obs.seen_ms - update_ms >= self._stall_ms, None)
-        state = _State(first_seen, obs.fingerprint, point, point, view, self._scan, obs.seen_ms)
+        state = _State(
+            -start_ms, task.task_id, first_seen, obs.fingerprint, update_ms, progress, update_ms, progress, view,
+            self._scan, obs.seen_ms,
+        )  # fmt: skip
         self._states[task.task_id] = state
         self._renewed.add(task.task_id)
         self._schedule(task.task_id, state)
-        self._added.append((-start_ms, task.task_id, state))
+        self._added.append(state)
 
     def _update(self, state: _State, obs: Observation) -> None:
         task = obs.task
@@ -339,10 +367,10 @@ class Tracker:
             update_ms = previous_seen
         if changed:
             state.fingerprint = obs.fingerprint
-            if task.total_progress != state.last[1]:
-                state.last = (update_ms, task.total_progress)
-                if task.total_progress < state.anchor[1]:  # progress went back (a restarted task): a new rate
-                    state.anchor = state.last
+            if task.total_progress != state.last_progress:
+                state.last_ms, state.last_progress = update_ms, task.total_progress
+                if task.total_progress < state.anchor_progress:  # progress went back (a restarted task): a new rate
+                    state.anchor_ms, state.anchor_progress = update_ms, task.total_progress
         # a producer's start time stands, unless it is after this service first saw the task running
         start_ms = state.first_seen_ms if task.start_ms is None else min(task.start_ms, state.first_seen_ms)
         eta_ms = old.eta_ms
@@ -356,8 +384,9 @@ class Tracker:
         if not changed and served == (old.update_ms, old.eta_ms, old.start_ms, old.stalled):
             return  # nothing new: keep the rendered view
         if start_ms != old.start_ms:
-            self._order.pop(bisect.bisect_left(self._order, (-old.start_ms, task.task_id)))
-            self._added.append((-start_ms, task.task_id, state))
+            self._unorder(state)
+            state.order = -start_ms
+            self._added.append(state)
         state.view = _view(obs, start_ms, update_ms, eta_ms, stalled, progress_rate(state.anchor, state.last))
         self._renewed.add(task.task_id)
         self._schedule(task.task_id, state)

@@ -387,3 +387,18 @@ def test_take_renewed_past_its_limit_gathers_nothing_and_still_hands_out() -> No
     scan(tracker, obs(task("a", 10), T0), obs(task("b", 10), T0), obs(task("c", 10), T0))
     assert tracker.take_renewed(limit=2) is None  # more than the caller would update: it renders everything
     assert tracker.take_renewed(limit=2) == {}
+
+
+def test_a_batch_that_moves_a_task_the_running_scan_just_added_keeps_the_order_whole() -> None:
+    # A scan's page adds "new" (sorted into the order only at the scan's end); a change feed's batch then reads it
+    # with a producer start time that moves it. Every task stays in the order once, in its place.
+    tracker = Tracker(producer_key_ttl=0)
+    scan(tracker, *(obs(task(f"old{i}", 10), T0 + i) for i in range(5)))
+    tracker.begin_scan()
+    tracker.observe([obs(task("new", 10), T0 + 10_000)])
+    tracker.apply([obs(task("new", 20, start_ms=T0 + 2), T0 + 10_001)], [], [])
+    tracker.observe([obs(task(f"old{i}", 10), T0 + 10_000 + i) for i in range(5)])
+    assert tracker.end_scan() == []
+    views = tracker.views()
+    assert sorted(view.task_id for view in views) == ["new", "old0", "old1", "old2", "old3", "old4"]
+    assert [view.task_id for view in views] == ["old4", "old3", "new", "old2", "old1", "old0"]
