@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Container
 from typing import NamedTuple
 
@@ -39,6 +40,10 @@ class _StoredValue(msgspec.Struct, gc=False):
 
 
 _value_decoder = msgspec.json.Decoder(_StoredValue)
+# A status and a client id repeat across thousands of tasks, and the scanner's memory and the tracker keep every
+# task's: one string each, shared, rather than one per task (a million tasks held two copies of "processing").
+# CPython frees an interned string no longer used elsewhere, so client ids that come and go do not accumulate.
+_intern = sys.intern
 _file_list_decoder = msgspec.json.Decoder(list[FileEntry] | None)
 
 
@@ -75,11 +80,11 @@ def decode_value(task_id: str, raw: bytes, served: Container[str] | None = None)
         raise MalformedValue(f"nested too deep to decode: {exc}") from exc
     return StoredTask(
         task_id=task_id,
-        process=value.process,
+        process=_intern(value.process),
         total_progress=value.totalProgress,
         file_list=EMPTY_FILE_LIST if files is None else bytes(value.fileList),
         file_count=0 if files is None else len(files),
-        client_id=value.clientId or "",
+        client_id=_intern(value.clientId or ""),
         start_ms=parse_time(value.startTime),
         update_ms=parse_time(value.lastUpdateTime),
     )
@@ -87,9 +92,8 @@ def decode_value(task_id: str, raw: bytes, served: Container[str] | None = None)
 
 def _unserved(task_id: str, value: _StoredValue) -> StoredTask:
     start, update = parse_time(value.startTime), parse_time(value.lastUpdateTime)
-    return StoredTask(
-        task_id, value.process, value.totalProgress, EMPTY_FILE_LIST, 0, value.clientId or "", start, update
-    )
+    process, client_id = _intern(value.process), _intern(value.clientId or "")
+    return StoredTask(task_id, process, value.totalProgress, EMPTY_FILE_LIST, 0, client_id, start, update)
 
 
 def task_id_prefix(key_pattern: str) -> str:

@@ -54,9 +54,10 @@ class KeyReads:
 
 
 # What the scanner remembers of a value it decoded: the task if running, its status if finished,
-# None if malformed. Keyed by the Redis key, with the value's fingerprint, expiry time and length.
+# None if malformed. Keyed by the Redis key, with the value's fingerprint and expiry time (a million keys are
+# remembered: nothing more is kept per key than deciding "unchanged" needs).
 _Decoded = StoredTask | str | None
-_Memory = tuple[int, int, int, _Decoded]
+_Memory = tuple[int, int, _Decoded]
 PageSink = Callable[[list[Observation]], None]
 Pause = Callable[[], Awaitable[object]]
 # What the producer hands a worker: keys whose values must be read, each with the service's clock when its page
@@ -265,7 +266,7 @@ class Scanner:
                         decoded[key] = memory
                         stats.values_fetched += 1
                         stats.values_reused += 1
-                        if (task := _counted(memory[3], stats)) is not None:
+                        if (task := _counted(memory[2], stats)) is not None:
                             running.append(Observation(task, memory[0], pttl, seen_ms))
                 if running:
                     sink(running)
@@ -311,7 +312,7 @@ class Scanner:
         plen = len(self._prefix)
         previous = self._decoded
         for (meta, seen_ms), value in zip(batch, values, strict=True):
-            key, expire_at, size, pttl = meta
+            key, expire_at, _, pttl = meta
             if value is None:  # gone since SCAN looked at it, or replaced by a key of another type
                 stats.expired += 1
                 continue
@@ -328,10 +329,10 @@ class Scanner:
                 # a scan's find (not a batch's between scans, nor before a first complete scan: nothing to measure)
                 self.changed.add(key)
             if known is not None and known[0] == fingerprint:
-                entry = known[3]
+                entry = known[2]
                 # The same memory object when nothing moved: a full read then leaves no new objects for the
                 # cyclic collector to walk after the scan.
-                decoded[key] = known if known[1] == expire_at else (fingerprint, expire_at, size, entry)
+                decoded[key] = known if known[1] == expire_at else (fingerprint, expire_at, entry)
                 if isinstance(entry, str) and finished is not None and again:
                     # a batch's finished value the memory already knows (a scan that ended meanwhile read it, or it
                     # was written twice): reported all the same, so that a task still tracked departs with its
@@ -349,7 +350,7 @@ class Scanner:
                     # a task that just finished always has a changed value, so it is reported from here, once
                     if finished is not None:
                         finished.append(Observation(stored, fingerprint, pttl, seen_ms))
-                decoded[key] = (fingerprint, expire_at, size, entry)
+                decoded[key] = (fingerprint, expire_at, entry)
             if (task := _counted(entry, stats)) is not None:
                 yield Observation(task, fingerprint, pttl, seen_ms)
 
