@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from contextlib import aclosing
 from dataclasses import dataclass
 
+import msgspec
+
 from service.domain.tasks import MalformedValue, Observation, StoredTask, decode_value, task_id_prefix
 from service.settings import RunningTasksSettings
 from service.source.failures import ScanTimeout
@@ -53,11 +55,19 @@ class KeyReads:
     absent: list[str]  # task ids whose key is gone, of another type or holds no task: not running
 
 
-# What the scanner remembers of a value it decoded: the task if running, its status if finished,
-# None if malformed. Keyed by the Redis key, with the value's fingerprint and expiry time (a million keys are
-# remembered: nothing more is kept per key than deciding "unchanged" needs).
 _Decoded = StoredTask | str | None
-_Memory = tuple[int, int, _Decoded]
+
+
+# gc=False: numbers, a string or an untracked struct, never a cycle; and no larger than it must be, as a million
+# keys are remembered (a struct is 24 bytes less than the tuple it replaced).
+class _Memory(msgspec.Struct, frozen=True, gc=False):
+    """What the scanner remembers of a value it decoded, keyed by the Redis key: what deciding "unchanged" needs."""
+
+    fingerprint: int  # the value's hash
+    expire_at: int  # the key's expiry time when the value was read
+    decoded: _Decoded  # the task if running, its status if finished, None if malformed
+
+
 PageSink = Callable[[list[Observation]], None]
 Pause = Callable[[], Awaitable[object]]
 # What the producer hands a worker: keys whose values must be read, each with the service's clock when its page
@@ -257,7 +267,12 @@ class Scanner:
                     elif expire_at == WRONG_TYPE:
                         stats.wrong_type += 1
                         stats.malformed += 1
-                    elif reuse is None or expire_at < 0 or (memory := reuse.get(key)) is None or memory[1] != expire_at:
+                    elif (
+                        reuse is None
+                        or expire_at < 0
+                        or (memory := reuse.get(key)) is None
+                        or memory.expire_at != expire_at
+                    ):
                         wanted.append((meta, seen_ms))
                         if len(wanted) >= batch:
                             await queue.put(wanted)
@@ -266,8 +281,8 @@ class Scanner:
                         decoded[key] = memory
                         stats.values_fetched += 1
                         stats.values_reused += 1
-                        if (task := _counted(memory[2], stats)) is not None:
-                            running.append(Observation(task, memory[0], pttl, seen_ms))
+                        if (task := _counted(memory.decoded, stats)) is not None:
+                            running.append(Observation(task, memory.fingerprint, pttl, seen_ms))
                 if running:
                     sink(running)
         if wanted:
@@ -325,14 +340,14 @@ class Scanner:
                 continue
             fingerprint = hash(value)
             known = previous.get(key)
-            if (known is None or known[0] != fingerprint) and self._completed and self._claims is not None:
+            if (known is None or known.fingerprint != fingerprint) and self._completed and self._claims is not None:
                 # a scan's find (not a batch's between scans, nor before a first complete scan: nothing to measure)
                 self.changed.add(key)
-            if known is not None and known[0] == fingerprint:
-                entry = known[2]
+            if known is not None and known.fingerprint == fingerprint:
+                entry = known.decoded
                 # The same memory object when nothing moved: a full read then leaves no new objects for the
                 # cyclic collector to walk after the scan.
-                decoded[key] = known if known[1] == expire_at else (fingerprint, expire_at, entry)
+                decoded[key] = known if known.expire_at == expire_at else _Memory(fingerprint, expire_at, entry)
                 if isinstance(entry, str) and finished is not None and again:
                     # a batch's finished value the memory already knows (a scan that ended meanwhile read it, or it
                     # was written twice): reported all the same, so that a task still tracked departs with its
@@ -350,7 +365,7 @@ class Scanner:
                     # a task that just finished always has a changed value, so it is reported from here, once
                     if finished is not None:
                         finished.append(Observation(stored, fingerprint, pttl, seen_ms))
-                decoded[key] = (fingerprint, expire_at, entry)
+                decoded[key] = _Memory(fingerprint, expire_at, entry)
             if (task := _counted(entry, stats)) is not None:
                 yield Observation(task, fingerprint, pttl, seen_ms)
 
