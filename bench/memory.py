@@ -25,14 +25,13 @@ import sys
 import tempfile
 import time
 import tracemalloc
-import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from bench.processes import ROOT, rss_bytes, service_env
+from bench.processes import ROOT, ready, rss_bytes, service_env
 from bench.table import Row, render_markdown, render_text
 from service.devtools.embedded import RedisServerProcess, free_port
 from service.devtools.simulator import WorkloadSummary, build_workload
@@ -87,14 +86,6 @@ def site_rows(found: Iterable[Site], running: int, top: int) -> list[Row]:
     return rows
 
 
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
 def _start(url: str, dump: Path | None) -> tuple[subprocess.Popen[bytes], int]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SERVICE__")}
     env.update(service_env(url, change_feed="on", max_scan_time=600_000, cache_ttl=600))
@@ -105,7 +96,7 @@ def _start(url: str, dump: Path | None) -> tuple[subprocess.Popen[bytes], int]:
     args += ["--traced-service", str(dump), "--"] if dump is not None else ["--plain-service", "--"]
     process = subprocess.Popen([*args, "serve", "--port", str(port)], env=env, cwd=ROOT)
     deadline = time.monotonic() + 1800
-    while not _ready(port):
+    while not ready(port):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             raise RuntimeError(f"the service did not become ready (exit code {process.returncode})")

@@ -22,14 +22,13 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 
 import httpx
 import redis.asyncio as aioredis
 
 from bench import refresh, workload
 from bench.feed import PROBE_TASKS, Window, _Based, _probe, _quantile
-from bench.processes import LOAD_CPU, ROOT, SERVER_CPU, cpu_seconds, pin, rss_bytes, service_env
+from bench.processes import LOAD_CPU, ROOT, SERVER_CPU, cpu_seconds, pin, ready, rss_bytes, service_env
 from bench.table import Row, render_markdown, render_text
 from service.devtools.embedded import RedisServerProcess, free_port
 from service.devtools.simulator import build_workload
@@ -47,14 +46,6 @@ def _serve(url: str, port: int) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(args, env=env, cwd=ROOT)
     pin(process.pid, "server")
     return process
-
-
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 def _cpu_ticks(cpu: int) -> tuple[int, int]:
@@ -114,7 +105,7 @@ async def run(tasks: int, file_range: tuple[int, int]) -> tuple[list[Row], str]:
         started = time.perf_counter()
         process = _serve(url, port)
         try:
-            while not _ready(port):
+            while not ready(port):
                 if process.poll() is not None:
                     raise RuntimeError(f"the service exited with {process.returncode}")
                 time.sleep(0.05)

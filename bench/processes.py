@@ -94,6 +94,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def ready(port: int) -> bool:
+    """Whether a service on this loopback port answers 200 on /readyz (its first scan done)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
 def rss_bytes(pid: int) -> int:
     """A process's resident set now (/proc/PID/status)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
