@@ -41,7 +41,7 @@ class _StoredValue(msgspec.Struct, gc=False):
 
 _value_decoder = msgspec.json.Decoder(_StoredValue)
 # A status and a client id repeat across thousands of tasks, and the scanner's memory and the tracker keep every
-# task's: one string each, shared, rather than one per task (a million tasks held two copies of "processing").
+# task's: one string each, shared, rather than one per task (a million running tasks held a million "processing").
 # CPython frees an interned string no longer used elsewhere, so client ids that come and go do not accumulate.
 _intern = sys.intern
 _file_list_decoder = msgspec.json.Decoder(list[FileEntry] | None)
