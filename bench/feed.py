@@ -37,7 +37,7 @@ import redis.asyncio as aioredis
 
 from bench import workload
 from bench.processes import Server, pin, service_env
-from bench.table import Row, render_markdown, render_text
+from bench.table import Row, report
 
 TASK_PATH = "/codebase-embedder/api/v1/tasks/running/"
 PRODUCER_COMMANDS = frozenset({"get", "set"})
@@ -273,11 +273,7 @@ def main() -> None:
         f"{mode.sizes.unrelated:,} others, 1 % of the running tasks rewritten per second, {mode.rounds} round(s) "
         f"of {mode.window:.0f} s per mode, {time.perf_counter() - started:.0f} s in all"
     )
-    print(header)
-    print(render_text(rows))
-    if args.output:
-        with open(args.output, "w") as out:
-            out.write(render_markdown(rows, header))
+    report(rows, header, args.output)
     sys.stdout.flush()
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from bench.processes import ROOT, ready, rss_bytes, service_env
-from bench.table import Row, render_markdown, render_text
+from bench.table import Row, file_range, report
 from service.devtools.embedded import RedisServerProcess, free_port
 from service.devtools.simulator import WorkloadSummary, build_workload
 
@@ -198,13 +198,8 @@ def main() -> None:
     if args.traced_service or args.plain_service:
         _serve([arg for arg in rest if arg != "--"], args.traced_service)
         return
-    low, _, high = args.files.partition("-")
-    rows, header = run(args.tasks, (int(low), int(high or low)), args.top)
-    print(header)
-    print(render_text(rows))
-    if args.output:
-        with open(args.output, "w") as out:
-            out.write(render_markdown(rows, header))
+    rows, header = run(args.tasks, file_range(args.files), args.top)
+    report(rows, header, args.output)
 
 
 if __name__ == "__main__":

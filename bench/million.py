@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 from bench import refresh, workload
 from bench.feed import PROBE_TASKS, Window, _Based, _probe, _quantile
 from bench.processes import LOAD_CPU, ROOT, SERVER_CPU, cpu_seconds, pin, ready, rss_bytes, service_env
-from bench.table import Row, render_markdown, render_text
+from bench.table import Row, file_range, report
 from service.devtools.embedded import RedisServerProcess, free_port
 from service.devtools.simulator import build_workload
 
@@ -222,13 +222,8 @@ def main() -> None:
     )
     parser.add_argument("--output", help="also write the table as Markdown to this file")
     args = parser.parse_args()
-    low, _, high = args.files.partition("-")
-    rows, header = asyncio.run(run(args.tasks, (int(low), int(high or low))))
-    print(header)
-    print(render_text(rows))
-    if args.output:
-        with open(args.output, "w") as out:
-            out.write(render_markdown(rows, header))
+    rows, header = asyncio.run(run(args.tasks, file_range(args.files)))
+    report(rows, header, args.output)
 
 
 if __name__ == "__main__":

@@ -52,3 +52,18 @@ def render_markdown(rows: list[Row], header: str = "") -> str:
 
 def render_json(rows: list[Row], meta: dict[str, object]) -> str:
     return json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2, ensure_ascii=False) + "\n"
+
+
+def report(rows: list[Row], header: str, output: str | None) -> None:
+    """Print the header and the table; also write it as Markdown to `output` when given."""
+    print(header)
+    print(render_text(rows))
+    if output:
+        with open(output, "w") as out:
+            out.write(render_markdown(rows, header))
+
+
+def file_range(text: str) -> tuple[int, int]:
+    """A `--files` option's LOW-HIGH (or N) as (low, high)."""
+    low, _, high = text.partition("-")
+    return int(low), int(high or low)
