@@ -4,7 +4,8 @@ bench.million's workload (N task keys, default 200,000, 1-4 file entries each, a
 a redis-server of the bench's own, and `python -m service serve` (change_feed = "on") started on it twice:
 
 - plain: its resident set once ready, against the running values' bytes (bench.million's memory figure, at a size
-  that takes seconds rather than minutes);
+  that takes seconds rather than minutes), and again after one GET of the whole running list (a large body is
+  joined as it is first sent, and kept);
 - traced (tracemalloc, one frame, started before the service imports anything): once ready, after a full
   collection, the live allocations by source line, in bytes per running task, largest first.
 
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from bench.processes import ROOT, ready, rss_bytes, service_env
+from bench.processes import ROOT, ready, rss_bytes, service_env, whole_list
 from bench.table import Row, file_range, report
 from service.devtools.embedded import RedisServerProcess, free_port
 from service.devtools.simulator import WorkloadSummary, build_workload
@@ -140,9 +141,12 @@ def run(tasks: int, file_range: tuple[int, int], top: int) -> tuple[list[Row], s
     server = RedisServerProcess()
     try:
         summary = asyncio.run(_workload(server.url, tasks, file_range))
-        process, _ = _start(server.url, None)
+        process, port = _start(server.url, None)
         try:
             rss = rss_bytes(process.pid)
+            sent, _ = whole_list(port)
+            time.sleep(SETTLE_SECONDS)
+            rss_whole = rss_bytes(process.pid)
         finally:
             _stop(process)
         with tempfile.TemporaryDirectory() as scratch:
@@ -159,6 +163,9 @@ def run(tasks: int, file_range: tuple[int, int], top: int) -> tuple[list[Row], s
         Row("plain", "service RSS once ready vs running values' bytes", f"{rss / 2**20:,.0f} MiB",
             f"{values / 2**20:,.1f} MiB", f"{rss / values:.2f}x", "<= 3x", rss <= 3 * values,
             f"{rss / running:,.0f} bytes of resident set per running task"),
+        Row("plain", "the same after one GET of the whole list", f"{rss_whole / 2**20:,.0f} MiB",
+            f"{values / 2**20:,.1f} MiB", f"{rss_whole / values:.2f}x", "—", None,
+            f"{sent / 2**20:,.1f} MiB sent; its segments' chunks are kept once joined"),
         *site_rows(found, running, top),
     ]  # fmt: skip
     header = (

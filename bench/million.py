@@ -5,7 +5,8 @@ other keys, in a redis-server of the bench's own. In one run:
 
 - the fetch floor: SCAN + one MGET per page, no decoding (bench.refresh.floor), the median of three;
 - cold start: from starting `python -m service serve` (change_feed = "on") to its first 200 from /readyz;
-- memory: the service's resident set once ready, against the bytes of the running tasks' values;
+- memory: the service's resident set once ready, against the bytes of the running tasks' values; again after the
+  probe window, and after two GETs of the whole running list (its body joined as first sent, then kept);
 - CPU: the service's own (user + system) while the producer writes, per value its change feed read;
 - freshness: with a producer rewriting 1 % of the running tasks per second (as fast as it can, one at a time),
   probe writes and `GET /running/{taskId}` every 5 ms until each shows, p50/p99/max.
@@ -28,7 +29,7 @@ import redis.asyncio as aioredis
 
 from bench import refresh, workload
 from bench.feed import PROBE_TASKS, Window, _Based, _probe, _quantile
-from bench.processes import LOAD_CPU, ROOT, SERVER_CPU, cpu_seconds, pin, ready, rss_bytes, service_env
+from bench.processes import LOAD_CPU, ROOT, SERVER_CPU, cpu_seconds, pin, ready, rss_bytes, service_env, whole_list
 from bench.table import Row, file_range, report
 from service.devtools.embedded import RedisServerProcess, free_port
 from service.devtools.simulator import build_workload
@@ -140,6 +141,9 @@ async def run(tasks: int, file_range: tuple[int, int]) -> tuple[list[Row], str]:
                     read = feed["keysRead"] - read_before
                     latency_after = await _latency_buckets(base)
             rss_after = rss_bytes(process.pid)
+            # what a poller of the whole list costs: the body's segments joined as first sent, then kept
+            whole = [whole_list(port) for _ in range(2)]
+            rss_whole = rss_bytes(process.pid)
         finally:
             process.terminate()
             process.wait(timeout=30)
@@ -164,7 +168,9 @@ async def run(tasks: int, file_range: tuple[int, int]) -> tuple[list[Row], str]:
             f"{rss / value_bytes:.1f}x",
             "<= 3x",
             rss <= 3 * value_bytes,
-            f"after {PROBE_SECONDS:.0f} s of writes: {rss_after / 2**20:,.0f} MiB",
+            f"after {PROBE_SECONDS:.0f} s of writes: {rss_after / 2**20:,.0f} MiB; after two GETs of the whole "
+            f"list ({whole[0][0] / 2**20:,.0f} MiB; {whole[0][1]:.1f} s, then {whole[1][1]:.1f} s): "
+            f"{rss_whole / 2**20:,.0f} MiB = {rss_whole / value_bytes:.1f}x",
         ),  # fmt: skip
     ]
     rows.append(

@@ -103,6 +103,21 @@ def ready(port: int) -> bool:
         return False
 
 
+RUNNING_PATH = "/codebase-embedder/api/v1/tasks/running"
+
+
+def whole_list(port: int) -> tuple[int, float]:
+    """GET the whole running list once (no compression), its bytes read and discarded: (bytes, seconds). The
+    body of a large list is joined as it is first sent, and kept: what a poller of the whole list costs."""
+    started = time.perf_counter()
+    size = 0
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{RUNNING_PATH}", headers={"Accept-Encoding": "identity"})
+    with urllib.request.urlopen(request, timeout=600) as response:
+        while chunk := response.read(1 << 20):
+            size += len(chunk)
+    return size, time.perf_counter() - started
+
+
 def rss_bytes(pid: int) -> int:
     """A process's resident set now (/proc/PID/status)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

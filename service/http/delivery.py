@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -30,7 +30,7 @@ _MAX_HEADER_SETS = 1024  # header lists kept for reuse; pollers repeat the same 
 class Answer(NamedTuple):
     status: int
     headers: list[Header]  # a list of the request's own: middleware may change it as it passes
-    chunks: tuple[bytes, ...]
+    chunks: Iterable[bytes]  # a large body's are joined as they are sent
 
 
 @dataclass(slots=True)
@@ -184,20 +184,27 @@ class _Delivered(Response):
 
 
 async def send_chunks(
-    scope: Scope, send: Send, status: int, headers: list[tuple[bytes, bytes]], chunks: tuple[bytes, ...]
-) -> None:
-    """An ASGI response of `chunks` (none for a HEAD request)."""
+    scope: Scope, send: Send, status: int, headers: list[tuple[bytes, bytes]], chunks: Iterable[bytes]
+) -> int:
+    """An ASGI response of `chunks` (none for a HEAD request); the bytes of body sent."""
     await send({"type": "http.response.start", "status": status, "headers": headers})
     if scope["method"] == "HEAD":
         chunks = ()
-    last = len(chunks) - 1
-    if last <= 0:  # nearly every answer: no body (304, HEAD) or one chunk
-        await send({"type": "http.response.body", "body": chunks[0] if chunks else b""})
-        return
-    unyielded = 0
-    for index, chunk in enumerate(chunks):
-        await send({"type": "http.response.body", "body": chunk, "more_body": index < last})
+    if isinstance(chunks, tuple) and len(chunks) <= 1:  # nearly every answer: no body (304, HEAD) or one chunk
+        body = chunks[0] if chunks else b""
+        await send({"type": "http.response.body", "body": body})
+        return len(body)
+    sent = unyielded = 0
+    pending = iter(chunks)
+    chunk = next(pending, b"")
+    while True:
+        after = next(pending, None)  # a large body's next segment joined here, between two sends
+        await send({"type": "http.response.body", "body": chunk, "more_body": after is not None})
+        sent += len(chunk)
+        if after is None:
+            return sent
         unyielded += len(chunk)
+        chunk = after
         if unyielded >= _BYTES_PER_YIELD:
             # A send that the transport buffers (or drops: the client is gone) returns without yielding;
             # a body of a thousand chunks would otherwise hold the event loop from the first to the last.

@@ -142,8 +142,7 @@ class RequestBookkeeping:
             else:  # a poll answered here: its status and bytes are known, its sends need no watching
                 status, headers, chunks = answer
                 headers.extend(added)  # the answer's own list
-                await send_chunks(scope, send, status, headers, chunks)
-                sent = 0 if scope["method"] == "HEAD" else sum(map(len, chunks))
+                sent = await send_chunks(scope, send, status, headers, chunks)
         except Exception:
             logger.exception(
                 "unhandled error on %s %s", scope["method"], loggable_target(scope), extra={"request_id": request_id}

@@ -156,7 +156,7 @@ def since_answer(change: Delta | None, snapshot: Snapshot, query: Query) -> byte
     return encode_ok(data)
 
 
-def snapshot_data(chunks: Sequence[bytes], generation: int) -> tuple[bytes, ...]:
+def snapshot_data(chunks: Iterable[bytes], generation: int) -> tuple[bytes, ...]:
     """The `snapshot` event's data from the running list's envelope (`chunks`, as rendered): the envelope's `data`
     object with `generation` first. The chunks in between are the rendered ones, not copies."""
     body = list(chunks)

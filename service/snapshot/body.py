@@ -1,14 +1,14 @@
 """A response body rendered once: pre-joined chunks, kept by reference where a part is large or unchanged, and
-compressed variants made once on demand."""
+compressed variants made once on demand. A large body's segments are joined when first sent, and kept."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from operator import attrgetter
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 # Chunks of about this size: joining one is quick enough to yield to the event loop between two, and a request
 # is a few hundred sends even for a body of hundreds of megabytes.
@@ -29,30 +29,33 @@ T = TypeVar("T")
 class RenderedBody:
     """Immutable bytes in chunks; `encoded()` gives the compressed variants, each made once, single-flight."""
 
-    __slots__ = ("_chunks", "_encoded", "_made", "_parts", "length")
+    __slots__ = ("_chunks", "_encoded", "_made", "_segments", "length")
 
     def __init__(self, chunks: Sequence[bytes], length: int | None = None) -> None:
         """`length`: the chunks' total, when the caller knows it."""
-        self._chunks: tuple[bytes, ...] | None = tuple(chunks)
-        self._parts: Sequence[Sequence[bytes]] = ()
+        self._chunks = tuple(chunks)
+        self._segments: _Segmented | None = None
         self.length = sum(map(len, self._chunks)) if length is None else length
         self._encoded: dict[str, asyncio.Future[RenderedBody]] = {}
         self._made: dict[str, RenderedBody] = {}  # the variants made: what every compressed poll looks up
 
     @classmethod
-    def in_parts(cls, parts: Sequence[Sequence[bytes]], length: int) -> RenderedBody:
-        """The body of `parts`' chunks in order, `length` bytes, put in one sequence only when first sent: a change
-        feed's batch links a few new parts to the many it shares with the previous body, whatever their chunks."""
+    def of_segments(
+        cls, prefix: bytes, groups: Sequence[Sequence[Segment]], length: int, separator: bytes, suffix: bytes
+    ) -> RenderedBody:
+        """The body `prefix`, the items of `groups`' segments in order (`length` bytes in all, each item after
+        `separator`, none before the first), `suffix`: the segments' chunks are joined as they are sent (each
+        segment once, kept by the segment: a change feed's batch makes a few new segments and shares the others
+        with the previous body, and joins nothing)."""
         body = cls((), length)
-        body._chunks, body._parts = None, parts
+        body._segments = _Segmented(prefix, groups, separator, suffix)
         return body
 
     @property
-    def chunks(self) -> tuple[bytes, ...]:
-        chunks = self._chunks
-        if chunks is None:  # two threads may both make it: the same tuple, and either is kept
-            chunks = self._chunks = tuple(itertools.chain.from_iterable(self._parts))
-        return chunks
+    def chunks(self) -> Iterable[bytes]:
+        """The chunks in order; a large body's are joined as they are iterated."""
+        segmented = self._segments
+        return self._chunks if segmented is None else segmented.chunks()
 
     def __len__(self) -> int:
         return self.length
@@ -81,7 +84,7 @@ class RenderedBody:
         return made
 
 
-def _gzip(chunks: tuple[bytes, ...], length: int) -> RenderedBody:
+def _gzip(chunks: Iterable[bytes], length: int) -> RenderedBody:
     level = _LEVEL_SMALL if length <= _SMALL_BODY else _LEVEL_LARGE
     compressor = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # 16+: the gzip container
     out: list[bytes] = []
@@ -100,11 +103,79 @@ def _gzip(chunks: tuple[bytes, ...], length: int) -> RenderedBody:
     return RenderedBody(out)
 
 
-class Segment(NamedTuple):
-    """A run of items as rendered into a body, kept so that the next body can take it as it is."""
+Join = Callable[[tuple[Any, ...]], tuple[bytes, ...]]
 
-    items: tuple[object, ...]  # compared by identity: an item is a new object whenever its rendering changes
-    chunks: tuple[bytes, ...]  # the items' parts, each item after the separator
+
+class Segment:
+    """A run of items as rendered into a body, kept so that the next body can take it as it is: the items, their
+    bytes' length (each item after its separator), and the chunks they join into, made when first asked for (a
+    send, a compression) and then kept. Two threads may both make them: the same bytes, and either is kept."""
+
+    __slots__ = ("_chunks", "_join", "items", "length")
+
+    def __init__(self, items: tuple[Any, ...], length: int, join: Join, chunks: tuple[bytes, ...] | None = None):
+        self.items = items  # compared by identity: an item is a new object whenever its rendering changes
+        self.length = length
+        self._join = join
+        self._chunks = chunks
+
+    @property
+    def chunks(self) -> tuple[bytes, ...]:
+        """The items' parts, each item after the separator, in chunks (a part of OWN_CHUNK_BYTES or more is a chunk
+        of its own, by reference; none is empty)."""
+        chunks = self._chunks
+        if chunks is None:
+            chunks = self._chunks = self._join(self.items)
+        return chunks
+
+    @property
+    def joined(self) -> bool:
+        """Whether the chunks are made."""
+        return self._chunks is not None
+
+
+def joiner(parts: Callable[[Any], Sequence[bytes]], separator: bytes) -> Join:
+    """How items whose bytes are `parts(item)` join into a segment's chunks, each after `separator`."""
+
+    def join(items: tuple[Any, ...]) -> tuple[bytes, ...]:
+        chunks: list[bytes] = []
+        pending: list[bytes] = []
+        for item in items:
+            pending.append(separator)
+            for piece in parts(item):
+                if len(piece) >= OWN_CHUNK_BYTES:
+                    chunks += (b"".join(pending), piece)
+                    pending = []
+                else:
+                    pending.append(piece)
+        chunks.append(b"".join(pending))
+        return tuple(chunk for chunk in chunks if chunk)
+
+    return join
+
+
+class _Segmented(NamedTuple):
+    """A body's chunks as its segments make them: what `RenderedBody.of_segments` iterates."""
+
+    prefix: bytes
+    groups: Sequence[Sequence[Segment]]
+    separator: bytes
+    suffix: bytes
+
+    def chunks(self) -> Iterator[bytes]:
+        if self.prefix:
+            yield self.prefix
+        first = True  # nothing before the first item
+        for segment in itertools.chain.from_iterable(self.groups):
+            for chunk in segment.chunks:
+                if first:
+                    first = False
+                    chunk = chunk[len(self.separator) :]
+                    if not chunk:
+                        continue
+                yield chunk
+        if self.suffix:
+            yield self.suffix
 
 
 async def render_body(
@@ -130,79 +201,63 @@ async def cut_segments(
     *,
     ends_segment: Callable[[T], bool] = lambda item: False,
     previous: Sequence[Segment] = (),
+    join: Join | None = None,
 ) -> tuple[Segment, ...]:
-    """`items` rendered and cut into segments, each item's chunks after `separator`.
+    """`items` cut into segments, each item's bytes `separator` and its `parts` (joined by `join`, by default
+    `joiner(parts, separator)`, when a segment is first sent).
 
     Items are cut into segments after each item `ends_segment` names (a rule of the item itself, so that the
     cuts stay where they were when other items change) or at CHUNK_BYTES. A segment of `previous` holding the
-    very same items is taken as it is, by reference: a refresh in which a few tasks changed renders and copies
-    a few segments, not the whole body. A part of OWN_CHUNK_BYTES or more is a chunk of its own, by reference.
-    The event loop gets a turn after every CHUNK_BYTES rendered (and every few thousand items)."""
+    very same items is taken as it is, by reference: a refresh in which a few tasks changed makes a few
+    segments, and the body shares the others (their chunks too, once made). The event loop gets a turn every
+    few thousand items."""
+    join = join or joiner(parts, separator)
     reusable = {id(segment.items[0]): segment for segment in previous}  # `previous` keeps its items alive
     segments: list[Segment] = []
     run: list[T] = []
-    run_parts: list[Sequence[bytes]] = []
-    run_bytes = rendered = 0
+    run_bytes = 0
+    step = len(separator)
     for index, item in enumerate(items):
-        item_parts = parts(item)
         run.append(item)
-        run_parts.append(item_parts)
-        run_bytes += sum(map(len, item_parts))
-        if ends_segment(item) or run_bytes >= CHUNK_BYTES:
-            segment = _segment(run, run_parts, reusable, separator)
-            if segment is not reusable.get(id(run[0])):
-                rendered += run_bytes
-            segments.append(segment)
-            run, run_parts, run_bytes = [], [], 0
-        if rendered >= CHUNK_BYTES or index % 4096 == 4095:
-            rendered = 0
+        run_bytes += step + sum(map(len, parts(item)))
+        if ends_segment(item) or run_bytes - step * len(run) >= CHUNK_BYTES:
+            segments.append(_segment(run, run_bytes, reusable, join))
+            run, run_bytes = [], 0
+        if index % 4096 == 4095:
             await asyncio.sleep(0)
     if run:
-        segments.append(_segment(run, run_parts, reusable, separator))
+        segments.append(_segment(run, run_bytes, reusable, join))
     return tuple(segments)
 
 
 def assemble(prefix: bytes, segments: Sequence[Segment], separator: bytes, suffix: bytes) -> RenderedBody:
-    """The body made of `segments` (each item's chunks start with `separator`) between `prefix` and `suffix`."""
-    chunks = tuple(itertools.chain.from_iterable(map(attrgetter("chunks"), segments)))
-    return assemble_parts(prefix, [chunks], sum(map(len, chunks)), separator, suffix)
+    """The body made of `segments` (each item's bytes start with `separator`) between `prefix` and `suffix`."""
+    return assemble_segments(prefix, [segments], sum(map(_LENGTH, segments)), separator, suffix)
 
 
-def assemble_parts(
-    prefix: bytes, parts: Sequence[Sequence[bytes]], length: int, separator: bytes, suffix: bytes
+def assemble_segments(
+    prefix: bytes, groups: Sequence[Sequence[Segment]], length: int, separator: bytes, suffix: bytes
 ) -> RenderedBody:
-    """The body made of the items in `parts`' chunks (`length` bytes; each item's chunks start with `separator`,
-    no chunk is empty) between `prefix` and `suffix`."""
-    parts = [part for part in parts if part]
-    if parts:  # nothing before the first item
-        first = parts[0][0][len(separator) :]
-        parts[0] = (first, *parts[0][1:]) if first else parts[0][1:]
+    """The body made of the items of `groups`' segments (`length` bytes; each item's bytes start with
+    `separator`) between `prefix` and `suffix`: one chunk, joined now, up to ONE_CHUNK_BYTES (one send per
+    request); past it, the segments' chunks, joined as they are first sent (`RenderedBody.of_segments`)."""
+    if length:  # nothing before the first item
         length -= len(separator)
     length += len(prefix) + len(suffix)
-    parts = [(prefix,), *parts, (suffix,)]
+    body = RenderedBody.of_segments(prefix, groups, length, separator, suffix)
     if length <= ONE_CHUNK_BYTES:
-        return RenderedBody([b"".join(itertools.chain.from_iterable(parts))], length)  # one send per request
-    return RenderedBody.in_parts(parts, length)
+        return RenderedBody([b"".join(body.chunks)], length)
+    return body
 
 
-def _segment(run: list[T], run_parts: list[Sequence[bytes]], reusable: dict[int, Segment], separator: bytes) -> Segment:
+_LENGTH = attrgetter("length")
+
+
+def _segment(run: list[T], length: int, reusable: dict[int, Segment], join: Join) -> Segment:
     old = reusable.get(id(run[0]))
     if old is not None and len(old.items) == len(run) and all(a is b for a, b in zip(old.items, run, strict=True)):
         return old
-    chunks: list[bytes] = []
-    pending: list[bytes] = []
-    for item_parts in run_parts:
-        pending.append(separator)
-        for piece in item_parts:
-            if len(piece) >= OWN_CHUNK_BYTES:
-                chunks.append(b"".join(pending))
-                chunks.append(piece)
-                pending = []
-            else:
-                pending.append(piece)
-    if pending:
-        chunks.append(b"".join(pending))
-    return Segment(tuple(run), tuple(chunk for chunk in chunks if chunk))
+    return Segment(tuple(run), length, join)
 
 
 class Rendered(NamedTuple):

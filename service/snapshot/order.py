@@ -12,7 +12,7 @@ from typing import NamedTuple
 import msgspec
 
 from service.domain.tracker import TaskView
-from service.snapshot.body import CHUNK_BYTES, OWN_CHUNK_BYTES, Segment
+from service.snapshot.body import CHUNK_BYTES, Segment, joiner
 
 
 # gc=False: an entry holds a struct and bytes, never a cycle. The collector does not track it, nor the index's
@@ -41,14 +41,12 @@ class Group(NamedTuple):
 
     segments: tuple[Segment, ...]
     keys: tuple[TaskKey, ...]  # each segment's first task
-    chunks: tuple[bytes, ...]  # the segments' chunks, in order
     length: int  # their bytes
 
 
 # C-level accessors for the per-batch walks (a Python call per item or group costs more than the walk itself)
 _FIRST = itemgetter(0)
-_HEAD, _VIEW = attrgetter("head"), attrgetter("view")
-_KEYS, _FILE_LIST = attrgetter("keys"), attrgetter("file_list")
+_KEYS, _LENGTH = attrgetter("keys"), attrgetter("length")
 
 
 def task_key(view: TaskView) -> TaskKey:
@@ -68,9 +66,13 @@ def ends_segment(entry: Entry) -> bool:
     return hash(entry.view.task_id) & SEGMENT_MASK == 0
 
 
+# A segment of tasks joined into its chunks (when first sent), as `body.cut_segments` joins them with `parts`
+join_tasks = joiner(parts, SEPARATOR)
+
+
 def group(segments: Sequence[Segment]) -> tuple[Group, ...]:
     """`segments` in groups of GROUP_SIZE."""
-    keys = [entry_key(segment.items[0]) for segment in segments]  # type: ignore[arg-type]
+    keys = [entry_key(segment.items[0]) for segment in segments]
     return tuple(
         _group(segments[start : start + GROUP_SIZE], keys[start : start + GROUP_SIZE])
         for start in range(0, len(segments), GROUP_SIZE)
@@ -128,7 +130,7 @@ def relocate(
                     spliced.append((number, segments[number]))
                     segments[number] = segment
                     continue
-            items: list[Entry] = list(segments[number].items)  # type: ignore[arg-type]
+            items: list[Entry] = list(segments[number].items)
             for key, entry in replaced:
                 items[bisect.bisect_left(items, key, key=entry_key)] = entry
             for key in leaving.get(where, ()):
@@ -137,7 +139,7 @@ def relocate(
                 bisect.insort(items, entry, key=entry_key)
             new = cut(items)
             segments[number : number + 1] = new
-            firsts[number : number + 1] = [entry_key(segment.items[0]) for segment in new]  # type: ignore[arg-type]
+            firsts[number : number + 1] = [entry_key(segment.items[0]) for segment in new]
         if len(spliced) == len(numbers):  # the same segments, a few of them with other bytes
             made.append(_respliced(group_, segments, spliced))
         else:
@@ -150,82 +152,47 @@ def relocate(
 
 
 def _splice(segment: Segment, replaced: Sequence[tuple[TaskKey, Entry]]) -> Segment | None:
-    """`segment` with the tasks of `replaced` (each at the place of its `key`, which it keeps) rendered anew in its
-    one chunk: a copy of the chunk with a few tasks' bytes swapped, instead of rendering all of its tasks again.
-    None where `cut` might cut these items otherwise (a large task, a segment near CHUNK_BYTES)."""
-    if len(segment.chunks) != 1:  # a large task is a chunk of its own
-        return None
-    chunk = segment.chunks[0]
-    items: list[Entry] = list(segment.items)  # type: ignore[arg-type]
+    """`segment` with the tasks of `replaced` (each at the place of its `key`, which it keeps) swapped in: the same
+    cuts, a new segment to be joined when first sent. None where `cut` might cut these items otherwise (a segment
+    that reaches CHUNK_BYTES, before or after)."""
+    items: list[Entry] = list(segment.items)
     # the tasks' bytes without their separators: under CHUNK_BYTES before and after, no cut was made by size, nor
     # would be (cuts by id stay where they are)
-    size = before = len(chunk) - len(items)
-    places = sorted((bisect.bisect_left(items, key, key=entry_key), entry) for key, entry in replaced)
-    pieces: list[bytes] = []
-    copied = position = scanned = 0  # chunk bytes copied; where items[scanned] starts in the chunk
-    for place, entry in places:
-        view, head = entry.view, entry.head
-        if len(view.file_list) >= OWN_CHUNK_BYTES:
-            return None
-        between = items[scanned:place]
-        position += (
-            sum(map(len, map(_HEAD, between))) + sum(map(len, map(_FILE_LIST, map(_VIEW, between)))) + 2 * len(between)
-        )
-        pieces += (chunk[copied:position], SEPARATOR, head, view.file_list, TASK_END)
+    size = before = segment.length - len(SEPARATOR) * len(items)
+    for key, entry in replaced:
+        place = bisect.bisect_left(items, key, key=entry_key)
         size += _length(entry) - _length(items[place])
-        position = copied = position + _length(items[place])
         items[place] = entry
-        scanned = place + 1
     if max(before, size) >= CHUNK_BYTES:
         return None
-    pieces.append(chunk[copied:])
-    return Segment(tuple(items), (b"".join(pieces),))
+    return Segment(tuple(items), segment.length + size - before, join_tasks)
 
 
 def _length(entry: Entry) -> int:
-    """An entry's bytes in a chunk: SEPARATOR, head, file list, TASK_END."""
-    return len(entry.head) + len(entry.view.file_list) + 2
+    """An entry's bytes in a chunk without its separator: head, file list, TASK_END."""
+    return len(entry.head) + len(entry.view.file_list) + len(TASK_END)
 
 
 def _respliced(group: Group, segments: list[Segment], spliced: list[tuple[int, Segment]]) -> Group:
-    """`group` with the segments numbered in `spliced` (each with its one chunk, before and after) replaced from
-    `segments`: the chunks tuple copied with those swapped, not chained again."""
-    chunks = list(group.chunks)
-    length = group.length
-    one_each = len(chunks) == len(group.segments)
-    for number, before in spliced:
-        position = number if one_each else sum(len(segment.chunks) for segment in group.segments[:number])
-        chunk = segments[number].chunks[0]
-        chunks[position] = chunk
-        length += len(chunk) - len(before.chunks[0])
-    return Group(tuple(segments), group.keys, tuple(chunks), length)
+    """`group` with the segments numbered in `spliced` (each before) replaced from `segments`: the same cuts."""
+    length = group.length + sum(segments[number].length - before.length for number, before in spliced)
+    return Group(tuple(segments), group.keys, length)
 
 
 def cut(items: list[Entry]) -> list[Segment]:
     """`items` (in order) as segments, cut as `body.cut_segments` cuts them with `parts` and `ends_segment`: after
-    each task `ends_segment` names or at CHUNK_BYTES, a file list of OWN_CHUNK_BYTES or more a chunk of its own.
-    For the few segments a batch touches, at a fraction of the generic cut's cost per task."""
+    each task `ends_segment` names or at CHUNK_BYTES. For the few segments a batch touches, at a fraction of the
+    generic cut's cost per task; nothing is joined."""
     segments: list[Segment] = []
-    chunks: list[bytes] = []
-    pending: list[bytes] = []
     start = size = 0
+    step = len(SEPARATOR)
     for index, entry in enumerate(items):
-        view, head = entry.view, entry.head
-        file_list = view.file_list
-        if len(file_list) >= OWN_CHUNK_BYTES:
-            pending += (SEPARATOR, head)
-            chunks += (b"".join(pending), file_list)
-            pending = [TASK_END]
-        else:
-            pending += (SEPARATOR, head, file_list, TASK_END)
-        size += len(head) + len(file_list) + len(TASK_END)
-        if size >= CHUNK_BYTES or hash(view.task_id) & SEGMENT_MASK == 0:
-            chunks.append(b"".join(pending))
-            segments.append(Segment(tuple(items[start : index + 1]), tuple(chunk for chunk in chunks if chunk)))
-            chunks, pending, start, size = [], [], index + 1, 0
+        size += _length(entry)
+        if size >= CHUNK_BYTES or hash(entry.view.task_id) & SEGMENT_MASK == 0:
+            segments.append(Segment(tuple(items[start : index + 1]), size + step * (index + 1 - start), join_tasks))
+            start, size = index + 1, 0
     if start < len(items):
-        chunks.append(b"".join(pending))
-        segments.append(Segment(tuple(items[start:]), tuple(chunk for chunk in chunks if chunk)))
+        segments.append(Segment(tuple(items[start:]), size + step * (len(items) - start), join_tasks))
     return segments
 
 
@@ -236,5 +203,4 @@ def _place(groups: tuple[Group, ...], keys: tuple[TaskKey, ...], key: TaskKey) -
 
 
 def _group(segments: Sequence[Segment], keys: Sequence[TaskKey]) -> Group:
-    chunks = tuple(itertools.chain.from_iterable(map(attrgetter("chunks"), segments)))
-    return Group(tuple(segments), tuple(keys), chunks, sum(map(len, chunks)))
+    return Group(tuple(segments), tuple(keys), sum(map(_LENGTH, segments)))

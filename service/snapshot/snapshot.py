@@ -14,7 +14,7 @@ import msgspec
 from service.domain.tracker import TaskView
 from service.shapes.envelope import OK_PREFIX
 from service.shapes.tasks import RunningTasks
-from service.snapshot.body import Rendered, RenderedBody, Segment, assemble_parts, render_body
+from service.snapshot.body import Rendered, RenderedBody, Segment, assemble_segments, cut_segments
 from service.snapshot.entries import Sharded, ShardedBuilder
 from service.snapshot.order import (
     SEPARATOR,
@@ -24,6 +24,7 @@ from service.snapshot.order import (
     ends_segment,
     group,
     group_keys,
+    join_tasks,
     parts,
     relocate,
     segments_of,
@@ -60,7 +61,7 @@ class Snapshot:
     def tasks(self) -> tuple[TaskView, ...]:
         """The running tasks, newest start first (ties by task id)."""
         if not self._tasks:  # two threads may both make it: the same tuple, and either is kept
-            self._tasks.append(tuple(entry.view for segment in self.segments for entry in segment.items))  # type: ignore[attr-defined]
+            self._tasks.append(tuple(entry.view for segment in self.segments for entry in segment.items))
         return self._tasks[0]
 
     @property
@@ -122,14 +123,13 @@ async def build_snapshot(
     if previous is not None and _same_tasks(previous.tasks, tasks):
         body, groups, keys = previous.rendered, previous.groups, previous.group_keys
     else:
-        _, segments = await render_body(
-            b"",
+        segments = await cut_segments(
             ordered,
             parts,
             SEPARATOR,
-            b"",
             ends_segment=ends_segment,
             previous=() if previous is None else previous.segments,
+            join=join_tasks,
         )
         groups = group(segments)
         keys = group_keys(groups)
@@ -172,7 +172,7 @@ async def update_snapshot(
 
 def _rendered(groups: tuple[Group, ...], total: int, etag_prefix: str, generation: int) -> Rendered:
     length = sum(map(attrgetter("length"), groups))
-    body = assemble_parts(_prefix(total), [group.chunks for group in groups], length, SEPARATOR, _SUFFIX)
+    body = assemble_segments(_prefix(total), [group.segments for group in groups], length, SEPARATOR, _SUFFIX)
     return Rendered(body, f'"{etag_prefix}-{generation}"')
 
 

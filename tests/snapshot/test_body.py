@@ -34,7 +34,7 @@ async def test_render_body_is_the_joined_items_in_bounded_chunks() -> None:
     body = await render(b"[", parts, b",", b"]")
     assert bytes(body) == b"[" + b",".join(b"".join(p) for p in parts) + b"]"
     assert len(body) == len(bytes(body))
-    assert len(body.chunks) > 1
+    assert len(tuple(body.chunks)) > 1
     assert all(len(chunk) < CHUNK_BYTES + 1024 for chunk in body.chunks)
 
 
@@ -63,9 +63,29 @@ async def test_render_body_yields_to_the_event_loop() -> None:
             await asyncio.sleep(0)
 
     counter = asyncio.ensure_future(count())
-    await render(b"[", items(2000, 1000), b",", b"]")  # ~2 MB: several chunks
+    await render(b"[", items(30_000, 10), b",", b"]")  # a turn every few thousand items
     counter.cancel()
     assert ticks >= 5
+
+
+async def test_a_large_body_is_joined_as_it_is_sent_and_its_segments_keep_their_chunks() -> None:
+    items_ = [Item(i, 2000) for i in range(2000)]  # ~4 MB: past ONE_CHUNK_BYTES
+    every_tenth = lambda item: item.number % 10 == 9  # noqa: E731
+    first, segments = await render_body(b"[", items_, Item.parts, b",", b"]", ends_segment=every_tenth)
+    assert not any(segment.joined for segment in segments)  # nothing joined until a send or a compression
+    chunks = iter(first.chunks)
+    assert next(chunks) == b"["
+    assert next(chunks).startswith(b'{"i":0,')  # the first item without the separator before it
+    assert [segment.joined for segment in segments[:2]] == [True, False]  # one segment at a time
+    assert bytes(first) == b"[" + b",".join(b"".join(item.parts()) for item in items_) + b"]"
+    assert all(segment.joined for segment in segments)
+    changed = list(items_)
+    changed[55] = Item(55, 10)
+    second, again = await render_body(
+        b"[", changed, Item.parts, b",", b"]", ends_segment=every_tenth, previous=segments
+    )
+    assert [segment.joined for segment in again].count(False) == 1  # the new segment; the others' chunks kept
+    assert len(second) == len(bytes(second)) == len(bytes(first)) - 1990
 
 
 async def test_empty_list() -> None:
@@ -172,7 +192,8 @@ async def test_segments_holding_the_same_items_are_taken_as_they_are() -> None:
     reused = len({id(segment) for segment in again} & {id(segment) for segment in segments})
     assert reused == len(again) - 3  # only the three segments that changed were rendered again
     kept = {id(chunk) for segment in segments for chunk in segment.chunks}
-    assert sum(1 for chunk in second.chunks if id(chunk) in kept) >= len(second.chunks) - 6  # by reference
+    sent = tuple(second.chunks)
+    assert sum(1 for chunk in sent if id(chunk) in kept) >= len(sent) - 6  # by reference
 
 
 async def test_segment_cuts_bound_the_chunks_without_any_item_ending_one() -> None:

@@ -73,11 +73,14 @@ async def test_updates_equal_a_snapshot_built_from_scratch(seed: int) -> None:
         assert current.entries.keys() == expected.entries.keys()
         assert bytes(current.body) == bytes(expected.body)
         # every segment, whether cut again or only spliced, is what cutting its tasks again makes, chunk for chunk
-        assert all(cut(list(s.items)) == [s] for s in segments_of(current.groups))  # type: ignore[arg-type]
-        assert all(g.chunks == tuple(c for s in g.segments for c in s.chunks) for g in current.groups)
-        assert all(g.length == sum(map(len, g.chunks)) for g in current.groups)
+        assert all(
+            [(s.items, s.length, s.chunks)] == [(c.items, c.length, c.chunks) for c in cut(list(s.items))]
+            for s in segments_of(current.groups)
+        )
+        assert all(s.length == sum(map(len, s.chunks)) for s in segments_of(current.groups))
+        assert all(g.length == sum(s.length for s in g.segments) for g in current.groups)
         assert current.group_keys == tuple(g.keys[0] for g in current.groups)
-        assert all(g.keys == tuple(task_key(s.items[0].view) for s in g.segments) for g in current.groups)  # type: ignore[attr-defined]
+        assert all(g.keys == tuple(task_key(s.items[0].view) for s in g.segments) for g in current.groups)
 
 
 async def test_nothing_changed_keeps_the_body_and_its_etag() -> None:
@@ -88,6 +91,25 @@ async def test_nothing_changed_keeps_the_body_and_its_etag() -> None:
     assert again.generation == 2
     assert again.rendered is first.rendered
     assert again.etag == first.etag
+
+
+async def test_a_batch_joins_nothing_and_a_send_joins_only_what_changed() -> None:
+    rng = random.Random(3)
+    tasks = {f"t{i:05d}": view(rng, f"t{i:05d}", 1_000_000 + i) for i in range(5000)}
+    while any(task.file_count > 3 for task in tasks.values()):  # small tasks: a body past ONE_CHUNK_BYTES in many
+        tasks = {i: t if t.file_count <= 3 else view(rng, i, t.start_ms) for i, t in tasks.items()}
+    first = await from_scratch(1, tasks)
+    assert len(first.body) > 1024 * 1024
+    assert not any(segment.joined for segment in first.segments)  # nobody asked for the body yet
+    assert bytes(first.body) == bytes((await from_scratch(1, tasks)).body)
+    assert all(segment.joined for segment in first.segments)
+    tasks["t01000"] = view(rng, "t01000", tasks["t01000"].start_ms)  # in place
+    tasks["t02000"] = view(rng, "t02000", 1)  # moved to the end
+    second = await update_snapshot(2, first, {"t01000": tasks["t01000"], "t02000": tasks["t02000"]}, 5, "t")
+    new = [segment for segment in second.segments if not segment.joined]
+    assert 2 <= len(new) <= 4  # the segments the two tasks left and entered: the batch joined none of them
+    assert bytes(second.body) == bytes((await from_scratch(2, tasks)).body)
+    assert all(segment.joined for segment in second.segments)
 
 
 async def test_a_group_that_grows_is_split_and_one_that_empties_goes() -> None:
