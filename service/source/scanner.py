@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -61,7 +60,8 @@ _Decoded = StoredTask | str | None
 # gc=False: numbers, a string or an untracked struct, never a cycle; and no larger than it must be, as a million
 # keys are remembered (a struct is 24 bytes less than the tuple it replaced).
 class _Memory(msgspec.Struct, frozen=True, gc=False):
-    """What the scanner remembers of a value it decoded, keyed by the Redis key: what deciding "unchanged" needs."""
+    """What the scanner remembers of a value it decoded, keyed by its task id (the very string the task's
+    decoded value, the tracker and the snapshot hold, not a copy): what deciding "unchanged" needs."""
 
     fingerprint: int  # the value's hash
     expire_at: int  # the key's expiry time when the value was read
@@ -70,9 +70,9 @@ class _Memory(msgspec.Struct, frozen=True, gc=False):
 
 PageSink = Callable[[list[Observation]], None]
 Pause = Callable[[], Awaitable[object]]
-# What the producer hands a worker: keys whose values must be read, each with the service's clock when its page
-# was scanned
-_Batch = list[tuple[KeyMeta, int]]
+# What the producer hands a worker: keys whose values must be read, each with its task id and the service's clock
+# when its page was scanned
+_Batch = list[tuple[KeyMeta, str, int]]
 # Bytes of values a worker decodes in one step of the event loop before it gives others a turn: decoding and
 # checking the file lists is the dearest part of a scan, and a whole batch of large values held the loop too long.
 _DECODE_BYTES_PER_STEP = 512 * 1024
@@ -94,7 +94,23 @@ async def _go_on() -> None:
     return None
 
 
-async def _release(memory: dict[bytes, _Memory]) -> None:
+def _task_id(key: bytes, plen: int) -> str | None:
+    """The task id of a key under the prefix; None when it is not UTF-8 (malformed, never read)."""
+    try:
+        return key[plen:].decode()
+    except UnicodeDecodeError:
+        return None
+
+
+def _canonical(task_id: str, known: _Memory | None) -> str:
+    """The id string the memory holds for this task, when it holds a running one: a task's id stays one string
+    for as long as it runs, however often its value is read again."""
+    if known is not None and type(decoded := known.decoded) is StoredTask:
+        return decoded.task_id
+    return task_id
+
+
+async def _release(memory: dict[str, _Memory]) -> None:
     # Dropping the memory of a large keyspace at once holds the event loop: drop it in slices.
     while memory:
         for _ in range(min(len(memory), 10_000)):
@@ -120,23 +136,24 @@ class Scanner:
         self._clock = clock or (lambda: int(time.time() * 1000))
         self._prefix = task_id_prefix(settings.key_pattern).encode()
         self._running = frozenset(settings.running_statuses)
-        self._decoded: dict[bytes, _Memory] = {}
+        self._decoded: dict[str, _Memory] = {}
         self._scans = 0
         self._deadline = 0.0  # event-loop time at which the current scan is over its budget
         self._pause: Pause = _go_on
         self._completed = False  # a scan has run to its end
         self.current: ScanStats | None = None
-        # keys whose value the last scan read and found different from what was remembered (or new; not on a first
-        # scan): what a reconciliation scan finds that the change feed did not announce. Handed out by `take_changed`.
-        self.changed: set[bytes] = set()
-        # While a scan runs: what `read_keys` learnt of the keys it read since the scan began (None: the key is
+        # task ids whose value the last scan read and found different from what was remembered (or new; not on a
+        # first scan): what a reconciliation scan finds that the change feed did not announce (`take_changed`).
+        self.changed: set[str] = set()
+        # While a scan runs: what `read_keys` learnt of the tasks it read since the scan began (None: the key is
         # gone). Newer than, or as new as, what the scan reads of them: the scan's memory takes these at its end.
-        self._claims: dict[bytes, _Memory | None] | None = None
+        self._claims: dict[str, _Memory | None] | None = None
 
     def take_changed(self) -> set[bytes]:
-        """`changed`, handed out once (a large keyspace's first reads are not kept for nothing)."""
+        """The keys of `changed`, handed out once (a large keyspace's first reads are not kept for nothing)."""
         changed, self.changed = self.changed, set()
-        return changed
+        prefix = self._prefix
+        return {prefix + task_id.encode() for task_id in changed}
 
     @property
     def source(self) -> KeySource:
@@ -157,7 +174,7 @@ class Scanner:
         stats = ScanStats(started_ms=self._clock())
         self.current = stats  # readable while the scan runs, e.g. by a progress display
         started = time.perf_counter()
-        decoded: dict[bytes, _Memory] = {}
+        decoded: dict[str, _Memory] = {}
         self.changed = set()
         self._claims = {}
         self._scans += 1
@@ -190,18 +207,18 @@ class Scanner:
         stats.duration_ms = round((time.perf_counter() - started) * 1000, 3)
         return stats
 
-    def _settle_claims(self, memory: dict[bytes, _Memory]) -> None:
+    def _settle_claims(self, memory: dict[str, _Memory]) -> None:
         """What batches read during the scan stands over what the scan read; their keys are not the scan's finds."""
         claims, self._claims = self._claims or {}, None
-        for key, known in claims.items():
+        for task_id, known in claims.items():
             if known is None:
-                memory.pop(key, None)
+                memory.pop(task_id, None)
             else:
-                memory[key] = known
+                memory[_canonical(task_id, known)] = known
         self.changed -= claims.keys()
 
     async def _run(
-        self, stats: ScanStats, decoded: dict[bytes, _Memory], sink: PageSink, reuse: dict[bytes, _Memory] | None
+        self, stats: ScanStats, decoded: dict[str, _Memory], sink: PageSink, reuse: dict[str, _Memory] | None
     ) -> None:
         workers = self._settings.worker_count
         queue: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=workers * 2)
@@ -230,9 +247,9 @@ class Scanner:
         self,
         queue: asyncio.Queue[_Batch | None],
         stats: ScanStats,
-        decoded: dict[bytes, _Memory],
+        decoded: dict[str, _Memory],
         sink: PageSink,
-        reuse: dict[bytes, _Memory] | None,
+        reuse: dict[str, _Memory] | None,
     ) -> None:
         """SCAN; settle here every key whose value need not be read, and hand the others to the workers.
 
@@ -244,7 +261,8 @@ class Scanner:
         a warm refresh takes about as long as the chain of SCAN calls itself."""
         batch = self._settings.scan_batch_size
         prefix = self._prefix
-        seen: set[bytes] = set()
+        plen = len(prefix)
+        seen: set[str | bytes] = set()
         wanted: _Batch = []
         async with aclosing(self._source.scan_pages(self._settings.key_pattern, batch)) as pages:
             async for page in pages:
@@ -255,30 +273,35 @@ class Scanner:
                 running: list[Observation] = []
                 for meta in page.metas():
                     key, expire_at, _, pttl = meta  # unpacked: cheaper than a named tuple's attributes, per key
-                    if key in seen:
+                    # seen by task id, the string the memory keeps (a key's bytes, if it has no id), so that what
+                    # a scan holds until its end is not a second copy of every key
+                    task_id = _task_id(key, plen)
+                    memory = None
+                    if task_id is not None and reuse is not None:
+                        memory = reuse.get(task_id)
+                        task_id = _canonical(task_id, memory)
+                    name = key if task_id is None else task_id
+                    if name in seen:
                         stats.duplicates += 1
                         continue
-                    seen.add(key)
+                    seen.add(name)
                     stats.keys_scanned += 1
-                    if key == prefix:
+                    if task_id is None:
+                        stats.malformed += 1
+                    elif not task_id:
                         stats.empty_id += 1
                     elif expire_at == MISSING:  # expired or deleted between SCAN and its lookups
                         stats.expired += 1
                     elif expire_at == WRONG_TYPE:
                         stats.wrong_type += 1
                         stats.malformed += 1
-                    elif (
-                        reuse is None
-                        or expire_at < 0
-                        or (memory := reuse.get(key)) is None
-                        or memory.expire_at != expire_at
-                    ):
-                        wanted.append((meta, seen_ms))
+                    elif memory is None or expire_at < 0 or memory.expire_at != expire_at:
+                        wanted.append((meta, task_id, seen_ms))
                         if len(wanted) >= batch:
                             await queue.put(wanted)
                             wanted = []
                     else:
-                        decoded[key] = memory
+                        decoded[task_id] = memory
                         stats.values_fetched += 1
                         stats.values_reused += 1
                         if (task := _counted(memory.decoded, stats)) is not None:
@@ -292,11 +315,11 @@ class Scanner:
         self,
         queue: asyncio.Queue[_Batch | None],
         stats: ScanStats,
-        decoded: dict[bytes, _Memory],
+        decoded: dict[str, _Memory],
         sink: PageSink,
     ) -> None:
         while (batch := await queue.get()) is not None:
-            values = await self._source.read([meta for meta, _ in batch])
+            values = await self._source.read([meta for meta, _, _ in batch])
             self._over_budget()
             stats.fetches += 1
             start = size = 0
@@ -318,36 +341,31 @@ class Scanner:
         batch: _Batch,
         values: list[bytes | None],
         stats: ScanStats,
-        decoded: dict[bytes, _Memory],
+        decoded: dict[str, _Memory],
         finished: list[Observation] | None,
         again: bool = False,
     ) -> Iterable[Observation]:
         """The running tasks of `values`; values in a finished status go to `finished` when newly decoded (with
         `again`, known ones too)."""
-        plen = len(self._prefix)
         previous = self._decoded
-        for (meta, seen_ms), value in zip(batch, values, strict=True):
-            key, expire_at, _, pttl = meta
+        for (meta, task_id, seen_ms), value in zip(batch, values, strict=True):
+            _, expire_at, _, pttl = meta
             if value is None:  # gone since SCAN looked at it, or replaced by a key of another type
                 stats.expired += 1
                 continue
             stats.values_fetched += 1
             stats.bytes_fetched += len(value)
-            try:
-                task_id = key[plen:].decode()
-            except UnicodeDecodeError:
-                stats.malformed += 1
-                continue
             fingerprint = hash(value)
-            known = previous.get(key)
+            known = previous.get(task_id)
+            task_id = _canonical(task_id, known)
             if (known is None or known.fingerprint != fingerprint) and self._completed and self._claims is not None:
                 # a scan's find (not a batch's between scans, nor before a first complete scan: nothing to measure)
-                self.changed.add(key)
+                self.changed.add(task_id)
             if known is not None and known.fingerprint == fingerprint:
                 entry = known.decoded
                 # The same memory object when nothing moved: a full read then leaves no new objects for the
                 # cyclic collector to walk after the scan.
-                decoded[key] = known if known.expire_at == expire_at else _Memory(fingerprint, expire_at, entry)
+                decoded[task_id] = known if known.expire_at == expire_at else _Memory(fingerprint, expire_at, entry)
                 if isinstance(entry, str) and finished is not None and again:
                     # a batch's finished value the memory already knows (a scan that ended meanwhile read it, or it
                     # was written twice): reported all the same, so that a task still tracked departs with its
@@ -365,7 +383,7 @@ class Scanner:
                     # a task that just finished always has a changed value, so it is reported from here, once
                     if finished is not None:
                         finished.append(Observation(stored, fingerprint, pttl, seen_ms))
-                decoded[key] = _Memory(fingerprint, expire_at, entry)
+                decoded[task_id] = _Memory(fingerprint, expire_at, entry)
             if (task := _counted(entry, stats)) is not None:
                 yield Observation(task, fingerprint, pttl, seen_ms)
 
@@ -386,17 +404,19 @@ class Scanner:
         for meta, value in zip(page.metas(), read, strict=True):
             key, expire_at = meta.key, meta.expire_at
             stats.keys_scanned += 1
-            if expire_at in (MISSING, WRONG_TYPE) or key == self._prefix:
-                memory.pop(key, None)
+            task_id = _task_id(key, plen)
+            if task_id is None:
+                stats.malformed += 1
+            elif expire_at in (MISSING, WRONG_TYPE) or not task_id:
+                memory.pop(task_id, None)
                 stats.expired += expire_at == MISSING
                 stats.malformed += expire_at == WRONG_TYPE
-                stats.empty_id += key == self._prefix
-                with contextlib.suppress(UnicodeDecodeError):
-                    absent.append(key[plen:].decode())
+                stats.empty_id += not task_id
+                absent.append(task_id)
             else:
                 if value is None:
                     unread.append(len(wanted))
-                wanted.append((meta, seen_ms))
+                wanted.append((meta, task_id, seen_ms))
                 values.append(value)
         stats.fetches += 1
         if unread:  # the rest, in MGETs bounded in bytes as a scan's
@@ -406,15 +426,12 @@ class Scanner:
         finished: list[Observation] = []
         running = list(self._decode_fetched(wanted, values, stats, memory, finished, again=True))
         settled = {obs.task.task_id for obs in running} | {obs.task.task_id for obs in finished}
-        for meta, _ in wanted:
-            with contextlib.suppress(UnicodeDecodeError):
-                task_id = meta.key[plen:].decode()
-                if task_id not in settled:
-                    absent.append(task_id)  # gone since the lookup, or malformed
+        absent += [task_id for _, task_id, _ in wanted if task_id not in settled]  # gone since the lookup, or malformed
         if self._claims is not None:  # a scan runs: what was read here stands over what it reads
             claims = self._claims
             for key in page.keys:
-                claims[key] = memory.get(key)
+                if (task_id := _task_id(key, plen)) is not None:
+                    claims[task_id] = memory.get(task_id)
         stats.duration_ms = round(self._clock() - stats.started_ms, 3)
         return KeyReads(stats, running, finished, absent)
 

@@ -127,6 +127,44 @@ def test_unchanged_values_are_not_decoded_again() -> None:
     asyncio.run(main())
 
 
+@pytest.mark.real_redis
+def test_a_key_that_is_not_utf8_is_malformed_and_never_read(redis_url: str) -> None:
+    async def main() -> None:
+        async with aioredis.Redis.from_url(redis_url) as client:
+            await client.set(b"request:id:\xff\xfe", value(10), ex=3600)
+            await client.set("request:id:run-1", value(10), ex=3600)
+            scanner = scanner_for(client)
+            stats, seen = await run_scan(scanner)
+            check_stats(stats, {"keys_scanned": 2, "malformed": 1, "matched": 1, "values_fetched": 1})
+            assert [o.task.task_id for o in seen] == ["run-1"]
+            reads = await scanner.read_keys([b"request:id:\xff\xfe", b"request:id:run-1"])
+            assert (reads.stats.malformed, [o.task.task_id for o in reads.running], reads.absent) == (1, ["run-1"], [])
+
+    asyncio.run(main())
+
+
+def test_a_running_task_s_id_is_one_string_however_often_its_value_is_read() -> None:
+    async def main() -> None:
+        client = fakeredis.FakeAsyncRedis()
+        await client.set("request:id:run-1", value(10), ex=3600)
+        scanner = scanner_for(client)
+        _, seen = await run_scan(scanner)
+        first = seen[0].task.task_id
+        await client.set("request:id:run-1", value(20), ex=3500)  # a change feed's batch reads the new value
+        reads = await scanner.read_keys([b"request:id:run-1"])
+        assert reads.running[0].task.total_progress == 20
+        assert reads.running[0].task.task_id is first
+        await client.set("request:id:run-1", value(30), ex=3400)  # a scan reads it
+        _, seen = await run_scan(scanner)
+        assert seen[0].task.total_progress == 30
+        assert seen[0].task.task_id is first
+        _, seen = await run_scan(scanner)  # unchanged: from memory
+        assert seen[0].task.task_id is first
+        assert scanner.take_changed() == set()  # reported as bytes keys, as the feed names them
+
+    asyncio.run(main())
+
+
 def test_a_worker_gives_the_loop_a_turn_between_slices_of_a_large_fetch(monkeypatch: pytest.MonkeyPatch) -> None:
     # Values decoded in one step are bounded in bytes: a fetch of large values does not hold the event loop.
     import service.source.scanner as scanner_module
