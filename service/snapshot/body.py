@@ -4,7 +4,6 @@ compressed variants made once on demand. A large body's segments are joined when
 from __future__ import annotations
 
 import asyncio
-import itertools
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from operator import attrgetter
@@ -41,14 +40,14 @@ class RenderedBody:
 
     @classmethod
     def of_segments(
-        cls, prefix: bytes, groups: Sequence[Sequence[Segment]], length: int, separator: bytes, suffix: bytes
+        cls, prefix: bytes, segments: Callable[[], Iterable[Segment]], length: int, separator: bytes, suffix: bytes
     ) -> RenderedBody:
-        """The body `prefix`, the items of `groups`' segments in order (`length` bytes in all, each item after
+        """The body `prefix`, the items of the `segments()` in order (`length` bytes in all, each item after
         `separator`, none before the first), `suffix`: the segments' chunks are joined as they are sent (each
         segment once, kept by the segment: a change feed's batch makes a few new segments and shares the others
         with the previous body, and joins nothing)."""
         body = cls((), length)
-        body._segments = _Segmented(prefix, groups, separator, suffix)
+        body._segments = _Segmented(prefix, segments, separator, suffix)
         return body
 
     @property
@@ -158,7 +157,7 @@ class _Segmented(NamedTuple):
     """A body's chunks as its segments make them: what `RenderedBody.of_segments` iterates."""
 
     prefix: bytes
-    groups: Sequence[Sequence[Segment]]
+    segments: Callable[[], Iterable[Segment]]  # walked again at each send
     separator: bytes
     suffix: bytes
 
@@ -166,7 +165,7 @@ class _Segmented(NamedTuple):
         if self.prefix:
             yield self.prefix
         first = True  # nothing before the first item
-        for segment in itertools.chain.from_iterable(self.groups):
+        for segment in self.segments():
             for chunk in segment.chunks:
                 if first:
                     first = False
@@ -232,19 +231,19 @@ async def cut_segments(
 
 def assemble(prefix: bytes, segments: Sequence[Segment], separator: bytes, suffix: bytes) -> RenderedBody:
     """The body made of `segments` (each item's bytes start with `separator`) between `prefix` and `suffix`."""
-    return assemble_segments(prefix, [segments], sum(map(_LENGTH, segments)), separator, suffix)
+    return assemble_segments(prefix, tuple(segments).__iter__, sum(map(_LENGTH, segments)), separator, suffix)
 
 
 def assemble_segments(
-    prefix: bytes, groups: Sequence[Sequence[Segment]], length: int, separator: bytes, suffix: bytes
+    prefix: bytes, segments: Callable[[], Iterable[Segment]], length: int, separator: bytes, suffix: bytes
 ) -> RenderedBody:
-    """The body made of the items of `groups`' segments (`length` bytes; each item's bytes start with
+    """The body made of the items of the `segments()` (`length` bytes; each item's bytes start with
     `separator`) between `prefix` and `suffix`: one chunk, joined now, up to ONE_CHUNK_BYTES (one send per
     request); past it, the segments' chunks, joined as they are first sent (`RenderedBody.of_segments`)."""
     if length:  # nothing before the first item
         length -= len(separator)
     length += len(prefix) + len(suffix)
-    body = RenderedBody.of_segments(prefix, groups, length, separator, suffix)
+    body = RenderedBody.of_segments(prefix, segments, length, separator, suffix)
     if length <= ONE_CHUNK_BYTES:
         return RenderedBody([b"".join(body.chunks)], length)
     return body

@@ -36,6 +36,14 @@ SEGMENT_MASK = 7
 GROUP_SIZE = 32
 
 
+class Relocated(NamedTuple):
+    """The groups after a batch, their first tasks, and how many bytes their items gained (or lost)."""
+
+    groups: tuple[Group, ...]
+    keys: tuple[TaskKey, ...]
+    length_change: int
+
+
 class Group(NamedTuple):
     """Consecutive segments, with what a body and a lookup need of them."""
 
@@ -92,10 +100,11 @@ def relocate(
     keys: tuple[TaskKey, ...],
     known: Mapping[str, Entry],
     changed: Mapping[str, Entry | None],
-) -> tuple[Group, ...]:
+) -> Relocated:
     """`groups` (with `keys`, their first tasks) after the tasks of `changed` left the places `known` gives them and
     took their new ones (None: gone). Only the segments they leave or enter are cut again, and only their groups
-    are made again; every other group is taken as it is."""
+    are made again; every other group is taken as it is, and nothing is walked per group (the groups and their keys
+    are copied as slices)."""
     # (group, segment) -> what leaves it (each task's old place) and what enters it (its new one); a task whose
     # place in the order did not change (a progress update: the common case) is only replaced where it is
     leaving: dict[tuple[int, int], list[TaskKey]] = {}
@@ -115,10 +124,14 @@ def relocate(
     for where in sorted(leaving.keys() | entering.keys() | replacing.keys()):
         touched.setdefault(where[0], []).append(where[1])
     made: list[Group] = []
-    done = 0
+    made_keys: list[TaskKey] = []
+    change = done = 0
     for index, numbers in touched.items():
         made += groups[done:index]
+        made_keys += keys[done:index]
         group_ = groups[index]
+        change -= group_.length
+        remade = len(made)
         segments, firsts = list(group_.segments), list(group_.keys)
         spliced: list[tuple[int, Segment]] = []  # (number, its segment before) of those only spliced
         for number in reversed(numbers):  # from the end: the places before stay valid
@@ -146,9 +159,13 @@ def relocate(
             step = GROUP_SIZE if len(segments) > 2 * GROUP_SIZE else len(segments) or 1
             for start in range(0, len(segments), step):
                 made.append(_group(segments[start : start + step], firsts[start : start + step]))
+        for remade_group in made[remade:]:
+            change += remade_group.length
+            made_keys.append(remade_group.keys[0])
         done = index + 1
     made += groups[done:]
-    return tuple(made)
+    made_keys += keys[done:]
+    return Relocated(tuple(made), tuple(made_keys), change)
 
 
 def _splice(segment: Segment, replaced: Sequence[tuple[TaskKey, Entry]]) -> Segment | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ class Snapshot:
     # The tasks in serving order as the body is cut: segments of tasks, in groups (service.snapshot.order).
     groups: tuple[Group, ...] = field(default=(), compare=False, repr=False)
     group_keys: tuple[TaskKey, ...] = field(default=(), compare=False, repr=False)  # each group's first task
+    groups_length: int = field(default=0, compare=False, repr=False)  # their items' bytes, each after a separator
     # `tasks`, made from the groups the first time it is asked for (a change feed's batch never needs it)
     _tasks: list[tuple[TaskView, ...]] = field(default_factory=list, compare=False, repr=False)
 
@@ -121,7 +123,7 @@ async def build_snapshot(
             work = 0
             await asyncio.sleep(0)
     if previous is not None and _same_tasks(previous.tasks, tasks):
-        body, groups, keys = previous.rendered, previous.groups, previous.group_keys
+        body, groups, keys, length = previous.rendered, previous.groups, previous.group_keys, previous.groups_length
     else:
         segments = await cut_segments(
             ordered,
@@ -133,8 +135,12 @@ async def build_snapshot(
         )
         groups = group(segments)
         keys = group_keys(groups)
-        body = _rendered(groups, len(tasks), etag_prefix, generation)
-    return Snapshot(generation, built_ms, time.monotonic(), entries.build(), body, stats, groups, keys, [tuple(tasks)])
+        length = sum(map(attrgetter("length"), groups))
+        body = _rendered(groups, length, len(tasks), etag_prefix, generation)
+    entries_ = entries.build()
+    return Snapshot(
+        generation, built_ms, time.monotonic(), entries_, body, stats, groups, keys, length, _tasks=[tuple(tasks)]
+    )
 
 
 async def update_snapshot(
@@ -164,15 +170,16 @@ async def update_snapshot(
     if not previous.groups:
         tasks = sorted((entry.view for entry in changed.values() if entry is not None), key=task_key)
         return await build_snapshot(generation, tasks, stats, built_ms, previous, etag_prefix)
-    groups = relocate(previous.groups, previous.group_keys, known, changed)
+    groups, keys, change = relocate(previous.groups, previous.group_keys, known, changed)
+    length = previous.groups_length + change
     entries = known.with_changes(changed)
-    body = _rendered(groups, len(entries), etag_prefix, generation)
-    return Snapshot(generation, built_ms, time.monotonic(), entries, body, stats, groups, group_keys(groups))
+    body = _rendered(groups, length, len(entries), etag_prefix, generation)
+    return Snapshot(generation, built_ms, time.monotonic(), entries, body, stats, groups, keys, length)
 
 
-def _rendered(groups: tuple[Group, ...], total: int, etag_prefix: str, generation: int) -> Rendered:
-    length = sum(map(attrgetter("length"), groups))
-    body = assemble_segments(_prefix(total), [group.segments for group in groups], length, SEPARATOR, _SUFFIX)
+def _rendered(groups: tuple[Group, ...], length: int, total: int, etag_prefix: str, generation: int) -> Rendered:
+    """The running list's envelope around `groups`' tasks (`length` bytes, each after a separator)."""
+    body = assemble_segments(_prefix(total), functools.partial(segments_of, groups), length, SEPARATOR, _SUFFIX)
     return Rendered(body, f'"{etag_prefix}-{generation}"')
 
 

@@ -80,6 +80,7 @@ async def test_updates_equal_a_snapshot_built_from_scratch(seed: int) -> None:
         assert all(s.length == sum(map(len, s.chunks)) for s in segments_of(current.groups))
         assert all(g.length == sum(s.length for s in g.segments) for g in current.groups)
         assert current.group_keys == tuple(g.keys[0] for g in current.groups)
+        assert current.groups_length == sum(g.length for g in current.groups)  # kept by the batches, not summed
         assert all(g.keys == tuple(task_key(s.items[0].view) for s in g.segments) for g in current.groups)
 
 
