@@ -4,6 +4,8 @@ compressed variants made once on demand. A large body's segments are joined when
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from operator import attrgetter
@@ -28,33 +30,38 @@ T = TypeVar("T")
 class RenderedBody:
     """Immutable bytes in chunks; `encoded()` gives the compressed variants, each made once, single-flight."""
 
-    __slots__ = ("_chunks", "_encoded", "_made", "_segments", "length")
+    __slots__ = ("_chunks", "_encoded", "_made", "_runs", "length")
 
     def __init__(self, chunks: Sequence[bytes], length: int | None = None) -> None:
         """`length`: the chunks' total, when the caller knows it."""
         self._chunks = tuple(chunks)
-        self._segments: _Segmented | None = None
+        self._runs: _Runs | None = None
         self.length = sum(map(len, self._chunks)) if length is None else length
         self._encoded: dict[str, asyncio.Future[RenderedBody]] = {}
         self._made: dict[str, RenderedBody] = {}  # the variants made: what every compressed poll looks up
 
     @classmethod
-    def of_segments(
-        cls, prefix: bytes, segments: Callable[[], Iterable[Segment]], length: int, separator: bytes, suffix: bytes
+    def of_runs(
+        cls,
+        prefix: bytes,
+        runs: Callable[[], Iterable[tuple[bytes, ...]]],
+        length: int,
+        separator: bytes,
+        suffix: bytes,
     ) -> RenderedBody:
-        """The body `prefix`, the items of the `segments()` in order (`length` bytes in all, each item after
-        `separator`, none before the first), `suffix`: the segments' chunks are joined as they are sent (each
-        segment once, kept by the segment: a change feed's batch makes a few new segments and shares the others
-        with the previous body, and joins nothing)."""
+        """The body `prefix`, the items in the chunks of the `runs()` in order (`length` bytes in all, each item
+        after `separator`, none before the first), `suffix`. A run's chunks are made when a send first asks for them
+        (a segment's, or a group of segments'), and kept by what made them: a change feed's batch makes a few new
+        segments, shares the others with the previous body, and joins nothing."""
         body = cls((), length)
-        body._segments = _Segmented(prefix, segments, separator, suffix)
+        body._runs = _Runs(prefix, runs, separator, suffix)
         return body
 
     @property
     def chunks(self) -> Iterable[bytes]:
         """The chunks in order; a large body's are joined as they are iterated."""
-        segmented = self._segments
-        return self._chunks if segmented is None else segmented.chunks()
+        runs = self._runs
+        return self._chunks if runs is None else runs.chunks()
 
     def __len__(self) -> int:
         return self.length
@@ -153,26 +160,23 @@ def joiner(parts: Callable[[Any], Sequence[bytes]], separator: bytes) -> Join:
     return join
 
 
-class _Segmented(NamedTuple):
-    """A body's chunks as its segments make them: what `RenderedBody.of_segments` iterates."""
+class _Runs(NamedTuple):
+    """A body's chunks as its runs make them: what `RenderedBody.of_runs` iterates."""
 
     prefix: bytes
-    segments: Callable[[], Iterable[Segment]]  # walked again at each send
+    runs: Callable[[], Iterable[tuple[bytes, ...]]]  # walked again at each send
     separator: bytes
     suffix: bytes
 
     def chunks(self) -> Iterator[bytes]:
         if self.prefix:
             yield self.prefix
-        first = True  # nothing before the first item
-        for segment in self.segments():
-            for chunk in segment.chunks:
-                if first:
-                    first = False
-                    chunk = chunk[len(self.separator) :]
-                    if not chunk:
-                        continue
+        pending = itertools.chain.from_iterable(self.runs())
+        for chunk in pending:  # nothing before the first item
+            if chunk := chunk[len(self.separator) :]:
                 yield chunk
+            break
+        yield from pending
         if self.suffix:
             yield self.suffix
 
@@ -231,25 +235,26 @@ async def cut_segments(
 
 def assemble(prefix: bytes, segments: Sequence[Segment], separator: bytes, suffix: bytes) -> RenderedBody:
     """The body made of `segments` (each item's bytes start with `separator`) between `prefix` and `suffix`."""
-    return assemble_segments(prefix, tuple(segments).__iter__, sum(map(_LENGTH, segments)), separator, suffix)
+    runs = functools.partial(map, _CHUNKS, tuple(segments))
+    return assemble_runs(prefix, runs, sum(map(_LENGTH, segments)), separator, suffix)
 
 
-def assemble_segments(
-    prefix: bytes, segments: Callable[[], Iterable[Segment]], length: int, separator: bytes, suffix: bytes
+def assemble_runs(
+    prefix: bytes, runs: Callable[[], Iterable[tuple[bytes, ...]]], length: int, separator: bytes, suffix: bytes
 ) -> RenderedBody:
-    """The body made of the items of the `segments()` (`length` bytes; each item's bytes start with
+    """The body made of the items in the chunks of the `runs()` (`length` bytes; each item's bytes start with
     `separator`) between `prefix` and `suffix`: one chunk, joined now, up to ONE_CHUNK_BYTES (one send per
-    request); past it, the segments' chunks, joined as they are first sent (`RenderedBody.of_segments`)."""
+    request); past it, the runs' chunks, made as they are first sent (`RenderedBody.of_runs`)."""
     if length:  # nothing before the first item
         length -= len(separator)
     length += len(prefix) + len(suffix)
-    body = RenderedBody.of_segments(prefix, segments, length, separator, suffix)
+    body = RenderedBody.of_runs(prefix, runs, length, separator, suffix)
     if length <= ONE_CHUNK_BYTES:
         return RenderedBody([b"".join(body.chunks)], length)
     return body
 
 
-_LENGTH = attrgetter("length")
+_LENGTH, _CHUNKS = attrgetter("length"), attrgetter("chunks")
 
 
 def _segment(run: list[T], length: int, reusable: dict[int, Segment], join: Join) -> Segment:

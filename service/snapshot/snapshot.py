@@ -15,13 +15,14 @@ import msgspec
 from service.domain.tracker import TaskView
 from service.shapes.envelope import OK_PREFIX
 from service.shapes.tasks import RunningTasks
-from service.snapshot.body import Rendered, RenderedBody, Segment, assemble_segments, cut_segments
+from service.snapshot.body import Rendered, RenderedBody, Segment, assemble_runs, cut_segments
 from service.snapshot.entries import Sharded, ShardedBuilder
 from service.snapshot.order import (
     SEPARATOR,
     Entry,
     Group,
     TaskKey,
+    chunk_runs,
     ends_segment,
     group,
     group_keys,
@@ -179,7 +180,7 @@ async def update_snapshot(
 
 def _rendered(groups: tuple[Group, ...], length: int, total: int, etag_prefix: str, generation: int) -> Rendered:
     """The running list's envelope around `groups`' tasks (`length` bytes, each after a separator)."""
-    body = assemble_segments(_prefix(total), functools.partial(segments_of, groups), length, SEPARATOR, _SUFFIX)
+    body = assemble_runs(_prefix(total), functools.partial(chunk_runs, groups), length, SEPARATOR, _SUFFIX)
     return Rendered(body, f'"{etag_prefix}-{generation}"')
 
 
