@@ -3,7 +3,8 @@ a reconnection hint. Data is one line of JSON (JSON escapes every line break), s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 
 HEARTBEAT = b":\n\n"  # a comment: keeps proxies and clients from closing an idle stream, ignored by EventSource
 
@@ -14,9 +15,10 @@ def frame(event: bytes, generation: int, data: Sequence[bytes]) -> bytes:
     return b"".join((b"event: ", event, b"\nid: %d\ndata: " % generation, *data, b"\n\n"))
 
 
-def frame_chunks(event: bytes, generation: int, data: Sequence[bytes]) -> tuple[bytes, ...]:
-    """`frame` as chunks, the data's own in between: a large event is sent without being copied into one."""
-    return (b"event: " + event + b"\nid: %d\ndata: " % generation, *data, b"\n\n")
+def frame_chunks(event: bytes, generation: int, data: Iterable[bytes]) -> Iterator[bytes]:
+    """`frame` as chunks, the data's own in between, taken as they are sent: a large event is sent without being
+    copied into one."""
+    return itertools.chain((b"event: " + event + b"\nid: %d\ndata: " % generation,), data, (b"\n\n",))
 
 
 def retry(milliseconds: int) -> bytes:

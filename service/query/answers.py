@@ -4,7 +4,7 @@ once: results are cached by (what they were computed from, normalised query), an
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from service.domain.history import History
 from service.domain.times import format_time
@@ -80,7 +80,7 @@ class QueryService:
 
         return self.cache.get_or_render(key, render)
 
-    def stream_snapshot(self, snapshot: Snapshot, view: Query) -> tuple[bytes, ...]:
+    def stream_snapshot(self, snapshot: Snapshot, view: Query) -> Iterator[bytes]:
         """The event stream's `snapshot` event data for `view` (see service.query.deltas.view_of): the running
         list's data, rendered once per snapshot and view, with the generation."""
         return snapshot_data(self.running(snapshot, view).body.chunks, snapshot.generation)

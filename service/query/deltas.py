@@ -5,7 +5,7 @@ own `select`, so a view's changes always lead to what the list serves."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -156,15 +156,20 @@ def since_answer(change: Delta | None, snapshot: Snapshot, query: Query) -> byte
     return encode_ok(data)
 
 
-def snapshot_data(chunks: Iterable[bytes], generation: int) -> tuple[bytes, ...]:
+def snapshot_data(chunks: Iterable[bytes], generation: int) -> Iterator[bytes]:
     """The `snapshot` event's data from the running list's envelope (`chunks`, as rendered): the envelope's `data`
-    object with `generation` first. The chunks in between are the rendered ones, not copies."""
-    body = list(chunks)
+    object with `generation` first. The chunks in between are the rendered ones, not copies, taken one at a time as
+    the stream sends them (a large body's are joined then)."""
+    pending = iter(chunks)
     cut = len(OK_PREFIX) + 1  # the envelope up to `"data":` and the data object's `{`
-    first = body[0]
-    if len(first) < cut:  # (never: the prefix and the counts are rendered as one chunk)
-        body = [b"".join(body)]
-        first = body[0]
-    body[0] = b'{"generation":%d,' % generation + first[cut:]
-    body[-1] = body[-1][:-1]  # the envelope's closing brace
-    return tuple(body)
+    first = next(pending, b"")
+    while len(first) < cut:  # (never: the prefix and the counts are rendered as one chunk)
+        more = next(pending, None)
+        if more is None:
+            break
+        first += more
+    previous = b'{"generation":%d,' % generation + first[cut:]
+    for chunk in pending:
+        yield previous
+        previous = chunk
+    yield previous[:-1]  # the envelope's closing brace

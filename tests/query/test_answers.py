@@ -12,7 +12,7 @@ from service.snapshot.snapshot import Snapshot, build_snapshot
 from service.source.scanner import ScanStats
 from tests.conftest import make_settings
 from tests.domain.test_history import departed
-from tests.query.test_running import T0, json_of, make_view, params, sample
+from tests.query.test_running import T0, entry, json_of, make_view, params, sample
 
 
 def service(**settings: object) -> QueryService:
@@ -95,3 +95,18 @@ def test_forget_drops_answers() -> None:
     queries.running(first, queries.parse_running(params("pageSize=1")))
     queries.forget()
     assert queries.cache_stats().entries == 0 and queries.cache_stats().bytes == 0
+
+
+def test_the_stream_snapshot_of_a_large_list_is_taken_as_it_is_sent() -> None:
+    queries = service()
+    tasks = [make_view(f"t{i:05d}", start=T0 - i, files=[entry(f"src/file{i}.go")] * 4) for i in range(5000)]
+    large = snap(1, tasks)
+    assert len(large.body) > 1024 * 1024  # past ONE_CHUNK_BYTES: segments joined when first sent
+    assert not any(segment.joined for segment in large.segments)
+    data = queries.stream_snapshot(large, queries.parse_running(params("")))
+    first = next(data)
+    assert first.startswith(b'{"generation":1,')
+    assert not all(segment.joined for segment in large.segments)  # one chunk at a time
+    sent = orjson.loads(first + b"".join(data))
+    assert sent == {"generation": 1, **orjson.loads(bytes(large.body))["data"]}
+    assert [task["taskId"] for task in sent["tasks"]] == [task.task_id for task in tasks]
