@@ -169,16 +169,27 @@ class _Runs(NamedTuple):
     suffix: bytes
 
     def chunks(self) -> Iterator[bytes]:
-        if self.prefix:
-            yield self.prefix
+        """The body in sends of about CHUNK_BYTES: the runs' small chunks copied together (one send each, not one
+        per segment), a chunk of OWN_CHUNK_BYTES or more sent as it is."""
+        gathered, size = [self.prefix], len(self.prefix)
         pending = itertools.chain.from_iterable(self.runs())
         for chunk in pending:  # nothing before the first item
-            if chunk := chunk[len(self.separator) :]:
-                yield chunk
+            pending = itertools.chain((chunk[len(self.separator) :],), pending)
             break
-        yield from pending
-        if self.suffix:
-            yield self.suffix
+        for chunk in pending:
+            if len(chunk) >= OWN_CHUNK_BYTES:
+                if size:
+                    yield b"".join(gathered)
+                    gathered, size = [], 0
+                yield chunk
+                continue
+            gathered.append(chunk)
+            size += len(chunk)
+            if size >= CHUNK_BYTES:
+                yield b"".join(gathered)
+                gathered, size = [], 0
+        gathered.append(self.suffix)
+        yield b"".join(gathered)
 
 
 async def render_body(
