@@ -4,7 +4,6 @@ compressed variants made once on demand. A large body's segments are joined when
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -192,22 +191,6 @@ class _Runs(NamedTuple):
         yield b"".join(gathered)
 
 
-async def render_body(
-    prefix: bytes,
-    items: Sequence[T],
-    parts: Callable[[T], Sequence[bytes]],
-    separator: bytes,
-    suffix: bytes,
-    *,
-    ends_segment: Callable[[T], bool] = lambda item: False,
-    previous: Sequence[Segment] = (),
-) -> tuple[RenderedBody, tuple[Segment, ...]]:
-    """`prefix + separator.join(b"".join(parts(item)) for item in items) + suffix` in chunks, and its segments
-    (see `cut_segments`)."""
-    segments = await cut_segments(items, parts, separator, ends_segment=ends_segment, previous=previous)
-    return assemble(prefix, segments, separator, suffix), segments
-
-
 async def cut_segments(
     items: Sequence[T],
     parts: Callable[[T], Sequence[bytes]],
@@ -242,12 +225,6 @@ async def cut_segments(
     if run:
         segments.append(_segment(run, run_bytes, reusable, join))
     return tuple(segments)
-
-
-def assemble(prefix: bytes, segments: Sequence[Segment], separator: bytes, suffix: bytes) -> RenderedBody:
-    """The body made of `segments` (each item's bytes start with `separator`) between `prefix` and `suffix`."""
-    runs = functools.partial(map, _CHUNKS, tuple(segments))
-    return assemble_runs(prefix, runs, sum(map(_LENGTH, segments)), separator, suffix)
 
 
 def assemble_runs(

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 import zlib
+from collections.abc import Callable, Sequence
+from operator import attrgetter
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -11,9 +15,35 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from service.http.delivery import choose_encoding, send_chunks
-from service.snapshot.body import CHUNK_BYTES, OWN_CHUNK_BYTES, RenderedBody, render_body
+from service.snapshot.body import (
+    CHUNK_BYTES,
+    OWN_CHUNK_BYTES,
+    RenderedBody,
+    Segment,
+    assemble_runs,
+    cut_segments,
+)
 
 pytestmark = pytest.mark.anyio
+
+T = TypeVar("T")
+
+
+async def render_body(
+    prefix: bytes,
+    items: Sequence[T],
+    parts: Callable[[T], Sequence[bytes]],
+    separator: bytes,
+    suffix: bytes,
+    *,
+    ends_segment: Callable[[T], bool] = lambda item: False,
+    previous: Sequence[Segment] = (),
+) -> tuple[RenderedBody, tuple[Segment, ...]]:
+    """`prefix + separator.join(b"".join(parts(item)) for item in items) + suffix`, and its segments: the body of
+    segments as the snapshot makes it (`cut_segments`, then `assemble_runs` over the segments' chunks)."""
+    segments = await cut_segments(items, parts, separator, ends_segment=ends_segment, previous=previous)
+    runs = functools.partial(map, attrgetter("chunks"), segments)
+    return assemble_runs(prefix, runs, sum(segment.length for segment in segments), separator, suffix), segments
 
 
 def items(count: int, size: int) -> list[tuple[bytes, bytes, bytes]]:
