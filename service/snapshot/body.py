@@ -7,7 +7,6 @@ import asyncio
 import itertools
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from operator import attrgetter
 from typing import Any, NamedTuple, TypeVar
 
 # Chunks of about this size: joining one is quick enough to yield to the event loop between two, and a request
@@ -240,9 +239,6 @@ def assemble_runs(
     if length <= ONE_CHUNK_BYTES:
         return RenderedBody([b"".join(body.chunks)], length)
     return body
-
-
-_LENGTH, _CHUNKS = attrgetter("length"), attrgetter("chunks")
 
 
 def _segment(run: list[T], length: int, reusable: dict[int, Segment], join: Join) -> Segment:
