@@ -31,12 +31,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis.asyncio as aioredis
-
 from bench.processes import ROOT, cpu_seconds, ready, rss_bytes, service_env, whole_list
 from bench.table import Row, file_range, report
+from bench.workload import large_keyspace
 from service.devtools.embedded import RedisServerProcess, free_port
-from service.devtools.simulator import WorkloadSummary, build_workload
 
 # GETs of the whole list after the first, whose service CPU is averaged (the body joined by then).
 WARM_GETS = 5
@@ -128,22 +126,10 @@ def _dumped(process: subprocess.Popen[bytes], dump: Path) -> tracemalloc.Snapsho
     return tracemalloc.Snapshot.load(str(dump))
 
 
-async def _workload(url: str, tasks: int, file_range: tuple[int, int]) -> WorkloadSummary:
-    async with aioredis.Redis.from_url(url) as client:
-        return await build_workload(
-            client,
-            tasks=tasks,
-            unrelated=tasks // 5,
-            large_fraction=0.0,
-            file_range=file_range,
-            now_ms=int(time.time() * 1000),
-        )
-
-
 def run(tasks: int, file_range: tuple[int, int], top: int) -> tuple[list[Row], str]:
     server = RedisServerProcess()
     try:
-        summary = asyncio.run(_workload(server.url, tasks, file_range))
+        summary = asyncio.run(large_keyspace(server.url, tasks, file_range))
         process, port = _start(server.url, None)
         try:
             rss = rss_bytes(process.pid)

@@ -32,7 +32,6 @@ from bench.feed import PROBE_TASKS, Window, _Based, _probe, _quantile
 from bench.processes import LOAD_CPU, ROOT, SERVER_CPU, cpu_seconds, pin, ready, rss_bytes, service_env, whole_list
 from bench.table import Row, file_range, report
 from service.devtools.embedded import RedisServerProcess, free_port
-from service.devtools.simulator import build_workload
 
 # Long enough to hold a reconciliation scan (every reconcile_interval, 60 s by default, after the startup scan).
 PROBE_SECONDS = 75.0
@@ -91,15 +90,7 @@ async def run(tasks: int, file_range: tuple[int, int]) -> tuple[list[Row], str]:
         url = server.url
         pin(server.pid, "load")
         started = time.perf_counter()
-        async with aioredis.Redis.from_url(url) as client:
-            summary = await build_workload(
-                client,
-                tasks=tasks,
-                unrelated=tasks // 5,
-                large_fraction=0.0,
-                file_range=file_range,
-                now_ms=int(time.time() * 1000),
-            )
+        summary = await workload.large_keyspace(url, tasks, file_range)
         built = time.perf_counter() - started
         floor = statistics.median(refresh.floor(url, workload.KEY_PATTERN, 100)[0] for _ in range(3))
         port = free_port()

@@ -73,6 +73,20 @@ async def build(sizes: Sizes, seed: int = 0) -> Workloads:
     return Workloads(server, full, small, acceptance, now_ms, time.perf_counter() - started)
 
 
+async def large_keyspace(url: str, tasks: int, file_range: tuple[int, int]) -> WorkloadSummary:
+    """bench.million's workload (also bench.memory's, smaller): `tasks` task keys with `file_range` file entries
+    each and no large task, and a fifth as many other keys."""
+    async with aioredis.Redis.from_url(url) as client:
+        return await build_workload(
+            client,
+            tasks=tasks,
+            unrelated=tasks // 5,
+            large_fraction=0.0,
+            file_range=file_range,
+            now_ms=int(time.time() * 1000),
+        )
+
+
 async def touch_running(url: str, ids: frozenset[str], fraction: float, seed: int, key_ttl: int = 3600) -> int:
     """Rewrite `fraction` of the running tasks as the producer would (one more file done); return how many."""
     rng = random.Random(seed)

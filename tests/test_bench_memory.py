@@ -54,6 +54,8 @@ def test_the_bench_prints_the_resident_set_and_the_traced_lines(redis_server: ob
     lines = result.stdout.splitlines()
     assert lines[0].startswith("python -m bench.memory --tasks 2000 --files 1-4: 2,000 task keys (")
     table = [line for line in lines[3:] if line.startswith(("plain", "traced"))]
-    assert [line.split()[0] for line in table] == ["plain"] + ["traced"] * 6
+    assert [line.split()[0] for line in table] == ["plain"] * 3 + ["traced"] * 6
+    assert "after one GET of the whole list" in table[1]
+    assert "a whole-list GET once joined: service CPU" in table[2]
     assert "everything traced" in table[-1]
-    assert any("service/" in line for line in table[1:-1])  # the service's own lines are among the largest
+    assert any("service/" in line for line in table[3:-1])  # the service's own lines are among the largest
