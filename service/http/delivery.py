@@ -198,7 +198,7 @@ async def send_chunks(
     pending = iter(chunks)
     chunk = next(pending, b"")
     while True:
-        after = next(pending, None)  # a large body's next segment joined here, between two sends
+        after = next(pending, None)  # a large body's next piece made here (its segments joined), between two sends
         await send({"type": "http.response.body", "body": chunk, "more_body": after is not None})
         sent += len(chunk)
         if after is None:
